@@ -1,0 +1,159 @@
+//! `bootkmod info MODULE...`: what a module file says about itself.
+
+use super::{print_json, Context};
+use crate::exit::Exit;
+use crate::model::module::{Module, ReadOptions};
+use crate::model::root::running_release;
+use crate::model::tree::ModuleTree;
+use anyhow::Result;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Show what a kernel module file says about itself.
+///
+/// MODULE is a path to a .ko, .ko.xz, .ko.zst or .ko.gz file (compression is detected by
+/// magic bytes), or a module name looked up in ROOT/lib/modules/KVER.
+///
+/// Examples:
+///   bootkmod info ./megaraid_sas.ko.xz
+///   bootkmod info -F vermagic megaraid_sas
+///   bootkmod info --modversions --kver 6.1.0-56-amd64 vmw_pvscsi
+///   bootkmod info --json ./driver.ko
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct InfoArgs {
+    /// Module files or names.
+    #[arg(required = true, value_name = "MODULE")]
+    pub modules: Vec<String>,
+
+    /// Kernel release whose tree resolves module names (default: the running kernel).
+    #[arg(long, value_name = "KVER")]
+    pub kver: Option<String>,
+
+    /// Print only the values of one field, one per line, like `modinfo -F`.
+    #[arg(short = 'F', long, value_name = "FIELD", conflicts_with = "modversions")]
+    pub field: Option<String>,
+
+    /// Print the CRC and name of each symbol version, like `modprobe --dump-modversions`.
+    #[arg(long)]
+    pub modversions: bool,
+}
+
+pub fn run(ctx: &Context, args: InfoArgs) -> Result<Exit> {
+    let quick = args.field.is_some() || args.modversions;
+    let opts = ReadOptions { digests: !quick };
+    let tree = ModuleTree::new(ctx.root.clone(), args.kver.clone().unwrap_or_else(running_release));
+    let mut modules = Vec::new();
+    for arg in &args.modules {
+        let path = PathBuf::from(arg);
+        let path = if path.exists() || arg.contains('/') {
+            path
+        } else {
+            match tree.find(arg)? {
+                Some(p) => p,
+                None => {
+                    eprintln!("bootkmod: module {arg} not found in {}", tree.host_dir().display());
+                    return Ok(Exit::Negative);
+                }
+            }
+        };
+        modules.push(Module::read(&path, opts)?);
+    }
+
+    let mut out = std::io::stdout().lock();
+    if let Some(field) = &args.field {
+        for m in &modules {
+            for v in m.field(field) {
+                writeln!(out, "{v}")?;
+            }
+        }
+    } else if args.modversions {
+        for m in &modules {
+            for v in &m.versions {
+                writeln!(out, "0x{:08x}\t{}", v.crc, v.symbol)?;
+            }
+        }
+    } else if ctx.json {
+        drop(out);
+        print_json(&modules)?;
+    } else {
+        for (i, m) in modules.iter().enumerate() {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            write_report(&mut out, m)?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// The human-readable report of one module.
+pub fn write_report(out: &mut impl Write, m: &Module) -> std::io::Result<()> {
+    let path = m.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    writeln!(out, "{}  {path}", m.name())?;
+    let row = |out: &mut dyn Write, k: &str, v: &str| writeln!(out, "  {k:<15} {v}");
+    row(
+        out,
+        "format",
+        &format!(
+            "{:?} {:?}-endian {} ({} compression)",
+            m.class,
+            m.endian,
+            m.machine_name(),
+            m.compression
+        ),
+    )?;
+    for key in [
+        "vermagic",
+        "version",
+        "license",
+        "srcversion",
+        "depends",
+        "softdep",
+        "import_ns",
+        "intree",
+        "retpoline",
+    ] {
+        for v in m.modinfo.values(key) {
+            row(out, key, v)?;
+        }
+    }
+    let aliases = m.modinfo.values("alias").count();
+    if aliases > 0 {
+        row(out, "aliases", &aliases.to_string())?;
+    }
+    for fw in m.modinfo.values("firmware") {
+        row(out, "firmware", fw)?;
+    }
+    let versions = match m.versions_layout {
+        Some(layout) => format!("{} symbol CRCs ({layout:?} layout)", m.versions.len()),
+        None => "none (built without CONFIG_MODVERSIONS)".into(),
+    };
+    row(out, "modversions", &versions)?;
+    let gpl = m.exports.iter().filter(|e| e.gpl).count();
+    row(out, "exports", &format!("{} symbols ({gpl} GPL-only)", m.exports.len()))?;
+    row(out, "imports", &format!("{} undefined symbols", m.undefined.len()))?;
+    match m.this_module_size {
+        Some(s) => row(out, "struct module", &format!("{s} bytes"))?,
+        None => row(out, "struct module", "missing .gnu.linkonce.this_module")?,
+    }
+    match &m.signature {
+        Some(s) => row(
+            out,
+            "signature",
+            &format!(
+                "{} {} by {:?} key {}",
+                s.id_type.name(),
+                s.hash.as_deref().unwrap_or("?"),
+                s.signer.as_deref().unwrap_or("?"),
+                crate::formats::signature::key_id_hex(&s.key_id)
+            ),
+        )?,
+        None => row(out, "signature", "unsigned")?,
+    }
+    if let Some(d) = &m.digests {
+        row(out, "sha256 file", &d.file)?;
+        row(out, "sha256 elf", &d.elf)?;
+    }
+    Ok(())
+}

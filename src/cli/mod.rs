@@ -1,0 +1,102 @@
+//! The command line: argument parsing, logging setup, exit codes. One file per command;
+//! each calls the library and renders text or JSON. No logic of its own.
+
+mod demo;
+mod info;
+mod meta;
+
+use crate::exit::Exit;
+use crate::model::root::Root;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Verify prebuilt storage kernel modules and get them into the boot path, without a
+/// compiler.
+///
+/// Start with `bootkmod demo`: it runs the main flow on generated sample modules, with no
+/// root and no installed kernel. Exit codes: 0 ok, 1 error, 2 usage, 3 checked and found
+/// incompatible or not present.
+#[derive(Debug, Parser)]
+#[command(name = "bootkmod", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// The system to read and change: `/`, or a tree such as /mnt/sysimage.
+    #[arg(long, global = true, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Log more to stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Info(info::InfoArgs),
+    Demo(demo::DemoArgs),
+    Completions(meta::CompletionsArgs),
+    Man(meta::ManArgs),
+}
+
+/// Parse, run, and map the outcome to an exit code. Errors print as one line on stderr.
+pub fn main() -> Exit {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            return if usage { Exit::Usage } else { Exit::Ok };
+        }
+    };
+    init_logging(cli.verbose);
+    let ctx = Context { root: Root::new(&cli.root), json: cli.json };
+    let result = match cli.command {
+        Command::Info(args) => info::run(&ctx, args),
+        Command::Demo(args) => demo::run(&ctx, args),
+        Command::Completions(args) => meta::completions(args),
+        Command::Man(args) => meta::man(args),
+    };
+    match result {
+        Ok(exit) => exit,
+        Err(e) => {
+            eprintln!("bootkmod: {e:#}");
+            Exit::Error
+        }
+    }
+}
+
+/// What every command gets from the global options.
+pub struct Context {
+    pub root: Root,
+    pub json: bool,
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Print a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    use std::io::Write;
+    writeln!(out)?;
+    Ok(())
+}

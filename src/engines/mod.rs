@@ -1,0 +1,2 @@
+//! Engines: compute verdicts, dependency graphs and image views from the model.
+//! They return plans and reports; they never touch disk.

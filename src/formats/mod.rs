@@ -1,0 +1,8 @@
+//! Formats: pure byte codecs. Bytes in, values out (and back); no filesystem, no
+//! global state. This is where fuzzing and property tests aim.
+
+pub mod compression;
+pub mod elf;
+pub mod modinfo;
+pub mod modversions;
+pub mod signature;

@@ -1,0 +1,281 @@
+//! The appended module signature.
+//!
+//! Layout at the end of a signed module (kernel `include/linux/module_signature.h`):
+//! `[ELF][signature data][struct module_signature, 12 bytes]["~Module signature appended~\n"]`.
+//! The 12-byte trailer is `algo, hash, id_type, signer_len, key_id_len: u8; pad[3];
+//! sig_len: be32`. For `id_type == PKCS#7` (every modern kernel) the first five bytes are
+//! zero and the signer, key id and hash algorithm are inside the PKCS#7 `SignedData`,
+//! read here with a small bounds-checked DER walker.
+
+use anyhow::{bail, Context, Result};
+
+/// The marker the kernel looks for at the very end of the file.
+pub const MAGIC: &[u8] = b"~Module signature appended~\n";
+const TRAILER: usize = 12;
+
+/// What kind of identifier the signature carries (`id_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum IdType {
+    #[serde(rename = "PGP")]
+    Pgp,
+    #[serde(rename = "X509")]
+    X509,
+    #[serde(rename = "PKCS#7")]
+    Pkcs7,
+}
+
+impl IdType {
+    pub fn name(self) -> &'static str {
+        match self {
+            IdType::Pgp => "PGP",
+            IdType::X509 => "X509",
+            IdType::Pkcs7 => "PKCS#7",
+        }
+    }
+}
+
+/// The facts of an appended signature, as `modinfo` reports them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Signature {
+    pub id_type: IdType,
+    /// Hash algorithm name (`sha256`, ...), when known.
+    pub hash: Option<String>,
+    /// Signer name: the issuer's common name for PKCS#7.
+    pub signer: Option<String>,
+    /// Key identifier bytes: the certificate serial (or subject key id) for PKCS#7.
+    #[serde(serialize_with = "serialize_key_id")]
+    pub key_id: Vec<u8>,
+    /// Length of the raw signature data.
+    pub sig_len: usize,
+}
+
+fn serialize_key_id<S: serde::Serializer>(k: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&key_id_hex(k))
+}
+
+/// `AA:BB:CC` upper-case hex, the form `modinfo` prints.
+pub fn key_id_hex(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+/// Names of the kernel's `enum hash_algo` values used by the legacy (non-PKCS#7) layout.
+const LEGACY_HASHES: &[&str] =
+    &["md4", "md5", "sha1", "rmd160", "sha256", "sha384", "sha512", "sha224", "sm3"];
+
+/// Split a module file into (signed content, signature). `None` when unsigned.
+pub fn split(file: &[u8]) -> Result<Option<(&[u8], Signature)>> {
+    let Some(body) = file.strip_suffix(MAGIC) else {
+        return Ok(None);
+    };
+    if body.len() < TRAILER {
+        bail!("signature marker present but the {TRAILER}-byte signature trailer is truncated");
+    }
+    let (rest, trailer) = body.split_at(body.len() - TRAILER);
+    let [_algo, hash, id_type, signer_len, key_id_len, _, _, _, l0, l1, l2, l3] =
+        <[u8; TRAILER]>::try_from(trailer).expect("split_at gave 12 bytes");
+    let sig_len = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
+    let total = sig_len + signer_len as usize + key_id_len as usize;
+    if total > rest.len() {
+        bail!("signature claims {total} bytes but only {} precede its trailer", rest.len());
+    }
+    let (content, data) = rest.split_at(rest.len() - total);
+    let signature = match id_type {
+        2 => parse_pkcs7(data).context("malformed PKCS#7 module signature")?,
+        0 | 1 => {
+            let (signer, rest) = data.split_at(signer_len as usize);
+            let (key_id, _sig) = rest.split_at(key_id_len as usize);
+            Signature {
+                id_type: if id_type == 0 { IdType::Pgp } else { IdType::X509 },
+                hash: LEGACY_HASHES.get(hash as usize).map(|s| s.to_string()),
+                signer: Some(String::from_utf8_lossy(signer).into_owned()),
+                key_id: key_id.to_vec(),
+                sig_len,
+            }
+        }
+        other => bail!("unknown signature id_type {other}"),
+    };
+    Ok(Some((content, signature)))
+}
+
+/// Build the bytes to append to a module for a PKCS#7 (DER) signature blob.
+pub fn append_pkcs7(module: &[u8], pkcs7_der: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(module.len() + pkcs7_der.len() + TRAILER + MAGIC.len());
+    out.extend_from_slice(module);
+    out.extend_from_slice(pkcs7_der);
+    out.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&(pkcs7_der.len() as u32).to_be_bytes());
+    out.extend_from_slice(MAGIC);
+    out
+}
+
+// ---- a minimal DER reader ------------------------------------------------------------
+
+/// One DER element: tag byte and contents.
+#[derive(Clone, Copy)]
+struct Der<'a> {
+    tag: u8,
+    body: &'a [u8],
+}
+
+/// Read one element from the front of `input`; returns it and the remainder.
+fn der_next(input: &[u8]) -> Result<(Der<'_>, &[u8])> {
+    let [tag, first, ..] = *input else { bail!("truncated DER element") };
+    if tag & 0x1f == 0x1f {
+        bail!("multi-byte DER tags are not used in module signatures");
+    }
+    let (len, header) = if first < 0x80 {
+        (first as usize, 2)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || input.len() < 2 + n {
+            bail!("bad DER length");
+        }
+        let len = input[2..2 + n].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len).filter(|&e| e <= input.len());
+    let Some(end) = end else { bail!("DER element runs past its container") };
+    Ok((Der { tag, body: &input[header..end] }, &input[end..]))
+}
+
+/// The children of a constructed element.
+fn der_children(body: &[u8]) -> Result<Vec<Der<'_>>> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (el, r) = der_next(rest)?;
+        out.push(el);
+        rest = r;
+    }
+    Ok(out)
+}
+
+fn expect<'a>(el: Der<'a>, tag: u8, what: &str) -> Result<Der<'a>> {
+    if el.tag != tag {
+        bail!("expected {what} (tag {tag:#04x}), found tag {:#04x}", el.tag);
+    }
+    Ok(el)
+}
+
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const OID: u8 = 0x06;
+const INTEGER: u8 = 0x02;
+
+/// DER bodies of the hash algorithm OIDs a module signature can name.
+const HASH_OIDS: &[(&[u8], &str)] = &[
+    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x04], "md4"),
+    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x05], "md5"),
+    (&[0x2b, 0x0e, 0x03, 0x02, 0x1a], "sha1"),
+    (&[0x2b, 0x24, 0x03, 0x02, 0x01], "rmd160"),
+    (&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01], "sha256"),
+    (&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02], "sha384"),
+    (&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03], "sha512"),
+    (&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04], "sha224"),
+    (&[0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x83, 0x11], "sm3"),
+];
+/// id-at-commonName (2.5.4.3).
+const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
+
+/// Extract signer, key id and hash from a PKCS#7 `ContentInfo { signedData }`.
+fn parse_pkcs7(data: &[u8]) -> Result<Signature> {
+    let (content_info, _) = der_next(data)?;
+    let ci = der_children(expect(content_info, SEQUENCE, "ContentInfo")?.body)?;
+    let [_oid, explicit, ..] = ci.as_slice() else { bail!("ContentInfo has no content") };
+    let (signed_data, _) = der_next(explicit.body)?;
+    let sd = der_children(expect(signed_data, SEQUENCE, "SignedData")?.body)?;
+    // signerInfos is the last SET of SignedData.
+    let Some(signer_infos) = sd.iter().rev().find(|e| e.tag == SET) else {
+        bail!("SignedData has no signerInfos");
+    };
+    let (signer_info, _) = der_next(signer_infos.body).context("no SignerInfo")?;
+    let si = der_children(expect(signer_info, SEQUENCE, "SignerInfo")?.body)?;
+    let [_version, sid, digest_alg, ..] = si.as_slice() else { bail!("short SignerInfo") };
+
+    let (signer, key_id) = match sid.tag {
+        SEQUENCE => {
+            // IssuerAndSerialNumber { issuer Name, serialNumber INTEGER }
+            let parts = der_children(sid.body)?;
+            let [issuer, serial, ..] = parts.as_slice() else { bail!("short IssuerAndSerial") };
+            let serial = expect(*serial, INTEGER, "serialNumber")?.body;
+            let first_nonzero = serial.iter().position(|&b| b != 0).unwrap_or(serial.len());
+            (common_name(*issuer)?, serial[first_nonzero..].to_vec())
+        }
+        // [0] SubjectKeyIdentifier
+        0x80 | 0xa0 => (None, sid.body.to_vec()),
+        other => bail!("unknown SignerIdentifier tag {other:#04x}"),
+    };
+    let alg = der_children(expect(*digest_alg, SEQUENCE, "digestAlgorithm")?.body)?;
+    let hash = alg
+        .first()
+        .filter(|e| e.tag == OID)
+        .and_then(|oid| HASH_OIDS.iter().find(|(o, _)| *o == oid.body))
+        .map(|(_, n)| n.to_string());
+    let sig_len = data.len();
+    Ok(Signature { id_type: IdType::Pkcs7, hash, signer, key_id, sig_len })
+}
+
+/// The first commonName in an X.501 Name.
+fn common_name(name: Der<'_>) -> Result<Option<String>> {
+    for rdn in der_children(expect(name, SEQUENCE, "Name")?.body)? {
+        for atv in der_children(rdn.body)? {
+            let parts = der_children(atv.body)?;
+            if let [oid, value, ..] = parts.as_slice() {
+                if oid.tag == OID && oid.body == CN_OID {
+                    return Ok(Some(String::from_utf8_lossy(value.body).into_owned()));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsigned_is_none() {
+        assert!(split(b"\x7fELF...").unwrap().is_none());
+    }
+
+    #[test]
+    fn truncated_trailer_is_an_error() {
+        let mut f = b"xx".to_vec();
+        f.extend_from_slice(MAGIC);
+        assert!(split(&f).is_err());
+    }
+
+    #[test]
+    fn lying_length_is_an_error() {
+        let mut f = vec![0u8; 4];
+        f.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x10, 0]);
+        f.extend_from_slice(MAGIC);
+        assert!(split(&f).is_err());
+    }
+
+    #[test]
+    fn legacy_layout() {
+        let mut f = b"ELF".to_vec();
+        f.extend_from_slice(b"Signer");
+        f.extend_from_slice(&[0xab, 0xcd]);
+        f.extend_from_slice(&[9, 9, 9]);
+        f.extend_from_slice(&[0, 4, 1, 6, 2, 0, 0, 0, 0, 0, 0, 3]);
+        f.extend_from_slice(MAGIC);
+        let (content, sig) = split(&f).unwrap().unwrap();
+        assert_eq!(content, b"ELF");
+        assert_eq!(sig.id_type, IdType::X509);
+        assert_eq!(sig.hash.as_deref(), Some("sha256"));
+        assert_eq!(sig.signer.as_deref(), Some("Signer"));
+        assert_eq!(key_id_hex(&sig.key_id), "AB:CD");
+    }
+
+    #[test]
+    fn garbage_pkcs7_is_an_error_not_a_panic() {
+        for blob in [&b""[..], b"\x30", b"\x30\x84\xff\xff\xff\xff", b"\x30\x02\x06\x00"] {
+            let f = append_pkcs7(b"ELF", blob);
+            let _ = split(&f); // must not panic
+        }
+        assert!(split(&append_pkcs7(b"ELF", b"\x30\x03\x02\x01\x00")).is_err());
+    }
+}

@@ -1,0 +1,5 @@
+//! Model: facts read from files (through a [`root::Root`]), never written.
+
+pub mod module;
+pub mod root;
+pub mod tree;

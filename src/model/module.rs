@@ -1,0 +1,250 @@
+//! [`Module`]: everything bootkmod needs to know about one `.ko` file.
+//!
+//! Flow: file bytes → whole-file decompression by magic → appended signature split off
+//! the decoded ELF → ELF container → `.modinfo`, modversions, exports, undefined
+//! symbols, `struct module` size. Reading never writes, and every failure is an error
+//! naming the file, never a panic.
+
+use crate::formats::compression::{self, Compression};
+use crate::formats::elf::{self, Class, ElfModule, Endian, SymbolPlace};
+use crate::formats::modinfo::ModInfo;
+use crate::formats::modversions::{self, VersionEntry};
+use crate::formats::signature::{self, Signature};
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Which modversions layout a module carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionsLayout {
+    /// `__versions` records.
+    Classic,
+    /// `__version_ext_crcs` + `__version_ext_names` (the kernel then ignores `__versions`).
+    Extended,
+}
+
+/// A symbol the module exports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Export {
+    pub name: String,
+    /// CRC from `__crc_<name>`, when the module was built with modversions.
+    pub crc: Option<u32>,
+    /// Exported with `EXPORT_SYMBOL_GPL`.
+    pub gpl: bool,
+    /// Symbol namespace (`EXPORT_SYMBOL_NS`), when not the default one.
+    pub namespace: Option<String>,
+}
+
+/// sha256 digests, lower-case hex.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Digests {
+    /// Of the file as stored (compressed, signed).
+    pub file: String,
+    /// Of the uncompressed ELF, signature included (what the kernel receives).
+    pub elf: String,
+}
+
+/// The facts of one kernel module file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Module {
+    pub path: Option<PathBuf>,
+    pub compression: Compression,
+    pub class: Class,
+    pub endian: Endian,
+    pub machine: u16,
+    pub modinfo: ModInfo,
+    pub versions_layout: Option<VersionsLayout>,
+    /// The CRCs the module expects, from the layout the kernel would read.
+    pub versions: Vec<VersionEntry>,
+    pub exports: Vec<Export>,
+    /// Global symbols the module needs from the kernel or other modules.
+    pub undefined: Vec<String>,
+    /// `sh_size` of `.gnu.linkonce.this_module`: the module's `sizeof(struct module)`.
+    pub this_module_size: Option<u64>,
+    pub signature: Option<Signature>,
+    /// Only computed when asked for ([`ReadOptions::digests`]): hashing is the most
+    /// expensive part of reading a whole kernel tree.
+    pub digests: Option<Digests>,
+}
+
+/// What to compute beyond the parsed facts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOptions {
+    pub digests: bool,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Module {
+    /// Read and parse a module file. Errors name the file.
+    pub fn read(path: &Path, opts: ReadOptions) -> Result<Module> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let mut module =
+            Module::from_bytes(&bytes, opts).with_context(|| format!("{}", path.display()))?;
+        module.path = Some(path.to_path_buf());
+        Ok(module)
+    }
+
+    /// Parse module bytes as stored on disk (possibly compressed).
+    pub fn from_bytes(file: &[u8], opts: ReadOptions) -> Result<Module> {
+        if file.is_empty() {
+            anyhow::bail!("empty file");
+        }
+        let compression = Compression::detect(file);
+        let decoded = compression::decode_all(file, compression::MAX_DECODED_MODULE)?;
+        let (content, signature) = match signature::split(&decoded)? {
+            Some((content, sig)) => (content, Some(sig)),
+            None => (&decoded[..], None),
+        };
+        let elf = ElfModule::parse(content)?;
+        let modinfo = ModInfo::parse(elf.section_bytes(content, ".modinfo").unwrap_or_default());
+
+        let (versions_layout, versions) = match (
+            elf.section_bytes(content, "__version_ext_crcs"),
+            elf.section_bytes(content, "__version_ext_names"),
+            elf.section_bytes(content, "__versions"),
+        ) {
+            (Some(crcs), Some(names), _) => (
+                Some(VersionsLayout::Extended),
+                modversions::parse_extended(crcs, names, elf.endian)?,
+            ),
+            (_, _, Some(v)) => (
+                Some(VersionsLayout::Classic),
+                modversions::parse_classic(v, elf.class, elf.endian)?,
+            ),
+            _ => (None, Vec::new()),
+        };
+
+        let exports = exports(&elf, content);
+        let mut undefined: Vec<String> = elf
+            .symbols
+            .iter()
+            .filter(|s| s.place == SymbolPlace::Undefined && s.global && !s.name.is_empty())
+            .map(|s| s.name.clone())
+            .collect();
+        undefined.sort();
+        undefined.dedup();
+
+        let digests =
+            opts.digests.then(|| Digests { file: sha256_hex(file), elf: sha256_hex(&decoded) });
+        Ok(Module {
+            path: None,
+            compression,
+            class: elf.class,
+            endian: elf.endian,
+            machine: elf.machine,
+            modinfo,
+            versions_layout,
+            versions,
+            exports,
+            undefined,
+            this_module_size: elf.section(".gnu.linkonce.this_module").map(|s| s.size),
+            signature,
+            digests,
+        })
+    }
+
+    /// The module's name: `name=` from `.modinfo`, else the file name without `.ko*`,
+    /// with `-` normalised to `_` as the kernel does.
+    pub fn name(&self) -> String {
+        match (self.modinfo.get("name"), &self.path) {
+            (Some(n), _) if !n.is_empty() => n.to_string(),
+            (_, Some(p)) => name_from_path(p),
+            _ => String::new(),
+        }
+    }
+
+    pub fn vermagic(&self) -> Option<&str> {
+        self.modinfo.get("vermagic")
+    }
+
+    pub fn machine_name(&self) -> String {
+        elf::machine_name(self.machine)
+    }
+
+    /// Values of a `modinfo -F` field, including the signature pseudo-fields kmod adds.
+    pub fn field(&self, field: &str) -> Vec<String> {
+        let sig = self.signature.as_ref();
+        match field {
+            "sig_id" => sig.map(|s| s.id_type.name().to_string()).into_iter().collect(),
+            "signer" => sig.and_then(|s| s.signer.clone()).into_iter().collect(),
+            "sig_key" => sig
+                .filter(|s| !s.key_id.is_empty())
+                .map(|s| signature::key_id_hex(&s.key_id))
+                .into_iter()
+                .collect(),
+            "sig_hashalgo" => sig.and_then(|s| s.hash.clone()).into_iter().collect(),
+            "filename" => self.path.iter().map(|p| p.display().to_string()).collect(),
+            _ => self.modinfo.values(field).map(str::to_string).collect(),
+        }
+    }
+}
+
+/// `megaraid_sas.ko.xz` → `megaraid_sas`; `foo-bar.ko` → `foo_bar`.
+pub fn name_from_path(path: &Path) -> String {
+    let file = path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default();
+    let stem = file.split(".ko").next().unwrap_or(&file);
+    stem.replace('-', "_")
+}
+
+/// Exported symbols: `__ksymtab_<sym>` symbols; GPL-ness from the section they live in,
+/// CRC from `__crc_<sym>` (an absolute symbol on old kernels, a u32 in `__kcrctab*` on
+/// new ones), namespace from `__kstrtabns_<sym>` (a string in `__ksymtab_strings`).
+fn exports(elf: &ElfModule, content: &[u8]) -> Vec<Export> {
+    use std::collections::HashMap;
+    let mut crcs: HashMap<&str, u32> = HashMap::new();
+    let mut namespaces: HashMap<&str, String> = HashMap::new();
+    for s in &elf.symbols {
+        if let Some(sym) = s.name.strip_prefix("__crc_") {
+            let crc = match s.place {
+                SymbolPlace::Absolute => Some(s.value as u32),
+                SymbolPlace::Section(i) => elf.read_u32(content, i, s.value),
+                _ => None,
+            };
+            if let Some(crc) = crc {
+                crcs.insert(sym, crc);
+            }
+        } else if let Some(sym) = s.name.strip_prefix("__kstrtabns_") {
+            if let SymbolPlace::Section(i) = s.place {
+                let section = &elf.sections[i];
+                let start = section.range.start.saturating_add(s.value as usize);
+                if start < section.range.end {
+                    let tail = &content[start..section.range.end];
+                    let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+                    if end > 0 {
+                        namespaces.insert(sym, String::from_utf8_lossy(&tail[..end]).into_owned());
+                    }
+                }
+            }
+        }
+    }
+    let mut out: Vec<Export> = elf
+        .symbols
+        .iter()
+        .filter_map(|s| {
+            let name = s.name.strip_prefix("__ksymtab_")?;
+            // `__ksymtab_strings` is a section name that can appear as a symbol too.
+            if name == "strings" && s.place == SymbolPlace::Absolute {
+                return None;
+            }
+            let SymbolPlace::Section(i) = s.place else { return None };
+            let section = elf.sections[i].name.as_str();
+            if !section.starts_with("__ksymtab") || section == "__ksymtab_strings" {
+                return None;
+            }
+            Some(Export {
+                name: name.to_string(),
+                crc: crcs.get(name).copied(),
+                gpl: section.starts_with("__ksymtab_gpl"),
+                namespace: namespaces.get(name).cloned(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup_by(|a, b| a.name == b.name);
+    out
+}

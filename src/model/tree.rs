@@ -1,0 +1,63 @@
+//! [`ModuleTree`]: a kernel's module directory, `lib/modules/<kver>` under a [`Root`].
+
+use super::module::name_from_path;
+use super::root::Root;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct ModuleTree {
+    pub root: Root,
+    pub release: String,
+}
+
+/// Is this file name a kernel module (`.ko`, `.ko.xz`, `.ko.zst`, `.ko.gz`)?
+pub fn is_module_file(name: &str) -> bool {
+    [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().any(|s| name.ends_with(s))
+}
+
+impl ModuleTree {
+    pub fn new(root: Root, release: impl Into<String>) -> ModuleTree {
+        ModuleTree { root, release: release.into() }
+    }
+
+    /// Target-absolute path of the tree, `/lib/modules/<kver>`.
+    pub fn dir(&self) -> PathBuf {
+        PathBuf::from("/lib/modules").join(&self.release)
+    }
+
+    /// Host path of the tree.
+    pub fn host_dir(&self) -> PathBuf {
+        self.root.path(self.dir())
+    }
+
+    /// Every module file below the tree (host paths), sorted; symlinked files included.
+    pub fn module_files(&self) -> Result<Vec<PathBuf>> {
+        let dir = self.host_dir();
+        let mut out = Vec::new();
+        walk(&dir, &mut out).with_context(|| format!("reading module tree {}", dir.display()))?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Find a module by name (`-` and `_` are the same), the way a user names it.
+    pub fn find(&self, name: &str) -> Result<Option<PathBuf>> {
+        let wanted = name.replace('-', "_");
+        Ok(self.module_files()?.into_iter().find(|p| name_from_path(p) == wanted))
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            // `build` and `source` are symlinks to header trees; real dirs only.
+            walk(&path, out)?;
+        } else if is_module_file(&entry.file_name().to_string_lossy()) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

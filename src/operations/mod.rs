@@ -1,0 +1,2 @@
+//! Operations: apply plans. Every write happens here, atomically (temp file in the same
+//! directory, fsync, rename, fsync directory).
