@@ -1,0 +1,83 @@
+//! Shared test support. Each area keeps its helpers in its own file here.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Set by `.ci/run`: a missing oracle tool or fixture is a failure, not a skip.
+pub const REQUIRE_ENV: &str = "BOOTKMOD_REQUIRE_ORACLES";
+
+pub fn oracles_required() -> bool {
+    std::env::var_os(REQUIRE_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Skip (return `None`) or, under CI, fail: the one policy for every missing oracle.
+pub fn missing(what: &str) -> Option<std::convert::Infallible> {
+    if oracles_required() {
+        panic!("{what} is missing and {REQUIRE_ENV} is set: .ci/install-deps must provide it");
+    }
+    eprintln!("SKIP: {what} is missing (install with .ci/install-deps)");
+    None
+}
+
+/// Path of an oracle tool on PATH (or in /sbin, /usr/sbin).
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
+    for dir in dirs {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    missing(&format!("tool `{name}`"))?;
+    unreachable!()
+}
+
+/// The bootkmod binary under test.
+pub fn bootkmod() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bootkmod"))
+}
+
+/// Run and capture; panics with the command's stderr if it could not start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// The release of the Debian kernel installed for the oracle tests (the newest tree under
+/// /lib/modules with a `kernel/` directory).
+pub fn installed_kernel() -> Option<String> {
+    let mut releases: Vec<String> = std::fs::read_dir("/lib/modules")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("kernel").is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    releases.sort();
+    match releases.pop() {
+        Some(r) => Some(r),
+        None => {
+            missing("an installed kernel under /lib/modules (linux-image-amd64)")?;
+            unreachable!()
+        }
+    }
+}
+
+/// Every module file of an installed kernel, sorted.
+pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                walk(&p, out);
+            } else if p.to_string_lossy().contains(".ko") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&Path::new("/lib/modules").join(release).join("kernel"), &mut out);
+    out.sort();
+    out
+}
