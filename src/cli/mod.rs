@@ -2,6 +2,7 @@
 //! each calls the library and renders text or JSON. No logic of its own.
 
 mod demo;
+mod dud;
 mod info;
 mod meta;
 
@@ -39,6 +40,7 @@ pub struct Cli {
 pub enum Command {
     Info(info::InfoArgs),
     Demo(demo::DemoArgs),
+    Dud(dud::DudArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
 }
@@ -58,6 +60,7 @@ pub fn main() -> Exit {
     let result = match cli.command {
         Command::Info(args) => info::run(&ctx, args),
         Command::Demo(args) => demo::run(&ctx, args),
+        Command::Dud(args) => dud::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
     };

@@ -2,7 +2,9 @@
 //! global state. This is where fuzzing and property tests aim.
 
 pub mod compression;
+pub mod dud;
 pub mod elf;
 pub mod modinfo;
 pub mod modversions;
+pub mod rpmvercmp;
 pub mod signature;
