@@ -35,7 +35,7 @@ fn rpm_shows_the_dependencies_and_installs_the_payload() {
         "-o",
         out.to_str().unwrap(),
     ]));
-    let pkg = out.join(format!("kmod-acme_hba-2.1.0-1.x86_64.rpm"));
+    let pkg = out.join("kmod-acme_hba-2.1.0-1.x86_64.rpm");
     assert!(pkg.is_file(), "rpm file name follows name-version-release.arch");
 
     let provides = rpm_query(&pkg, "--provides").unwrap();

@@ -175,7 +175,10 @@ fn judge_package(
     }
     verdict.taken = verdict.flags.modules || verdict.flags.enhancement;
     if !verdict.taken {
-        verdict.reasons.push(if verdict.provides.is_empty() {
+        let versioned = provides.iter().any(|d| {
+            (d.name == KERNEL_MODULES || d.name == INSTALLER_ENHANCEMENT) && !d.version.is_empty()
+        });
+        verdict.reasons.push(if !versioned {
             format!("no versioned Provides: {KERNEL_MODULES} (or {INSTALLER_ENHANCEMENT})")
         } else {
             format!("no {KERNEL_MODULES} Provides holds for kernel {kernel} under rpmvercmp")

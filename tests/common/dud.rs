@@ -57,11 +57,16 @@ pub fn ksvalidator() -> Option<PathBuf> {
 }
 
 /// rpm's own rpmvercmp for each pair (-1, 0, 1), through rpm's embedded Lua, in one run.
+///
+/// `rpm.vercmp` parses its arguments as `[epoch:]version[-release]` first; every `-` is
+/// sent as `_` (both are plain separators to rpmvercmp, only `-` is special to the EVR
+/// parser), so the result is rpmvercmp of the whole strings. Strings must not be empty
+/// or contain `:`.
 pub fn rpm_vercmp(pairs: &[(String, String)]) -> Option<Vec<i32>> {
     let rpm = tool("rpm")?;
     let quote = |s: &str| {
-        assert!(!s.contains(['\'', '\\', '%', '}', '\n']), "unquotable {s:?}");
-        format!("'{s}'")
+        assert!(!s.is_empty() && !s.contains(['\'', '\\', '%', '}', '\n', ':']), "unusable {s:?}");
+        format!("'{}'", s.replace('-', "_"))
     };
     let body: String = pairs
         .iter()
