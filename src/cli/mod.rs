@@ -1,6 +1,7 @@
 //! The command line: argument parsing, logging setup, exit codes. One file per command;
 //! each calls the library and renders text or JSON. No logic of its own.
 
+mod check;
 mod demo;
 mod info;
 mod meta;
@@ -38,6 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Info(info::InfoArgs),
+    Check(check::CheckArgs),
     Demo(demo::DemoArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
@@ -57,6 +59,7 @@ pub fn main() -> Exit {
     let ctx = Context { root: Root::new(&cli.root), json: cli.json };
     let result = match cli.command {
         Command::Info(args) => info::run(&ctx, args),
+        Command::Check(args) => check::run(&ctx, args),
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),

@@ -2,7 +2,10 @@
 //! global state. This is where fuzzing and property tests aim.
 
 pub mod compression;
+pub mod der;
 pub mod elf;
+pub mod kconfig;
 pub mod modinfo;
 pub mod modversions;
 pub mod signature;
+pub mod symvers;

@@ -1,0 +1,125 @@
+//! `Module.symvers` / `symvers.gz`: the exports of a kernel build, one per line.
+//!
+//! Each line is tab-separated: `0xCRC  symbol  module|vmlinux  EXPORT_SYMBOL[_GPL]
+//! [namespace]`. Kernels before 5.4 write four fields (no namespace column); newer
+//! ones write five, the last empty for the default namespace. RHEL ships the file
+//! gzip-compressed as `/boot/symvers-KVER.gz`; decompression is the caller's job
+//! ([`super::compression`]), this codec sees plain text.
+
+use anyhow::{bail, Result};
+use std::fmt::Write as _;
+
+/// One exported symbol of a kernel build.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SymversEntry {
+    pub crc: u32,
+    pub symbol: String,
+    /// `vmlinux`, or the module's path in the build without `.ko` (`drivers/scsi/scsi_mod`).
+    pub module: String,
+    /// Exported with `EXPORT_SYMBOL_GPL` (or the historical `_GPL_FUTURE`).
+    pub gpl: bool,
+    /// `EXPORT_SYMBOL_NS` namespace; `None` for the default namespace.
+    pub namespace: Option<String>,
+}
+
+impl SymversEntry {
+    /// Is this export provided by the kernel image itself?
+    pub fn is_vmlinux(&self) -> bool {
+        self.module == "vmlinux" || self.module == "vmlinux.o"
+    }
+}
+
+/// Parse a whole symvers text. Blank lines are skipped; any other malformed line is
+/// an error naming its line number.
+pub fn parse(text: &[u8]) -> Result<Vec<SymversEntry>> {
+    let mut out = Vec::with_capacity(text.len() / 60);
+    for (index, line) in text.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match parse_line(line) {
+            Ok(e) => out.push(e),
+            Err(e) => bail!("line {}: {e}", index + 1),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_line(line: &[u8]) -> Result<SymversEntry> {
+    let line = std::str::from_utf8(line).map_err(|_| anyhow::anyhow!("not UTF-8"))?;
+    let fields: Vec<&str> = line.split('\t').collect();
+    let (crc, symbol, module, kind, namespace) = match fields.as_slice() {
+        [crc, sym, module, kind] => (*crc, *sym, *module, *kind, ""),
+        [crc, sym, module, kind, ns] => (*crc, *sym, *module, *kind, *ns),
+        other => bail!("{} tab-separated fields, expected 4 or 5", other.len()),
+    };
+    let hex = crc.strip_prefix("0x").or_else(|| crc.strip_prefix("0X")).unwrap_or(crc);
+    let Ok(crc) = u32::from_str_radix(hex, 16) else { bail!("bad CRC {crc:?}") };
+    if symbol.is_empty() {
+        bail!("empty symbol name");
+    }
+    let gpl = match kind {
+        "EXPORT_SYMBOL" => false,
+        "EXPORT_SYMBOL_GPL" | "EXPORT_SYMBOL_GPL_FUTURE" | "EXPORT_UNUSED_SYMBOL_GPL" => true,
+        "EXPORT_UNUSED_SYMBOL" => false,
+        other => bail!("unknown export type {other:?}"),
+    };
+    Ok(SymversEntry {
+        crc,
+        symbol: symbol.to_string(),
+        module: module.to_string(),
+        gpl,
+        namespace: (!namespace.is_empty()).then(|| namespace.to_string()),
+    })
+}
+
+/// Write entries in the five-field layout (fixtures, and the round-trip property).
+pub fn write(entries: &[SymversEntry]) -> Vec<u8> {
+    let mut s = String::with_capacity(entries.len() * 60);
+    for e in entries {
+        let kind = if e.gpl { "EXPORT_SYMBOL_GPL" } else { "EXPORT_SYMBOL" };
+        let ns = e.namespace.as_deref().unwrap_or("");
+        let _ = writeln!(s, "0x{:08x}\t{}\t{}\t{kind}\t{ns}", e.crc, e.symbol, e.module);
+    }
+    s.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_and_five_fields() {
+        let text = b"0x4c9d28b0\tphys_base\tvmlinux\tEXPORT_SYMBOL\t\n\
+            0x039823de\tinit_uts_ns\tvmlinux\tEXPORT_SYMBOL_GPL\n\
+            \n\
+            0x12345678\tusb_stor_probe1\tdrivers/usb/storage/usb-storage\tEXPORT_SYMBOL_GPL\tUSB_STORAGE\n";
+        let e = parse(text).unwrap();
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[0].crc, 0x4c9d28b0);
+        assert!(!e[0].gpl && e[0].namespace.is_none() && e[0].is_vmlinux());
+        assert!(e[1].gpl && e[1].namespace.is_none());
+        assert_eq!(e[2].namespace.as_deref(), Some("USB_STORAGE"));
+        assert_eq!(e[2].module, "drivers/usb/storage/usb-storage");
+        assert_eq!(parse(&write(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn malformed_lines_name_their_number() {
+        for bad in
+            [&b"x\n0xzz\ta\tvmlinux\tEXPORT_SYMBOL\n"[..], b"0x1\ta\n", b"0x1\ta\tv\tEXPORT_FOO\n"]
+        {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with("line "), "{err}");
+        }
+        assert!(parse(b"\xff\xfe\n").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = parse(&bytes);
+        }
+    }
+}
