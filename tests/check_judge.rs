@@ -176,12 +176,20 @@ fn verdicts_match_what_the_booted_kernel_does() {
         candidates.iter().map(|c| Module::read(&c.file, ReadOptions::default()).unwrap()).collect();
     let names: Vec<String> = modules.iter().map(Module::name).collect();
 
-    for (mode, append) in [(SecureBootMode::Off, ""), (SecureBootMode::On, "module.sig_enforce=1")]
-    {
+    let modes = [(SecureBootMode::Off, ""), (SecureBootMode::On, "module.sig_enforce=1")];
+    // Both guests boot at once (the harness allows two); the verdicts are compared after.
+    let boots: Vec<Option<Vec<Judgement>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = modes
+            .iter()
+            .map(|(_, append)| s.spawn(|| judge(&release, &candidates, &names, append)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((mode, append), judgements) in modes.into_iter().zip(boots) {
+        let Some(judgements) = judgements else { return };
         let opts = KernelOptions { secure_boot: mode, ..Default::default() };
         let kernel = Kernel::read(&Root::new("/"), &release, &opts).unwrap();
         let verdicts: Vec<Verdict> = modules.iter().map(|m| compat::check(&kernel, m)).collect();
-        let Some(judgements) = judge(&release, &candidates, &names, append) else { return };
         let mut report = String::new();
         let mut mismatches = 0;
         for ((c, v), j) in candidates.iter().zip(&verdicts).zip(&judgements) {
