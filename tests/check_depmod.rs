@@ -5,17 +5,18 @@
 mod common;
 
 use bootkmod::engines::compat::{self, Rule};
-use bootkmod::model::kernel::{Kernel, KernelOptions, SecureBootMode};
+use bootkmod::model::kernel::{Interest, Kernel, KernelOptions, SecureBootMode};
 use bootkmod::model::module::{Module, ReadOptions};
 use bootkmod::model::root::Root;
 use bootkmod::samples::SampleModule;
 use common::check::{self as ck, DepmodWarning};
 use std::collections::BTreeSet;
 
-fn kernel(kver: &str, scan_modules: bool) -> Kernel {
+fn kernel(kver: &str, scan_modules: bool, interest: Option<Interest>) -> Kernel {
     let opts = KernelOptions {
         secure_boot: SecureBootMode::Off,
         scan_modules,
+        interest,
         ..KernelOptions::default()
     };
     Kernel::read(&Root::new("/"), kver, &opts).unwrap()
@@ -115,8 +116,10 @@ fn verdicts_agree_with_depmod_crc_check() {
         .map(|e| Module::read(&e.unwrap().path(), ReadOptions::default()).unwrap())
         .collect();
     extras.sort_by(|a, b| a.path.cmp(&b.path));
-    for scan in [false, true] {
-        let k = kernel(&kver, scan);
+    // Every way of reading the kernel must agree: symvers for in-tree exports or the .ko
+    // files themselves, all facts or only those the modules can ask about.
+    for (scan, interest) in [(false, None), (true, None), (false, Some(Interest::of(&extras)))] {
+        let k = kernel(&kver, scan, interest);
         let verdicts = compat::check_set(&k, &extras);
         assert_eq!(as_depmod_warnings(&verdicts), depmod, "scan_modules={scan}");
         let by_file =
@@ -149,7 +152,7 @@ fn every_in_tree_module_is_compatible_like_depmod_says() {
         .iter()
         .map(|p| Module::read(p, ReadOptions::default()).unwrap())
         .collect();
-    let k = kernel(&kver, false);
+    let k = kernel(&kver, false, None);
     let verdicts = compat::check_set(&k, &modules);
     assert_eq!(as_depmod_warnings(&verdicts), depmod);
     let refused: Vec<_> = verdicts.iter().filter(|v| !v.compatible).collect();

@@ -6,7 +6,7 @@
 use super::{print_json, Context};
 use crate::engines::compat::{self, Outcome, Verdict};
 use crate::exit::Exit;
-use crate::model::kernel::{self, Kernel, KernelOptions, SecureBootMode};
+use crate::model::kernel::{self, Interest, Kernel, KernelOptions, SecureBootMode};
 use crate::model::module::{Module, ReadOptions};
 use anyhow::Result;
 use std::io::Write;
@@ -97,6 +97,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<Exit> {
             SecureBoot::Off => SecureBootMode::Off,
         },
         scan_modules: args.scan_modules,
+        interest: Some(Interest::of(&modules)),
     };
     let mut results = Vec::new();
     for release in &releases {

@@ -29,48 +29,78 @@ impl SymversEntry {
     }
 }
 
-/// Parse a whole symvers text. Blank lines are skipped; any other malformed line is
-/// an error naming its line number.
-pub fn parse(text: &[u8]) -> Result<Vec<SymversEntry>> {
-    let mut out = Vec::with_capacity(text.len() / 60);
-    for (index, line) in text.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match parse_line(line) {
-            Ok(e) => out.push(e),
-            Err(e) => bail!("line {}: {e}", index + 1),
-        }
-    }
-    Ok(out)
+/// One line of a symvers text, borrowed: lets a reader keep only the symbols it needs
+/// without allocating for the tens of thousands it does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SymversLine<'a> {
+    pub crc: u32,
+    pub symbol: &'a str,
+    pub module: &'a str,
+    pub gpl: bool,
+    pub namespace: Option<&'a str>,
 }
 
-fn parse_line(line: &[u8]) -> Result<SymversEntry> {
+impl SymversLine<'_> {
+    pub fn is_vmlinux(&self) -> bool {
+        self.module == "vmlinux" || self.module == "vmlinux.o"
+    }
+
+    pub fn to_entry(&self) -> SymversEntry {
+        SymversEntry {
+            crc: self.crc,
+            symbol: self.symbol.to_string(),
+            module: self.module.to_string(),
+            gpl: self.gpl,
+            namespace: self.namespace.map(str::to_string),
+        }
+    }
+}
+
+/// The lines of a symvers text, in order. Blank lines are skipped; any other malformed
+/// line is an error naming its line number.
+pub fn lines(text: &[u8]) -> impl Iterator<Item = Result<SymversLine<'_>>> {
+    text.split(|&b| b == b'\n').enumerate().filter_map(|(index, line)| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        Some(parse_line(line).map_err(|e| anyhow::anyhow!("line {}: {e}", index + 1)))
+    })
+}
+
+/// Parse a whole symvers text into owned entries.
+pub fn parse(text: &[u8]) -> Result<Vec<SymversEntry>> {
+    lines(text).map(|l| l.map(|l| l.to_entry())).collect()
+}
+
+fn parse_line(line: &[u8]) -> Result<SymversLine<'_>> {
     let line = std::str::from_utf8(line).map_err(|_| anyhow::anyhow!("not UTF-8"))?;
-    let fields: Vec<&str> = line.split('\t').collect();
-    let (crc, symbol, module, kind, namespace) = match fields.as_slice() {
-        [crc, sym, module, kind] => (*crc, *sym, *module, *kind, ""),
-        [crc, sym, module, kind, ns] => (*crc, *sym, *module, *kind, *ns),
-        other => bail!("{} tab-separated fields, expected 4 or 5", other.len()),
+    let mut fields = line.split('\t');
+    let mut next = || fields.next();
+    let (Some(crc), Some(symbol), Some(module), Some(kind)) = (next(), next(), next(), next())
+    else {
+        bail!("{} tab-separated fields, expected 4 or 5", line.split('\t').count());
     };
+    let namespace = next().unwrap_or("");
+    if next().is_some() {
+        bail!("{} tab-separated fields, expected 4 or 5", line.split('\t').count());
+    }
     let hex = crc.strip_prefix("0x").or_else(|| crc.strip_prefix("0X")).unwrap_or(crc);
     let Ok(crc) = u32::from_str_radix(hex, 16) else { bail!("bad CRC {crc:?}") };
     if symbol.is_empty() {
         bail!("empty symbol name");
     }
     let gpl = match kind {
-        "EXPORT_SYMBOL" => false,
+        "EXPORT_SYMBOL" | "EXPORT_UNUSED_SYMBOL" => false,
         "EXPORT_SYMBOL_GPL" | "EXPORT_SYMBOL_GPL_FUTURE" | "EXPORT_UNUSED_SYMBOL_GPL" => true,
-        "EXPORT_UNUSED_SYMBOL" => false,
         other => bail!("unknown export type {other:?}"),
     };
-    Ok(SymversEntry {
+    Ok(SymversLine {
         crc,
-        symbol: symbol.to_string(),
-        module: module.to_string(),
+        symbol,
+        module,
         gpl,
-        namespace: (!namespace.is_empty()).then(|| namespace.to_string()),
+        namespace: (!namespace.is_empty()).then_some(namespace),
     })
 }
 

@@ -3,18 +3,20 @@
 //!
 //! Flow: locate and parse the symvers file (`--symvers`, `/boot/symvers-KVER.gz`,
 //! `lib/modules/KVER/symvers.gz`, or `Module.symvers` in the `build` headers tree) →
-//! list the in-tree module files → read one of them as the *reference module* (its
-//! vermagic, ELF class/machine, `sizeof(struct module)` and signing key are the
-//! kernel's) → take in-tree module exports from symvers (for modules present in the tree)
-//! or, when there is no symvers or when asked, from the `.ko` files themselves as depmod
-//! does → read `/boot/config-KVER` → decide signature enforcement.
+//! take the exports of vmlinux from it, and those of in-tree modules whose file is still
+//! under `kernel/` (a stat per module, no directory walk) → read every module outside
+//! `kernel/` (extra/, updates/) for its exports, as depmod does → read one in-tree module
+//! (first of `modules.order`) as the *reference module*: its vermagic, ELF class/machine,
+//! `sizeof(struct module)` and signing key are the kernel's → read `/boot/config-KVER`
+//! → decide signature enforcement. With `scan_modules`, or when symvers lists no module
+//! exports, every `.ko` of the tree is read instead, exactly like depmod.
 //!
 //! Reading never writes. Missing optional facts are `None` and the verdict says which
 //! rules could not be checked.
 
 use super::module::{name_from_path, Module, ReadOptions};
 use super::root::Root;
-use super::tree::ModuleTree;
+use super::tree::{walk, ModuleTree};
 use crate::formats::compression::{self, Compression};
 use crate::formats::der::{self, CertIdentity};
 use crate::formats::elf::Class;
@@ -75,6 +77,27 @@ pub struct KernelOptions {
     /// Read the exports of every in-tree `.ko` (as depmod does) even when symvers lists
     /// them; slower, but exact when in-tree modules were replaced after the build.
     pub scan_modules: bool,
+    /// Keep only the facts these modules can ask about; `None` keeps everything.
+    pub interest: Option<Interest>,
+}
+
+/// The symbols and module names a set of modules can ask a kernel about: reading only
+/// these out of symvers is what keeps one check in the milliseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Interest {
+    pub symbols: HashSet<String>,
+    pub modules: HashSet<String>,
+}
+
+impl Interest {
+    pub fn of(modules: &[Module]) -> Interest {
+        let mut symbols: HashSet<String> =
+            modules.iter().flat_map(|m| m.undefined.iter().cloned()).collect();
+        symbols.insert("module_layout".to_string());
+        let modules =
+            modules.iter().flat_map(|m| m.modinfo.depends()).map(|d| d.replace('-', "_")).collect();
+        Interest { symbols, modules }
+    }
 }
 
 /// The facts of a target kernel.
@@ -91,10 +114,11 @@ pub struct Kernel {
     pub machine: Option<u16>,
     /// `sizeof(struct module)` (from the reference module).
     pub this_module_size: Option<u64>,
-    /// Every export, by symbol name.
+    /// Exports by symbol name (those of [`KernelOptions::interest`] when given).
     #[serde(skip)]
     pub exports: HashMap<String, KernelExport>,
-    /// Names of the in-tree modules (as the kernel names them, `_` not `-`).
+    /// Names of the modules present in the tree (as the kernel names them, `_` not `-`;
+    /// with an interest, those exporting its symbols or named by it).
     #[serde(skip)]
     pub modules: HashSet<String>,
     pub modversions: bool,
@@ -111,55 +135,119 @@ impl Kernel {
             bail!("invalid kernel release {release:?}");
         }
         let tree = ModuleTree::new(root.clone(), release);
-        let files = if tree.host_dir().is_dir() { tree.module_files()? } else { Vec::new() };
+        let tree_dir = tree.host_dir();
         let symvers_path = match &opts.symvers {
             Some(p) => Some(p.clone()),
             None => find_symvers(root, release),
         };
-        if symvers_path.is_none() && files.is_empty() {
+        if symvers_path.is_none() && !tree_dir.is_dir() {
             bail!(
-                "kernel {release}: no symvers file and no modules under {} (give --symvers FILE)",
-                tree.host_dir().display()
+                "kernel {release}: no symvers file and no module tree {} (give --symvers FILE)",
+                tree_dir.display()
             );
         }
-        let modules: HashSet<String> = files.iter().map(|p| name_from_path(p)).collect();
-        let mut exports = HashMap::new();
-        let mut symvers_covers_modules = false;
-        if let Some(path) = &symvers_path {
-            for e in read_symvers(path)? {
-                let owner = if e.is_vmlinux() {
-                    "vmlinux".to_string()
-                } else {
-                    symvers_covers_modules = true;
-                    name_from_path(Path::new(&e.module))
-                };
-                // An in-tree module's export counts only while that module is in the tree.
-                if owner != "vmlinux" && !modules.contains(&owner) {
-                    continue;
-                }
-                let export =
-                    KernelExport { crc: Some(e.crc), gpl: e.gpl, namespace: e.namespace, owner };
-                exports.insert(e.symbol, export);
+        let symvers_text = match &symvers_path {
+            Some(path) => read_symvers_text(path)?,
+            None => Vec::new(),
+        };
+        let entries =
+            symvers::lines(&symvers_text).collect::<Result<Vec<_>>>().with_context(|| {
+                format!("{}", symvers_path.as_deref().unwrap_or(Path::new("")).display())
+            })?;
+        let symvers_covers_modules = entries.iter().any(|e| !e.is_vmlinux());
+        let scan_all = opts.scan_modules || !symvers_covers_modules;
+        let interest = opts.interest.as_ref();
+        let wanted_symbol = |s: &str| interest.map_or(true, |i| i.symbols.contains(s));
+
+        // Which module files to read for their exports, and which modules are present.
+        // Fast path: `kernel/` is the build's own tree, which symvers describes; only the
+        // presence of the files that matter is checked. Everything else (extra/,
+        // updates/) is read, as depmod would.
+        let mut modules: HashSet<String> = HashSet::new();
+        let mut present_paths: HashSet<&str> = HashSet::new();
+        let mut to_read = Vec::new();
+        if scan_all {
+            if tree_dir.is_dir() {
+                to_read = tree.module_files()?;
             }
-        }
-        if opts.scan_modules || !symvers_covers_modules {
-            for m in read_all(&files)? {
-                let owner = m.name();
-                for e in m.exports {
-                    exports.insert(
-                        e.name,
-                        KernelExport {
-                            crc: e.crc,
-                            gpl: e.gpl,
-                            namespace: e.namespace,
-                            owner: owner.clone(),
-                        },
+        } else {
+            let mut owners: HashSet<&str> = HashSet::new();
+            for e in entries.iter().filter(|e| !e.is_vmlinux()) {
+                if wanted_symbol(e.symbol) {
+                    owners.insert(e.module);
+                }
+            }
+            if let Some(i) = interest {
+                if !i.modules.is_empty() {
+                    let all: HashSet<&str> =
+                        entries.iter().filter(|e| !e.is_vmlinux()).map(|e| e.module).collect();
+                    owners.extend(
+                        all.into_iter()
+                            .filter(|p| i.modules.contains(&name_from_path(Path::new(p)))),
                     );
                 }
+            } else {
+                owners.extend(entries.iter().filter(|e| !e.is_vmlinux()).map(|e| e.module));
+            }
+            for path in owners {
+                let base = tree_dir.join("kernel").join(path);
+                let exists = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().any(|ext| {
+                    let mut p = base.clone().into_os_string();
+                    p.push(ext);
+                    Path::new(&p).is_file()
+                });
+                if exists {
+                    present_paths.insert(path);
+                    modules.insert(name_from_path(Path::new(path)));
+                }
+            }
+            for entry in std::fs::read_dir(&tree_dir).into_iter().flatten().flatten() {
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                if is_dir && entry.file_name() != "kernel" {
+                    walk(&entry.path(), &mut to_read)
+                        .with_context(|| format!("reading {}", entry.path().display()))?;
+                }
+            }
+        }
+        modules.extend(to_read.iter().map(|p| name_from_path(p)));
+
+        let mut exports = HashMap::new();
+        for e in &entries {
+            if !wanted_symbol(e.symbol) {
+                continue;
+            }
+            let owner = if e.is_vmlinux() {
+                "vmlinux".to_string()
+            } else if scan_all || !present_paths.contains(e.module) {
+                // Read from the .ko files below, or absent from the tree: not exported.
+                continue;
+            } else {
+                name_from_path(Path::new(e.module))
+            };
+            let export = KernelExport {
+                crc: Some(e.crc),
+                gpl: e.gpl,
+                namespace: e.namespace.map(str::to_string),
+                owner,
+            };
+            exports.insert(e.symbol.to_string(), export);
+        }
+        for m in read_all(&to_read)? {
+            let owner = m.name();
+            for e in m.exports {
+                exports.insert(
+                    e.name,
+                    KernelExport {
+                        crc: e.crc,
+                        gpl: e.gpl,
+                        namespace: e.namespace,
+                        owner: owner.clone(),
+                    },
+                );
             }
         }
 
-        let reference = reference_module(&tree, &files)?;
+        let reference = reference_module(&tree)?;
         let config = read_optional(&root.path(format!("/boot/config-{release}")))?
             .map(|b| KernelConfig::parse(&b));
         let enabled = |name: &str| config.as_ref().map(|c| c.enabled(name));
@@ -275,14 +363,18 @@ fn find_symvers(root: &Root, release: &str) -> Option<PathBuf> {
 
 /// Parse a symvers file, decompressing by magic (`symvers.gz`).
 pub fn read_symvers(path: &Path) -> Result<Vec<symvers::SymversEntry>> {
+    symvers::parse(&read_symvers_text(path)?).with_context(|| format!("{}", path.display()))
+}
+
+/// The text of a symvers file, decompressed by magic.
+fn read_symvers_text(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let text = if Compression::detect(&bytes) == Compression::None {
-        std::borrow::Cow::Borrowed(&bytes[..])
-    } else {
-        compression::decode_all(&bytes, compression::MAX_DECODED_MODULE)
-            .with_context(|| format!("{}", path.display()))?
-    };
-    symvers::parse(&text).with_context(|| format!("{}", path.display()))
+    if Compression::detect(&bytes) == Compression::None {
+        return Ok(bytes);
+    }
+    Ok(compression::decode_all(&bytes, compression::MAX_DECODED_MODULE)
+        .with_context(|| format!("{}", path.display()))?
+        .into_owned())
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
@@ -294,14 +386,22 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
 }
 
 /// The in-tree module whose vermagic, machine, struct size and signer stand for the
-/// kernel's: the first in `modules.order` (in-tree by definition), else the first file.
-fn reference_module(tree: &ModuleTree, files: &[PathBuf]) -> Result<Option<Module>> {
+/// kernel's: the first of `modules.order` present (in-tree by definition), else the first
+/// module file found.
+fn reference_module(tree: &ModuleTree) -> Result<Option<Module>> {
     let order = read_optional(&tree.host_dir().join("modules.order"))?.unwrap_or_default();
     let from_order = String::from_utf8_lossy(&order)
         .lines()
         .map(|l| tree.host_dir().join(l.trim()))
         .find(|p| p.is_file());
-    let Some(path) = from_order.or_else(|| files.first().cloned()) else { return Ok(None) };
+    let path = match from_order {
+        Some(p) => p,
+        None if tree.host_dir().is_dir() => match tree.module_files()?.into_iter().next() {
+            Some(p) => p,
+            None => return Ok(None),
+        },
+        None => return Ok(None),
+    };
     Module::read(&path, ReadOptions::default()).map(Some)
 }
 
