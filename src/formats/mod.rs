@@ -2,6 +2,7 @@
 //! global state. This is where fuzzing and property tests aim.
 
 pub mod compression;
+pub mod cpio;
 pub mod elf;
 pub mod modinfo;
 pub mod modversions;
