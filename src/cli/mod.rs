@@ -3,6 +3,7 @@
 
 mod demo;
 mod info;
+mod initramfs;
 mod meta;
 
 use crate::exit::Exit;
@@ -38,6 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Info(info::InfoArgs),
+    Initramfs(initramfs::InitramfsArgs),
     Demo(demo::DemoArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
@@ -57,6 +59,7 @@ pub fn main() -> Exit {
     let ctx = Context { root: Root::new(&cli.root), json: cli.json };
     let result = match cli.command {
         Command::Info(args) => info::run(&ctx, args),
+        Command::Initramfs(args) => initramfs::run(&ctx, args),
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
