@@ -4,6 +4,7 @@
 mod check;
 mod demo;
 mod info;
+mod initramfs;
 mod meta;
 
 use crate::exit::Exit;
@@ -40,6 +41,7 @@ pub struct Cli {
 pub enum Command {
     Info(info::InfoArgs),
     Check(check::CheckArgs),
+    Initramfs(initramfs::InitramfsArgs),
     Demo(demo::DemoArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
@@ -60,6 +62,7 @@ pub fn main() -> Exit {
     let result = match cli.command {
         Command::Info(args) => info::run(&ctx, args),
         Command::Check(args) => check::run(&ctx, args),
+        Command::Initramfs(args) => initramfs::run(&ctx, args),
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),

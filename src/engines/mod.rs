@@ -2,3 +2,4 @@
 //! They return plans and reports; they never touch disk.
 
 pub mod compat;
+pub mod initramfs;

@@ -3,6 +3,7 @@
 
 pub mod compression;
 pub mod der;
+pub mod cpio;
 pub mod elf;
 pub mod kconfig;
 pub mod modinfo;

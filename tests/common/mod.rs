@@ -84,3 +84,4 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
     out
 }
 pub mod check;
+pub mod initramfs;
