@@ -2,6 +2,8 @@
 //! each calls the library and renders text or JSON. No logic of its own.
 
 mod demo;
+mod depmod;
+mod deps;
 mod info;
 mod meta;
 
@@ -39,6 +41,8 @@ pub struct Cli {
 pub enum Command {
     Info(info::InfoArgs),
     Demo(demo::DemoArgs),
+    Depmod(depmod::DepmodArgs),
+    Deps(deps::DepsArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
 }
@@ -58,6 +62,8 @@ pub fn main() -> Exit {
     let result = match cli.command {
         Command::Info(args) => info::run(&ctx, args),
         Command::Demo(args) => demo::run(&ctx, args),
+        Command::Depmod(args) => depmod::run(&ctx, args),
+        Command::Deps(args) => deps::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
     };

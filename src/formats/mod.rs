@@ -3,6 +3,7 @@
 
 pub mod compression;
 pub mod elf;
+pub mod kmod_index;
 pub mod modinfo;
 pub mod modversions;
 pub mod signature;

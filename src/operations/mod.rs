@@ -1,2 +1,5 @@
 //! Operations: apply plans. Every write happens here, atomically (temp file in the same
 //! directory, fsync, rename, fsync directory).
+
+pub mod atomic;
+pub mod depmod;
