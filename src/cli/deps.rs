@@ -48,7 +48,11 @@ pub fn run(ctx: &Context, args: DepsArgs) -> Result<Exit> {
     }
     for a in &answers {
         if !a.found {
-            eprintln!("bootkmod: module {} not found in directory {}", a.name, indexes.dir.display());
+            eprintln!(
+                "bootkmod: module {} not found in directory {}",
+                a.name,
+                indexes.dir.display()
+            );
         }
         for step in &a.steps {
             // modprobe's format, trailing space (where options would go) included.

@@ -81,12 +81,8 @@ impl IndexBuilder {
         loop {
             // Make the node's prefix a prefix of the rest of the key, splitting if needed.
             let prefix_len = self.nodes[node].prefix.len();
-            let common = self.nodes[node]
-                .prefix
-                .iter()
-                .zip(&key[i..])
-                .take_while(|(a, b)| a == b)
-                .count();
+            let common =
+                self.nodes[node].prefix.iter().zip(&key[i..]).take_while(|(a, b)| a == b).count();
             if common < prefix_len {
                 let old = std::mem::take(&mut self.nodes[node]);
                 let split_char = old.prefix[common];
@@ -190,6 +186,9 @@ pub struct Index<'a> {
     bytes: &'a [u8],
     root: u32,
 }
+
+/// Called with each key and its values during a walk.
+type Visit<'v> = dyn FnMut(&[u8], Vec<Value>) -> Result<()> + 'v;
 
 /// A decoded node.
 struct NodeView<'a> {
@@ -306,7 +305,7 @@ impl<'a> Index<'a> {
         offset: u32,
         parent: Option<usize>,
         key: &mut Vec<u8>,
-        visit: &mut dyn FnMut(&[u8], Vec<Value>) -> Result<()>,
+        visit: &mut Visit<'_>,
     ) -> Result<()> {
         let node = self.node(offset, parent)?;
         let len = key.len();
@@ -480,7 +479,8 @@ mod tests {
             ("usb:v[0-9]*", "usbthing", 3),
         ]);
         let idx = Index::parse(&bytes).unwrap();
-        let hits = idx.search_wild("pci:v00001000d0000005Dsv00001028sd00001F49bc01sc04i00").unwrap();
+        let hits =
+            idx.search_wild("pci:v00001000d0000005Dsv00001028sd00001F49bc01sc04i00").unwrap();
         assert_eq!(hits.iter().map(|v| v.value.as_str()).collect::<Vec<_>>(), ["megaraid_sas"]);
         let hits = idx.search_wild("pci:v00008086d00002922sv0sd0bc01sc06i01").unwrap();
         assert_eq!(hits[0].value, "ahci");

@@ -140,10 +140,15 @@ mod tests {
     fn replaces_all_files_and_leaves_no_temporaries() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("a"), b"old").unwrap();
-        AtomicSet::new(t.path()).file("a", b"new a".to_vec()).file("b", b"new b".to_vec()).commit().unwrap();
+        AtomicSet::new(t.path())
+            .file("a", b"new a".to_vec())
+            .file("b", b"new b".to_vec())
+            .commit()
+            .unwrap();
         assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"new a");
         assert_eq!(std::fs::read(t.path().join("b")).unwrap(), b"new b");
-        let names: Vec<_> = std::fs::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(t.path().join("b")).unwrap().permissions().mode();
@@ -157,10 +162,12 @@ mod tests {
         // "d" is a directory: it cannot be backed up or replaced by a file.
         std::fs::create_dir(t.path().join("d")).unwrap();
         std::fs::write(t.path().join("d/x"), b"x").unwrap();
-        let err = AtomicSet::new(t.path()).file("a", b"new".to_vec()).file("d", b"new".to_vec()).commit();
+        let err =
+            AtomicSet::new(t.path()).file("a", b"new".to_vec()).file("d", b"new".to_vec()).commit();
         assert!(err.is_err());
         assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"old");
-        let names: Vec<_> = std::fs::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(AtomicSet::new(t.path()).file("../x", b"".to_vec()).commit().is_err());
     }

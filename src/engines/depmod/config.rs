@@ -228,8 +228,11 @@ fn regex_search(pattern: &[u8], text: &[u8]) -> bool {
     (0..=text.len()).any(|i| regex_here(pattern, &text[i..]))
 }
 
+/// Does a byte match one pattern atom?
+type AtomMatch<'a> = Box<dyn Fn(u8) -> bool + 'a>;
+
 /// One atom of the pattern: (matcher, atom length in pattern bytes).
-fn atom(pattern: &[u8]) -> Option<(Box<dyn Fn(u8) -> bool + '_>, usize)> {
+fn atom(pattern: &[u8]) -> Option<(AtomMatch<'_>, usize)> {
     match *pattern.first()? {
         b'.' => Some((Box::new(|_| true), 1)),
         b'\\' if pattern.len() > 1 => {
@@ -329,8 +332,12 @@ mod tests {
             rel: Some(rel.into()),
             match_len: rel.rfind('/').map_or(0, |p| p + 1) + 1,
         };
-        let (upd, ext, kern, weak) =
-            (cand("updates/m.ko"), cand("extra/m.ko"), cand("kernel/m.ko"), cand("weak-updates/m.ko"));
+        let (upd, ext, kern, weak) = (
+            cand("updates/m.ko"),
+            cand("extra/m.ko"),
+            cand("kernel/m.ko"),
+            cand("weak-updates/m.ko"),
+        );
         assert!(c.existing_wins(&upd, &ext));
         assert!(!c.existing_wins(&ext, &upd));
         assert!(c.existing_wins(&ext, &kern));

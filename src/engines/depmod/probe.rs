@@ -96,12 +96,9 @@ impl TreeIndexes {
         if let Some(idx) = self.index(&self.alias, "modules.alias.bin")? {
             let v = idx.search_wild(&key).with_context(|| self.ctx("modules.alias.bin"))?;
             if !v.is_empty() {
-                let mut seen = HashSet::new();
-                return Ok(v
-                    .into_iter()
-                    .filter(|v| seen.insert(v.value.clone()))
-                    .map(|v| (v.value, false))
-                    .collect());
+                // A module matched by several patterns is listed once per pattern, as
+                // libkmod does.
+                return Ok(v.into_iter().map(|v| (v.value, false)).collect());
             }
         }
         if let Some(idx) = self.index(&self.builtin_alias, "modules.builtin.alias.bin")? {
@@ -193,23 +190,33 @@ impl TreeIndexes {
     ) -> Result<()> {
         let (pre, post) = self.softdeps.get(module).cloned().unwrap_or_default();
         for soft in &pre {
-            for (m, builtin) in self.resolve(soft)? {
-                if !builtin {
-                    self.probe_list(&m, visited, out, depth + 1)?;
-                }
-            }
+            self.soft(soft, visited, out, depth)?;
         }
         if let Some(p) = path {
-            let step = Step::Insmod { name: module.to_string(), path: self.host_path(p) };
-            if !out.contains(&step) {
-                out.push(step);
-            }
+            // No de-duplication: a dependency reached again through a soft dependency
+            // is listed again, as modprobe lists it.
+            out.push(Step::Insmod { name: module.to_string(), path: self.host_path(p) });
         }
         for soft in &post {
-            for (m, builtin) in self.resolve(soft)? {
-                if !builtin {
-                    self.probe_list(&m, visited, out, depth + 1)?;
+            self.soft(soft, visited, out, depth)?;
+        }
+        Ok(())
+    }
+
+    fn soft(
+        &self,
+        name: &str,
+        visited: &mut HashSet<String>,
+        out: &mut Vec<Step>,
+        depth: usize,
+    ) -> Result<()> {
+        for (m, builtin) in self.resolve(name)? {
+            if builtin {
+                if visited.insert(m.clone()) {
+                    out.push(Step::Builtin { name: m });
                 }
+            } else {
+                self.probe_list(&m, visited, out, depth + 1)?;
             }
         }
         Ok(())
@@ -225,7 +232,12 @@ fn parse_softdeps(text: &str) -> HashMap<String, (Vec<String>, Vec<String>)> {
             continue;
         }
         let Some(module) = words.next() else { continue };
-        let entry = out.entry(module.replace('-', "_")).or_default();
+        // libkmod uses the first softdep line of a module only.
+        let key = module.replace('-', "_");
+        if out.contains_key(&key) {
+            continue;
+        }
+        let entry = out.entry(key).or_default();
         let mut post = None;
         for w in words {
             match w {

@@ -22,7 +22,8 @@ pub fn scan(
     config: &Config,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Candidate>> {
-    let mut state = Scan { root, tree, config, by_name: HashMap::new(), chosen: Vec::new(), warnings };
+    let mut state =
+        Scan { root, tree, config, by_name: HashMap::new(), chosen: Vec::new(), warnings };
     let host = root.path(root.resolve(tree)?);
     std::fs::read_dir(&host)
         .with_context(|| format!("cannot read module directory {}", host.display()))?;
@@ -88,7 +89,8 @@ impl Scan<'_> {
     fn offer(&mut self, target: PathBuf) {
         let name = name_from_path(&target);
         let rel = target.strip_prefix(self.tree).ok().map(|r| r.to_string_lossy().into_owned());
-        let match_len = rel.as_deref().map_or(0, |r| r.rfind('/').map_or(0, |p| p + 1) + name.len());
+        let match_len =
+            rel.as_deref().map_or(0, |r| r.rfind('/').map_or(0, |p| p + 1) + name.len());
         let candidate = Candidate { name: name.clone(), target, rel, match_len };
         match self.by_name.get(&name) {
             Some(&i) => {
