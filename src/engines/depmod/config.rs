@@ -349,7 +349,7 @@ mod tests {
     fn kernel_patterns() {
         assert!(kernel_matches("*", "6.1.0"));
         assert!(kernel_matches("6.1.*", "6.1.0-56-amd64"));
-        assert!(kernel_matches("^5\\.14\\.0-[0-9]+\\.el9", "5.14.0-362.8.1.el9_3.x86_64"));
+        assert!(kernel_matches("^5\\.14\\.0-[0-9]+\\.[0-9.]+el9", "5.14.0-362.8.1.el9_3.x86_64"));
         assert!(!kernel_matches("^5\\.14", "6.1.0"));
         assert!(kernel_matches("amd64$", "6.1.0-56-amd64"));
     }
