@@ -81,3 +81,4 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
     out.sort();
     out
 }
+pub mod depmod;
