@@ -3,6 +3,8 @@
 
 mod check;
 mod demo;
+mod depmod;
+mod deps;
 mod info;
 mod initramfs;
 mod meta;
@@ -43,6 +45,8 @@ pub enum Command {
     Check(check::CheckArgs),
     Initramfs(initramfs::InitramfsArgs),
     Demo(demo::DemoArgs),
+    Depmod(depmod::DepmodArgs),
+    Deps(deps::DepsArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
 }
@@ -64,6 +68,8 @@ pub fn main() -> Exit {
         Command::Check(args) => check::run(&ctx, args),
         Command::Initramfs(args) => initramfs::run(&ctx, args),
         Command::Demo(args) => demo::run(&ctx, args),
+        Command::Depmod(args) => depmod::run(&ctx, args),
+        Command::Deps(args) => deps::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
     };

@@ -3,3 +3,4 @@
 
 pub mod compat;
 pub mod initramfs;
+pub mod depmod;

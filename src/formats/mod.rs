@@ -6,6 +6,7 @@ pub mod der;
 pub mod cpio;
 pub mod elf;
 pub mod kconfig;
+pub mod kmod_index;
 pub mod modinfo;
 pub mod modversions;
 pub mod signature;

@@ -3,3 +3,5 @@
 
 pub mod extract;
 pub mod pack;
+pub mod atomic;
+pub mod depmod;

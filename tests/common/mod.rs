@@ -85,3 +85,4 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
 }
 pub mod check;
 pub mod initramfs;
+pub mod depmod;
