@@ -2,5 +2,5 @@
 //! They return plans and reports; they never touch disk.
 
 pub mod compat;
-pub mod initramfs;
 pub mod depmod;
+pub mod initramfs;

@@ -2,8 +2,8 @@
 //! global state. This is where fuzzing and property tests aim.
 
 pub mod compression;
-pub mod der;
 pub mod cpio;
+pub mod der;
 pub mod elf;
 pub mod kconfig;
 pub mod kmod_index;
