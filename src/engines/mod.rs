@@ -1,5 +1,8 @@
 //! Engines: compute verdicts, dependency graphs and image views from the model.
 //! They return plans and reports; they never touch disk.
 
+pub mod compat;
+pub mod depmod;
 pub mod dud;
 pub mod dud_package;
+pub mod initramfs;

@@ -8,9 +8,9 @@
 //!   tool): `rhdd3` and `rpms/<arch>/<package>.rpm`, volume label `OEMDRV` by default.
 //!   With `SOURCE_DATE_EPOCH` every timestamp (RPM build time, file times, ISO volume
 //!   dates, signature time) comes from it, so the same inputs give the same bytes.
-//! - Every file lands through [`atomic::write_file`].
+//! - Every file lands through [`AtomicSet`] (temp file, fsync, rename, fsync dir).
 
-use super::atomic;
+use super::atomic::AtomicSet;
 use crate::engines::dud::Inspection;
 use crate::engines::dud_package::PackagePlan;
 use crate::formats::dud::{rpms_dir, REPO_MARKER};
@@ -199,7 +199,7 @@ pub fn build(
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("{}: cannot create", dir.display()))?;
             }
-            atomic::write_file(path, bytes, 0o644)?;
+            write_one(path, bytes)?;
             written.push(path.clone());
         }
     }
@@ -254,7 +254,7 @@ pub fn apply(
         if host.symlink_metadata().is_ok_and(|m| m.is_dir()) {
             bail!("{}: is a directory, not replacing it", host.display());
         }
-        atomic::write_file(&host, &file.content, 0o644)?;
+        write_one(&host, &file.content)?;
     }
     let indexes = if dry_run || files.is_empty() {
         "not regenerated (nothing written)".to_string()
@@ -264,14 +264,28 @@ pub fn apply(
     Ok(ApplyReport { files, indexes, dry_run })
 }
 
+/// Replace one file atomically (a symlink at `path` is replaced, never followed).
+fn write_one(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().context("no file name")?.to_string_lossy().into_owned();
+    AtomicSet::new(dir).file(name, bytes.to_vec()).commit()
+}
+
 /// Regenerate `kver`'s module indexes in `root`.
 fn regenerate_indexes(root: &Root, kver: &str) -> Result<String> {
-    // NATIVE DEPMOD PLUGS IN HERE (issue 5): replace the system depmod with
-    // bootkmod's own index writer once it lands on main.
+    // The system depmod is the reference while bootkmod's own index writer (issue 5,
+    // `operations::depmod`) is in progress; it is the fallback where kmod is missing.
+    // NATIVE DEPMOD: make `crate::operations::depmod::run` the first choice here once
+    // issue 5 is closed.
     let depmod =
         ["/usr/sbin/depmod", "/sbin/depmod"].into_iter().map(Path::new).find(|p| p.exists());
     let Some(depmod) = depmod else {
-        return Ok("not regenerated: depmod not found (run depmod -b ROOT KVER)".into());
+        let report = crate::operations::depmod::run(root, kver, false)?;
+        return Ok(format!(
+            "bootkmod depmod ({} modules) in {}",
+            report.modules,
+            report.dir.display()
+        ));
     };
     if !root.path(format!("/lib/modules/{kver}")).is_dir() {
         bail!(

@@ -2,4 +2,7 @@
 //! directory, fsync, rename, fsync directory).
 
 pub mod atomic;
+pub mod depmod;
 pub mod dud;
+pub mod extract;
+pub mod pack;

@@ -181,7 +181,7 @@ impl Boot {
             .args(["-accel", "tcg", "-cpu", "max", "-m", &self.memory_mb.to_string()])
             .args(["-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio"])
             .arg("-kernel")
-            .arg(&self.kernel)
+            .arg(uncompressed_kernel(&self.kernel))
             .arg("-initrd")
             .arg(&self.initrd)
             .arg("-append")
@@ -203,6 +203,43 @@ impl Boot {
             out.status
         );
         Some(BootLog { serial, timed_out, elapsed: start.elapsed() })
+    }
+}
+
+/// The ELF `vmlinux` inside a bzImage, cached: QEMU boots it through its PVH entry in
+/// about half the time of the bzImage (no real-mode setup, no self-decompression). Falls
+/// back to the bzImage itself when no xz payload is found.
+pub fn uncompressed_kernel(bzimage: &Path) -> PathBuf {
+    use std::io::Read;
+    let Ok(bytes) = fs::read(bzimage) else { return bzimage.to_path_buf() };
+    let key = format!("{:x}", {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        h.finish()
+    });
+    let out = cache().join("vmlinux").join(key);
+    if out.is_file() {
+        return out;
+    }
+    let Some(start) = bytes.windows(6).position(|w| w == b"\xfd7zXZ\0") else {
+        return bzimage.to_path_buf();
+    };
+    // A single-stream decoder stops at the end of the payload; the bzImage continues after.
+    let mut vmlinux = Vec::new();
+    if liblzma::read::XzDecoder::new(&bytes[start..]).read_to_end(&mut vmlinux).is_err()
+        || !vmlinux.starts_with(b"\x7fELF")
+    {
+        return bzimage.to_path_buf();
+    }
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    if fs::create_dir_all(out.parent().unwrap()).is_ok()
+        && fs::write(&tmp, &vmlinux).is_ok()
+        && fs::rename(&tmp, &out).is_ok()
+    {
+        out
+    } else {
+        bzimage.to_path_buf()
     }
 }
 
