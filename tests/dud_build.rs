@@ -288,3 +288,23 @@ fn real_debian_module_builds_with_its_own_release() {
     let Some(provides) = rpm_query(&pkg, "--provides") else { return };
     assert!(provides.lines().any(|l| l == format!("kernel-modules >= {kver}")), "{provides}");
 }
+
+#[test]
+fn compressed_modules_ship_as_plain_ko() {
+    let (Some(xz), Some(rpm)) = (tool("xz"), tool("rpm")) else { return };
+    let t = tempfile::tempdir().unwrap();
+    let driver = sample_driver("packed", RHEL_RELEASE);
+    let ko = write_module(t.path(), &driver, "packed");
+    ok(&run(Command::new(xz).args(["--check=crc32", "-k"]).arg(&ko)));
+    let packed = t.path().join("packed.ko.xz");
+    let pkg = t.path().join("p.rpm");
+    ok(&dud(&["build", packed.to_str().unwrap(), "--format", "rpm", "-o", pkg.to_str().unwrap()]));
+    let root = t.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    ok(&run(Command::new(&rpm)
+        .args(["-i", "--nodeps", "--noscripts", "--root"])
+        .arg(&root)
+        .arg(&pkg)));
+    let installed = root.join(format!("lib/modules/{RHEL_RELEASE}/extra/packed/packed.ko"));
+    assert_eq!(std::fs::read(installed).unwrap(), driver.to_elf().unwrap(), "decompressed ELF");
+}

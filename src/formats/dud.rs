@@ -197,6 +197,24 @@ mod tests {
         assert_eq!(normalise_payload_path("//./x"), "x");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn destinations_never_leave_their_directory(path in "[a-z0-9./_-]{0,40}") {
+            let k = "6.1.0-56-amd64";
+            for class in [ExtractClass::Module, ExtractClass::Firmware] {
+                let norm = normalise_payload_path(&path);
+                if let Some(d) = updates_destination(norm, class, k) {
+                    let base = match class {
+                        ExtractClass::Module => format!("lib/modules/{k}/updates/"),
+                        _ => "lib/firmware/updates/".to_string(),
+                    };
+                    let rest = d.strip_prefix(&base).expect("under its base");
+                    proptest::prop_assert!(safe_relative(rest), "{} -> {}", path, d);
+                }
+            }
+        }
+    }
+
     #[test]
     fn destinations_drop_the_version_and_kernel_dirs() {
         let k = "6.1.0-56-amd64";
