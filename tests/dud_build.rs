@@ -308,3 +308,39 @@ fn compressed_modules_ship_as_plain_ko() {
     let installed = root.join(format!("lib/modules/{RHEL_RELEASE}/extra/packed/packed.ko"));
     assert_eq!(std::fs::read(installed).unwrap(), driver.to_elf().unwrap(), "decompressed ELF");
 }
+
+#[test]
+fn check_root_refuses_what_the_target_loader_would_refuse() {
+    let Some(kver) = common::installed_kernel() else { return };
+    let Some(ko) = common::kernel_modules(&kver).into_iter().find(|p| p.ends_with("vmw_pvscsi.ko"))
+    else {
+        return;
+    };
+    let cache = std::env::var("BOOTKMOD_CACHE").unwrap_or_else(|_| "/var/cache/bootkmod-ci".into());
+    let rt = Path::new(&cache).join("kernels/6.1.0-56-rt-amd64");
+    if !rt.is_dir() {
+        common::missing("the 6.1.0-56-rt-amd64 tree (.ci/setup.d/kernels)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good.iso");
+    ok(&dud(&["build", ko.to_str().unwrap(), "--check-root", "/", "-o", good.to_str().unwrap()]));
+    assert!(good.is_file());
+
+    let bad = t.path().join("bad.iso");
+    let out = dud(&[
+        "build",
+        ko.to_str().unwrap(),
+        "--check-root",
+        rt.to_str().unwrap(),
+        "--check-kver",
+        "6.1.0-56-rt-amd64",
+        "-o",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("would not load on kernel 6.1.0-56-rt-amd64"), "{err}");
+    assert!(err.contains("module_layout"), "the loader's first refusal: {err}");
+    assert!(!bad.exists());
+}

@@ -5,6 +5,8 @@ use crate::engines::dud::{inspect, Inspection};
 use crate::engines::dud_package::{plan_package, read_modules, FirmwareFile, PackageOptions};
 use crate::exit::Exit;
 use crate::model::dud::Medium;
+use crate::model::kernel::{Interest, Kernel, KernelOptions};
+use crate::model::root::Root;
 use crate::operations::dud::{self as ops, BuildOptions, DudFormat, PayloadCompression};
 use anyhow::{Context as _, Result};
 use std::io::Write;
@@ -74,6 +76,14 @@ pub struct BuildArgs {
     /// Sign the RPM with this ASCII-armoured OpenPGP secret key (no passphrase).
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Refuse modules that would not load on the kernel tree under DIR (the full
+    /// `bootkmod check` rules: module_layout, vermagic, symbol CRCs, signatures...).
+    #[arg(long, value_name = "DIR")]
+    pub check_root: Option<PathBuf>,
+    /// Kernel release to check against under --check-root (default: the modules'
+    /// vermagic release).
+    #[arg(long, value_name = "K", requires = "check_root")]
+    pub check_kver: Option<String>,
     /// Compute and show the package, write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -144,6 +154,23 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<Exit> {
             Ok(FirmwareFile { path: p.clone(), content })
         })
         .collect::<Result<Vec<_>>>()?;
+    let target = match &args.check_root {
+        Some(dir) => {
+            let release = match &args.check_kver {
+                Some(k) => k.clone(),
+                None => modules
+                    .first()
+                    .and_then(|m| m.module.vermagic())
+                    .and_then(|v| v.split_whitespace().next())
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            let set: Vec<_> = modules.iter().map(|m| m.module.clone()).collect();
+            let opts = KernelOptions { interest: Some(Interest::of(&set)), ..Default::default() };
+            Some(Kernel::read(&Root::new(dir), &release, &opts)?)
+        }
+        None => None,
+    };
     let plan = plan_package(
         &modules,
         &firmware,
@@ -154,6 +181,7 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<Exit> {
             arch: args.arch,
             kabi_requires: args.kabi_requires,
         },
+        target.as_ref(),
     )?;
     let sign_key = match &args.sign_key {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?),

@@ -2,8 +2,8 @@
 //! will write, before anything is written.
 //!
 //! Flow: module files read as [`Module`]s → [`check_plausible`] refuses what cannot be
-//! a driver for the target (the one place the full compatibility verdict will plug in)
-//! → [`plan_package`] derives the package identity, dependencies, payload paths and
+//! a driver for the target, and [`check_compatible`] (when a target kernel tree is
+//! given) what its loader would refuse → [`plan_package`] derives the package identity, dependencies, payload paths and
 //! scriptlets. [`crate::operations::dud`] turns the plan into RPM, directory and ISO
 //! bytes.
 //!
@@ -17,9 +17,11 @@
 //!   takes nothing else reliably), no symlinks; firmware under `lib/firmware/`;
 //!   a `depmod.d` override so the driver wins over an in-tree module of the same name.
 
+use crate::engines::compat;
 use crate::formats::compression::{self, Compression};
 use crate::formats::dud::rpm_arch;
 use crate::formats::elf::Endian;
+use crate::model::kernel::Kernel;
 use crate::model::module::Module;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
@@ -149,9 +151,25 @@ pub fn check_plausible(module: &Module, arch: Option<&str>) -> Result<()> {
         bail!("{file}: unknown architecture {}; pass --arch", module.machine_name());
     }
     let _ = vermagic;
-    // COMPATIBILITY CHECK PLUGS IN HERE (issue 3, `bootkmod check`): once the compat
-    // engine lands, call it for `module` against the target kernel named by its vermagic
-    // and refuse on a negative verdict. Plausibility above is all that is checked today.
+    Ok(())
+}
+
+/// The single place where the full compatibility verdict (`engines::compat`, the loader's
+/// rules) refuses modules, when a target kernel was given (`dud build --check-root`):
+/// every module of the set must load on it.
+pub fn check_compatible(modules: &[PackagedModule], target: &Kernel) -> Result<()> {
+    let set: Vec<Module> = modules.iter().map(|m| m.module.clone()).collect();
+    for verdict in compat::check_set(target, &set) {
+        if !verdict.compatible {
+            let why = verdict.first_refusal().map(|r| r.message.clone()).unwrap_or_default();
+            let file = verdict.path.as_deref().map(|p| p.display().to_string());
+            bail!(
+                "{}: would not load on kernel {}: {why}",
+                file.unwrap_or(verdict.module),
+                verdict.kernel
+            );
+        }
+    }
     Ok(())
 }
 
@@ -165,10 +183,14 @@ pub fn plan_package(
     modules: &[PackagedModule],
     firmware: &[FirmwareFile],
     opts: &PackageOptions,
+    target: Option<&Kernel>,
 ) -> Result<PackagePlan> {
     let Some(first) = modules.first() else { bail!("no modules given") };
     for m in modules {
         check_plausible(&m.module, opts.arch.as_deref())?;
+    }
+    if let Some(target) = target {
+        check_compatible(modules, target)?;
     }
     let kernel = kernel_release(&first.module).unwrap_or_default().to_string();
     for m in modules {
