@@ -229,3 +229,29 @@ fn garbage_is_an_error_not_a_panic() {
         .unwrap()
         .contains("not a readable RPM"));
 }
+
+#[test]
+fn a_bare_rpm_and_a_dir_tree_are_media_too() {
+    let t = tempfile::tempdir().unwrap();
+    let ko = write_module(t.path(), &sample_driver("bare_hba", RHEL_RELEASE), "bare_hba");
+    let rpm = t.path().join("kmod.rpm");
+    ok(&dud(&["build", ko.to_str().unwrap(), "--format", "rpm", "-o", rpm.to_str().unwrap()]));
+    let (code, v) = inspect_json(&rpm, RHEL_RELEASE, "x86_64");
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["kind"], "rpm");
+    assert_eq!(v["repos"][0]["packages"][0]["name"], "kmod-bare_hba");
+
+    let dir = t.path().join("tree");
+    ok(&dud(&["build", ko.to_str().unwrap(), "--format", "dir", "-o", dir.to_str().unwrap()]));
+    let (code, v) = inspect_json(&dir, RHEL_RELEASE, "x86_64");
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["kind"], "directory");
+
+    // A medium with no repo but an image at the top: Anaconda would open the image.
+    let holder = t.path().join("holder");
+    std::fs::create_dir(&holder).unwrap();
+    ok(&dud(&["build", ko.to_str().unwrap(), "-o", holder.join("dd.iso").to_str().unwrap()]));
+    let (code, v) = inspect_json(&holder, RHEL_RELEASE, "x86_64");
+    assert_eq!(code, Some(3));
+    assert_eq!(v["nested_isos"][0], "dd.iso");
+}
