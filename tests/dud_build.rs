@@ -284,7 +284,10 @@ fn real_debian_module_builds_with_its_own_release() {
     };
     let t = tempfile::tempdir().unwrap();
     let pkg = t.path().join("p.rpm");
-    ok(&dud(&["build", ko.to_str().unwrap(), "--format", "rpm", "-o", pkg.to_str().unwrap()]));
+    let out = dud(&["build", ko.to_str().unwrap(), "--format", "rpm", "-o", pkg.to_str().unwrap()]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.contains("more than one '-'"), kver.matches('-').count() > 1, "{stderr}");
     let Some(provides) = rpm_query(&pkg, "--provides") else { return };
     assert!(provides.lines().any(|l| l == format!("kernel-modules >= {kver}")), "{provides}");
 }

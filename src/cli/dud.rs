@@ -199,6 +199,9 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<Exit> {
     } else {
         args.output
     };
+    for w in &plan.warnings {
+        eprintln!("bootkmod: warning: {w}");
+    }
     let report = ops::build(plan, &output, &opts, args.dry_run)?;
     if ctx.json {
         print_json(&report)?;

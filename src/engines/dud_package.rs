@@ -101,6 +101,8 @@ pub struct PackagePlan {
     pub files: Vec<PayloadFile>,
     pub post_install: String,
     pub post_uninstall: String,
+    /// Things that build but may bite later (shown by the CLI).
+    pub warnings: Vec<String>,
 }
 
 impl PackagePlan {
@@ -321,7 +323,17 @@ pub fn plan_package(
         .get("description")
         .map(str::to_string)
         .unwrap_or_else(|| format!("{base} kernel module"));
+    let mut warnings = Vec::new();
+    if kernel.matches('-').count() > 1 {
+        // rpm's EVR grammar allows one '-' (version-release): rpmbuild refuses such a
+        // Provides, and dnf splits it at the last '-' when it compares.
+        warnings.push(format!(
+            "kernel release {kernel} has more than one '-': Anaconda compares it as a whole \
+             and takes the package, but it is not a valid rpm version-release for rpmbuild or dnf"
+        ));
+    }
     Ok(PackagePlan {
+        warnings,
         name: format!("kmod-{base}"),
         version,
         release: opts.release.clone(),
