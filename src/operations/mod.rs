@@ -3,3 +3,5 @@
 
 pub mod atomic;
 pub mod depmod;
+pub mod extract;
+pub mod pack;
