@@ -153,11 +153,14 @@ fn rhel_layout_with_weak_updates_and_search_order_is_byte_identical() {
     }
     // A symlinked directory inside the tree is walked too.
     root.symlink("weak-updates/linked-dir", "../../0.0.0-other/extra");
+    // An `exclude`d directory is not walked at all.
+    root.place("skipme/mptbase.ko", &find("mptbase.ko"));
     let conf = root.root().join("etc/depmod.d");
     std::fs::create_dir_all(&conf).unwrap();
     std::fs::write(
         conf.join("dist.conf"),
-        "# RHEL\nsearch updates extra built-in weak-updates\noverride sd_mod * weak-updates\n",
+        "# RHEL\nsearch updates extra built-in weak-updates\noverride sd_mod * weak-updates\n\
+         exclude skipme\n",
     )
     .unwrap();
 
@@ -168,6 +171,7 @@ fn rhel_layout_with_weak_updates_and_search_order_is_byte_identical() {
     assert_eq!(path_of("nvme_core"), "updates/nvme-core.ko");
     assert_eq!(path_of("sd_mod"), "weak-updates/sd_mod.ko");
     assert!(path_of("vmw_pvscsi").starts_with("weak-updates/"));
+    assert!(graph.find("mptbase").is_none(), "excluded directory was scanned");
     let mine = graph.files().unwrap();
     root.run_depmod(&kmod_depmod);
     assert_same_indexes(&root, &mine);
