@@ -396,3 +396,63 @@ fn signatures_by_the_build_key_or_a_trusted_cert_pass_others_fail_under_enforcem
     let v = check(&with_mok, &by_vendor);
     assert!(v.compatible && v.reasons.is_empty(), "{:?}", v.reasons);
 }
+
+#[test]
+fn depends_on_a_builtin_module_is_satisfied() {
+    let k = synth(SYNTH_CONFIG);
+    let kernel = read_kernel(&k, SecureBootMode::Off, vec![]);
+    let mut m = good("needs_builtin");
+    m.set("depends", "scsi_common");
+    assert_refused_only_by(&verdict(&kernel, &m), Rule::Depends);
+    let builtin = k.root().join(format!("lib/modules/{}/modules.builtin", k.kver));
+    std::fs::write(builtin, "kernel/drivers/scsi/scsi_common.ko\n").unwrap();
+    let kernel = read_kernel(&k, SecureBootMode::Off, vec![]);
+    assert_passes(&verdict(&kernel, &m));
+}
+
+/// `--all-kernels` over a root with two kernels: one line each, exit 3 when one refuses;
+/// `--json` carries one report per kernel with typed reasons.
+#[test]
+fn all_kernels_one_line_per_kernel_and_json() {
+    let k = synth(SYNTH_CONFIG);
+    let other = "6.1.0-98-amd64";
+    let mut reference = SampleModule::new("ref", &SYNTH_VERMAGIC.replace("-99-", "-98-"));
+    reference.import("module_layout", 0x0a0b0c0d);
+    let mut exports = exports();
+    exports[0].crc = 0x0a0b0c0d;
+    ck::add_kernel(k.root(), other, &reference.to_elf().unwrap(), &exports, SYNTH_CONFIG);
+    let module = k.root().join("m.ko");
+    std::fs::write(&module, good("m").to_elf().unwrap()).unwrap();
+
+    let run = |extra: &[&str]| {
+        common::run(
+            common::bootkmod()
+                .arg("check")
+                .arg(&module)
+                .args(["--all-kernels", "--secure-boot", "off", "--root"])
+                .arg(k.root())
+                .args(extra),
+        )
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with(other) && lines[0].contains("INCOMPATIBLE"), "{text}");
+    assert!(lines[0].contains("module_layout"), "{text}");
+    assert!(lines[1].starts_with(SYNTH_KVER_STR) && lines[1].contains(" compatible"), "{text}");
+
+    let out = run(&["--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+    assert_eq!(json[0]["kernel"]["release"], other);
+    assert_eq!(json[0]["compatible"], false);
+    let reason = &json[0]["verdicts"][0]["reasons"][0];
+    assert_eq!(reason["rule"], "module-layout");
+    assert_eq!(reason["expected"], "0x0a0b0c0d");
+    assert_eq!(reason["found"], format!("0x{SYNTH_LAYOUT:08x}"));
+    assert_eq!(json[1]["compatible"], true);
+}
+
+const SYNTH_KVER_STR: &str = ck::SYNTH_KVER;

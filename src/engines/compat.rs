@@ -21,8 +21,9 @@ use crate::model::module::Module;
 use std::collections::{HashMap, HashSet};
 
 /// A loader rule, in the order the kernel applies them.
+/// Serialised with the same kebab-case name the text output prints ([`Rule::name`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Rule {
     Signature,
     ElfClass,
@@ -501,5 +502,17 @@ fn check_one(
         compatible,
         reasons,
         unchecked,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rule;
+
+    #[test]
+    fn json_and_text_name_rules_alike() {
+        for rule in [Rule::Signature, Rule::ModuleLayout, Rule::StructModuleSize, Rule::SetMember] {
+            assert_eq!(serde_json::to_value(rule).unwrap(), rule.name());
+        }
     }
 }

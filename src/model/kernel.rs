@@ -138,8 +138,9 @@ pub struct Kernel {
     /// Exports by symbol name (those of [`KernelOptions::interest`] when given).
     #[serde(skip)]
     pub exports: HashMap<String, KernelExport>,
-    /// Names of the modules present in the tree (as the kernel names them, `_` not `-`;
-    /// with an interest, those exporting its symbols or named by it).
+    /// Names of the modules present in the tree or built in (`modules.builtin`), as the
+    /// kernel names them (`_` not `-`); with an interest, the loadable ones are only those
+    /// exporting its symbols or named by it.
     #[serde(skip)]
     pub modules: HashSet<String>,
     pub modversions: bool,
@@ -234,6 +235,11 @@ impl Kernel {
             }
         }
         modules.extend(to_read.iter().map(|p| name_from_path(p)));
+        // Built into the image: present as far as depends= and modprobe are concerned.
+        let builtin = read_optional(&tree_dir.join("modules.builtin"))?.unwrap_or_default();
+        modules.extend(
+            String::from_utf8_lossy(&builtin).lines().map(|l| name_from_path(Path::new(l.trim()))),
+        );
 
         let mut exports = HashMap::new();
         for e in &entries {

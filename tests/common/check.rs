@@ -154,20 +154,32 @@ impl SyntheticKernel {
     /// `reference` is written as `kernel/drivers/ref/ref.ko`; `exports` as the symvers.
     pub fn new(reference_elf: &[u8], exports: &[SymversEntry], config: &str) -> SyntheticKernel {
         let dir = tempfile::tempdir().unwrap();
-        let tree = dir.path().join("lib/modules").join(SYNTH_KVER);
-        std::fs::create_dir_all(tree.join("kernel/drivers/ref")).unwrap();
-        std::fs::write(tree.join("kernel/drivers/ref/ref.ko"), reference_elf).unwrap();
-        std::fs::write(tree.join("modules.order"), "kernel/drivers/ref/ref.ko\n").unwrap();
-        std::fs::create_dir_all(tree.join("build")).unwrap();
-        std::fs::write(tree.join("build/Module.symvers"), symvers::write(exports)).unwrap();
-        std::fs::create_dir_all(dir.path().join("boot")).unwrap();
-        std::fs::write(dir.path().join(format!("boot/config-{SYNTH_KVER}")), config).unwrap();
+        add_kernel(dir.path(), SYNTH_KVER, reference_elf, exports, config);
         SyntheticKernel { dir, kver: SYNTH_KVER.to_string() }
     }
 
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Add kernel `kver` to a synthetic root: a reference module, `modules.order`,
+/// `build/Module.symvers`, `/boot/config-KVER`.
+pub fn add_kernel(
+    root: &Path,
+    kver: &str,
+    reference_elf: &[u8],
+    exports: &[SymversEntry],
+    config: &str,
+) {
+    let tree = root.join("lib/modules").join(kver);
+    std::fs::create_dir_all(tree.join("kernel/drivers/ref")).unwrap();
+    std::fs::write(tree.join("kernel/drivers/ref/ref.ko"), reference_elf).unwrap();
+    std::fs::write(tree.join("modules.order"), "kernel/drivers/ref/ref.ko\n").unwrap();
+    std::fs::create_dir_all(tree.join("build")).unwrap();
+    std::fs::write(tree.join("build/Module.symvers"), symvers::write(exports)).unwrap();
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    std::fs::write(root.join(format!("boot/config-{kver}")), config).unwrap();
 }
 
 /// The default reference module of a synthetic kernel.
