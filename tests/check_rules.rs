@@ -82,7 +82,7 @@ fn vermagic_flags_fail_release_alone_passes_with_modversions() {
     let k = synth(SYNTH_CONFIG);
     let kernel = read_kernel(&k, SecureBootMode::Off, vec![]);
     let mut rt = good("rt");
-    rt.set("vermagic", "6.1.0-99-amd64 SMP preempt_rt mod_unload modversions ");
+    rt.set("vermagic", "6.8.0-99-amd64 SMP preempt_rt mod_unload modversions ");
     let v = verdict(&kernel, &rt);
     assert_refused_only_by(&v, Rule::Vermagic);
     let r = v.first_refusal().unwrap();
@@ -122,6 +122,24 @@ fn struct_module_size() {
     assert_refused_only_by(&v, Rule::StructModuleSize);
     assert_eq!(v.first_refusal().unwrap().found.as_deref(), Some("1024"));
     assert_passes(&verdict(&kernel, &good("sz")));
+
+    // Before 6.4 the loader does not compare the size: a warning, not a refusal.
+    let old = "6.1.0-97-amd64";
+    ck::add_kernel(
+        k.root(),
+        old,
+        &ck::synth_reference().to_elf().unwrap(),
+        &exports(),
+        SYNTH_CONFIG,
+    );
+    let old = Kernel::read(&Root::new(k.root()), old, &KernelOptions::default()).unwrap();
+    assert!(!old.checks_struct_module_size);
+    let v = verdict(&old, &bad);
+    assert_passes(&v);
+    assert!(v
+        .reasons
+        .iter()
+        .any(|r| r.rule == Rule::StructModuleSize && r.outcome == Outcome::Taint));
 }
 
 #[test]
@@ -261,7 +279,7 @@ fn a_set_passes_or_fails_together() {
 fn every_failing_rule_is_listed_in_the_loaders_order() {
     let k = synth(SYNTH_CONFIG);
     let kernel = read_kernel(&k, SecureBootMode::On, vec![]);
-    let mut m = SampleModule::new("all", "6.1.0-99-amd64 SMP preempt_rt mod_unload modversions ");
+    let mut m = SampleModule::new("all", "6.8.0-99-amd64 SMP preempt_rt mod_unload modversions ");
     m.import("module_layout", 1).import("_printk", 2).import("nobody", 3);
     m.this_module_size = Some(8);
     let v = verdict(&kernel, &m);
@@ -415,7 +433,7 @@ fn depends_on_a_builtin_module_is_satisfied() {
 #[test]
 fn all_kernels_one_line_per_kernel_and_json() {
     let k = synth(SYNTH_CONFIG);
-    let other = "6.1.0-98-amd64";
+    let other = "6.8.0-98-amd64";
     let mut reference = SampleModule::new("ref", &SYNTH_VERMAGIC.replace("-99-", "-98-"));
     reference.import("module_layout", 0x0a0b0c0d);
     let mut exports = exports();

@@ -310,16 +310,23 @@ fn check_one(
     }
 
     // 3. struct module size.
+    // Kernels before 6.4 do not compare the size (the booted 6.1 loads such a module);
+    // there a mismatch with a matching module_layout means a damaged file: a warning.
     match (kernel.this_module_size, m.this_module_size) {
         (Some(want), got) if got != Some(want) => b.add(
             Rule::StructModuleSize,
-            Outcome::Refused,
+            if kernel.checks_struct_module_size { Outcome::Refused } else { Outcome::Taint },
             None,
             Some(want.to_string()),
             Some(got.map_or("no .gnu.linkonce.this_module".into(), |g| g.to_string())),
             format!(
-                "{name}: .gnu.linkonce.this_module is {} bytes, the kernel's struct module is {want}",
-                got.map_or("missing, not".into(), |g| g.to_string())
+                "{name}: .gnu.linkonce.this_module is {} bytes, the kernel's struct module is {want}{}",
+                got.map_or("missing, not".into(), |g| g.to_string()),
+                if kernel.checks_struct_module_size {
+                    ""
+                } else {
+                    " (this kernel does not check it and loads the module anyway)"
+                }
             ),
         ),
         (None, _) => unchecked.push("struct-module-size".to_string()),

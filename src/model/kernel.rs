@@ -144,6 +144,9 @@ pub struct Kernel {
     #[serde(skip)]
     pub modules: HashSet<String>,
     pub modversions: bool,
+    /// Whether the loader compares `.gnu.linkonce.this_module`'s size with its own
+    /// `sizeof(struct module)`: kernels since 6.4 do; 6.1 (booted here) does not.
+    pub checks_struct_module_size: bool,
     pub sig_supported: bool,
     pub allow_missing_namespace_imports: bool,
     pub enforcement: Enforcement,
@@ -338,6 +341,7 @@ impl Kernel {
             exports,
             modules,
             modversions,
+            checks_struct_module_size: release_version(release).map_or(true, |v| v >= (6, 4)),
             sig_supported,
             allow_missing_namespace_imports,
             enforcement,
@@ -374,6 +378,14 @@ const CONFIG_OPTIONS: &[&str] = &[
 fn same_module_name(name: &str, base: &str) -> bool {
     name.len() == base.len()
         && name.bytes().zip(base.bytes()).all(|(n, b)| n == b || (n == b'_' && b == b'-'))
+}
+
+/// `(major, minor)` of a kernel release string (`6.1.0-56-amd64` → `(6, 1)`).
+pub fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// Every kernel release under `root` that has a module tree.
@@ -519,4 +531,17 @@ fn detect_enforcement(root: &Root) -> Result<Enforcement> {
         enforced: false,
         because: "no module.sig_enforce, lockdown or Secure Boot found".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_version;
+
+    #[test]
+    fn release_versions() {
+        assert_eq!(release_version("6.1.0-56-amd64"), Some((6, 1)));
+        assert_eq!(release_version("5.14.0-362.8.1.el9_3.x86_64"), Some((5, 14)));
+        assert_eq!(release_version("4.18.0"), Some((4, 18)));
+        assert_eq!(release_version("x"), None);
+    }
 }

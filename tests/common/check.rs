@@ -113,7 +113,8 @@ pub fn patch_version_crc(bytes: &mut [u8], symbol: &str, new_crc: u32) {
     panic!("{symbol} not in __versions");
 }
 
-/// Build `tests/fixtures/bkram` against the installed headers (gcc + make); the `.ko`.
+/// Build `tests/fixtures/bkram` against the installed headers (gcc + make); returns the
+/// path of `bkram.ko` (the RAM disk); `bkns.ko` (a namespace import) is built beside it.
 pub fn build_bkram(kver: &str, into: &Path) -> Option<PathBuf> {
     let build = Path::new("/lib/modules").join(kver).join("build");
     if !build.join("Makefile").is_file() {
@@ -122,7 +123,7 @@ pub fn build_bkram(kver: &str, into: &Path) -> Option<PathBuf> {
     tool("gcc")?;
     let make = tool("make")?;
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bkram");
-    for f in ["bkram.c", "Kbuild"] {
+    for f in ["bkram.c", "bkns.c", "Kbuild"] {
         std::fs::copy(src.join(f), into.join(f)).unwrap();
     }
     let out = run(Command::new(make)
@@ -146,8 +147,8 @@ pub struct SyntheticKernel {
     pub kver: String,
 }
 
-pub const SYNTH_KVER: &str = "6.1.0-99-amd64";
-pub const SYNTH_VERMAGIC: &str = "6.1.0-99-amd64 SMP preempt mod_unload modversions ";
+pub const SYNTH_KVER: &str = "6.8.0-99-amd64";
+pub const SYNTH_VERMAGIC: &str = "6.8.0-99-amd64 SMP preempt mod_unload modversions ";
 pub const SYNTH_LAYOUT: u32 = 0x9060323f;
 
 impl SyntheticKernel {
@@ -224,4 +225,41 @@ pub fn module_in(root: &Path, kver: &str, file: &str) -> PathBuf {
         .into_iter()
         .find(|p| p.file_name().is_some_and(|f| f == file))
         .unwrap_or_else(|| panic!("{file} not in {kver} under {}", root.display()))
+}
+
+/// The module without its appended signature (an altered signed module fails signature
+/// verification, which the kernel treats as fatal even without enforcement).
+pub fn strip_signature(bytes: &[u8]) -> Vec<u8> {
+    match bootkmod::formats::signature::split(bytes).unwrap() {
+        Some((content, _)) => content.to_vec(),
+        None => bytes.to_vec(),
+    }
+}
+
+/// Replace `from` by `to` (same length) inside `.modinfo`.
+pub fn patch_modinfo(bytes: &mut [u8], from: &str, to: &str) {
+    assert_eq!(from.len(), to.len(), "same-length patches only");
+    let elf = ElfModule::parse(bytes).unwrap();
+    let range = elf.section(".modinfo").unwrap().range.clone();
+    let section = &mut bytes[range];
+    let at = section
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .unwrap_or_else(|| panic!("{from:?} not in .modinfo"));
+    section[at..at + from.len()].copy_from_slice(to.as_bytes());
+}
+
+/// Set `sh_size` of `.gnu.linkonce.this_module` (ELF64 little-endian only).
+pub fn patch_this_module_size(bytes: &mut [u8], size: u64) {
+    let elf = ElfModule::parse(bytes).unwrap();
+    let index = elf.sections.iter().position(|s| s.name == ".gnu.linkonce.this_module").unwrap();
+    let shoff = u64::from_le_bytes(bytes[0x28..0x30].try_into().unwrap()) as usize;
+    let shentsize = u16::from_le_bytes(bytes[0x3a..0x3c].try_into().unwrap()) as usize;
+    let at = shoff + index * shentsize + 0x20;
+    bytes[at..at + 8].copy_from_slice(&size.to_le_bytes());
+}
+
+/// Set the ELF header's `e_machine` (little-endian files).
+pub fn patch_machine(bytes: &mut [u8], machine: u16) {
+    bytes[0x12..0x14].copy_from_slice(&machine.to_le_bytes());
 }
