@@ -474,3 +474,24 @@ fn all_kernels_one_line_per_kernel_and_json() {
 }
 
 const SYNTH_KVER_STR: &str = ck::SYNTH_KVER;
+
+/// Without `__versions` or vermagic the loader tries a forced load: a taint where the
+/// kernel allows it (`CONFIG_MODULE_FORCE_LOAD=y`, Debian), a refusal otherwise (RHEL).
+#[test]
+fn missing_versions_load_by_force_only_where_the_kernel_allows_it() {
+    let mut bare = SampleModule::new("bare", SYNTH_VERMAGIC);
+    bare.undefined.push("_printk".into());
+    let strict = synth(SYNTH_CONFIG);
+    let strict = read_kernel(&strict, SecureBootMode::Off, vec![]);
+    assert!(!strict.force_load);
+    let v = verdict(&strict, &bare);
+    // module_layout goes through the same forced-load path, and comes first.
+    assert_eq!(refusals(&v), [Rule::ModuleLayout, Rule::SymbolCrc]);
+    assert_eq!(v.first_refusal().unwrap().found.as_deref(), Some("no modversions"));
+
+    let lax = synth(&format!("{SYNTH_CONFIG}CONFIG_MODULE_FORCE_LOAD=y\n"));
+    let lax = read_kernel(&lax, SecureBootMode::Off, vec![]);
+    let v = verdict(&lax, &bare);
+    assert_passes(&v);
+    assert!(v.reasons.iter().any(|r| r.rule == Rule::SymbolCrc && r.outcome == Outcome::Taint));
+}

@@ -219,6 +219,15 @@ fn sort_reasons(reasons: &mut [Reason]) {
     reasons.sort_by_key(|r| (r.outcome != Outcome::Refused, r.rule));
 }
 
+/// What the loader's `try_to_force_load` does on this kernel.
+fn forced(kernel: &Kernel) -> (Outcome, &'static str) {
+    if kernel.force_load {
+        (Outcome::Taint, "loaded by force (CONFIG_MODULE_FORCE_LOAD), tainting the kernel")
+    } else {
+        (Outcome::Refused, "refused (the kernel is built without CONFIG_MODULE_FORCE_LOAD)")
+    }
+}
+
 fn check_one(
     kernel: &Kernel,
     m: &Module,
@@ -341,13 +350,14 @@ fn check_one(
         let Some(want) = want.filter(|_| kernel.modversions) else { return };
         if !has_versions {
             // try_to_force_load: a taint where the kernel allows forced loads.
+            let (outcome, what) = forced(kernel);
             b.add(
                 rule,
-                Outcome::Taint,
+                outcome,
                 Some(symbol),
                 Some(hex(u64::from(want))),
                 Some("no modversions".into()),
-                format!("{name}: has no symbol versions; {symbol} is loaded by force (taint)"),
+                format!("{name}: has no symbol versions for {symbol}; {what}"),
             );
             return;
         }
@@ -401,14 +411,17 @@ fn check_one(
                 );
             }
         }
-        (Some(want), None) => b.add(
-            Rule::Vermagic,
-            Outcome::Taint,
-            None,
-            Some(want.to_string()),
-            None,
-            format!("{name}: has no vermagic; loaded by force (taint)"),
-        ),
+        (Some(want), None) => {
+            let (outcome, what) = forced(kernel);
+            b.add(
+                Rule::Vermagic,
+                outcome,
+                None,
+                Some(want.to_string()),
+                None,
+                format!("{name}: has no vermagic; {what}"),
+            )
+        }
         (None, _) => unchecked.push("vermagic".to_string()),
     }
 

@@ -147,6 +147,9 @@ pub struct Kernel {
     /// Whether the loader compares `.gnu.linkonce.this_module`'s size with its own
     /// `sizeof(struct module)`: kernels since 6.4 do; 6.1 (booted here) does not.
     pub checks_struct_module_size: bool,
+    /// `CONFIG_MODULE_FORCE_LOAD`: modules without vermagic or symbol versions load with
+    /// a taint instead of being refused. Unknown (no config) counts as not set.
+    pub force_load: bool,
     pub sig_supported: bool,
     pub allow_missing_namespace_imports: bool,
     pub enforcement: Enforcement,
@@ -342,6 +345,7 @@ impl Kernel {
             modules,
             modversions,
             checks_struct_module_size: release_version(release).map_or(true, |v| v >= (6, 4)),
+            force_load: enabled("CONFIG_MODULE_FORCE_LOAD").unwrap_or(false),
             sig_supported,
             allow_missing_namespace_imports,
             enforcement,
@@ -369,6 +373,7 @@ impl Kernel {
 /// The config options the verdict depends on.
 const CONFIG_OPTIONS: &[&str] = &[
     "CONFIG_MODVERSIONS",
+    "CONFIG_MODULE_FORCE_LOAD",
     "CONFIG_MODULE_SIG",
     "CONFIG_MODULE_SIG_FORCE",
     "CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS",
