@@ -199,6 +199,9 @@ fn verdicts_match_what_the_booted_kernel_does() {
         let size = donor_module.this_module_size.unwrap();
         ck::patch_this_module_size(b, size - 64)
     }));
+    candidates.push(variant("vmw_pvscsi without __versions", &donor, &|b| {
+        ck::rename_section(b, "__versions", "__versionz")
+    }));
     candidates
         .push(variant("vmw_pvscsi built for aarch64", &donor, &|b| ck::patch_machine(b, 183)));
 

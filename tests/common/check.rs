@@ -263,3 +263,18 @@ pub fn patch_this_module_size(bytes: &mut [u8], size: u64) {
 pub fn patch_machine(bytes: &mut [u8], machine: u16) {
     bytes[0x12..0x14].copy_from_slice(&machine.to_le_bytes());
 }
+
+/// Rename a section (same length) in `.shstrtab`: the loader then no longer finds it.
+pub fn rename_section(bytes: &mut [u8], from: &str, to: &str) {
+    assert_eq!(from.len(), to.len(), "same-length renames only");
+    let elf = ElfModule::parse(bytes).unwrap();
+    let range = elf.section(".shstrtab").unwrap().range.clone();
+    let needle = [b"\0", from.as_bytes(), b"\0"].concat();
+    let table = &mut bytes[range];
+    let at = table
+        .windows(needle.len())
+        .position(|w| w == &needle[..])
+        .unwrap_or_else(|| panic!("section {from} not found"))
+        + 1;
+    table[at..at + from.len()].copy_from_slice(to.as_bytes());
+}
