@@ -3,7 +3,10 @@
 
 mod check;
 mod demo;
+mod depmod;
+mod deps;
 mod info;
+mod initramfs;
 mod meta;
 
 use crate::exit::Exit;
@@ -40,7 +43,10 @@ pub struct Cli {
 pub enum Command {
     Info(info::InfoArgs),
     Check(check::CheckArgs),
+    Initramfs(initramfs::InitramfsArgs),
     Demo(demo::DemoArgs),
+    Depmod(depmod::DepmodArgs),
+    Deps(deps::DepsArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
 }
@@ -60,7 +66,10 @@ pub fn main() -> Exit {
     let result = match cli.command {
         Command::Info(args) => info::run(&ctx, args),
         Command::Check(args) => check::run(&ctx, args),
+        Command::Initramfs(args) => initramfs::run(&ctx, args),
         Command::Demo(args) => demo::run(&ctx, args),
+        Command::Depmod(args) => depmod::run(&ctx, args),
+        Command::Deps(args) => deps::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
     };

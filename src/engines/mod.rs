@@ -2,3 +2,5 @@
 //! They return plans and reports; they never touch disk.
 
 pub mod compat;
+pub mod depmod;
+pub mod initramfs;

@@ -84,3 +84,5 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
     out
 }
 pub mod check;
+pub mod depmod;
+pub mod initramfs;

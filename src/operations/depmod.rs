@@ -1,0 +1,51 @@
+//! `depmod` as an operation: compute the graph of a tree and replace its index files
+//! all at once ([`AtomicSet`]), or only report what would be written (dry run).
+
+use crate::engines::depmod::{self, Graph};
+use crate::model::root::Root;
+use crate::operations::atomic::AtomicSet;
+use anyhow::Result;
+use std::path::PathBuf;
+
+/// What a depmod run did.
+#[derive(Debug, serde::Serialize)]
+pub struct DepmodReport {
+    pub release: String,
+    /// Host path of the tree.
+    pub dir: PathBuf,
+    pub modules: usize,
+    pub symbols: usize,
+    /// Files written (or that would be written), with their sizes.
+    pub files: Vec<(String, usize)>,
+    pub written: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Compute and (unless `dry_run`) write the indexes of `release` under `root`.
+pub fn run(root: &Root, release: &str, dry_run: bool) -> Result<DepmodReport> {
+    let graph = depmod::compute(root, release)?;
+    write(root, release, &graph, dry_run)
+}
+
+/// Write the indexes of an already computed graph.
+pub fn write(root: &Root, release: &str, graph: &Graph, dry_run: bool) -> Result<DepmodReport> {
+    let dir = root.path(root.resolve(depmod::tree_dir(release))?);
+    let files = graph.files()?;
+    let sizes = files.iter().map(|(n, b)| (n.to_string(), b.len())).collect();
+    if !dry_run {
+        let mut set = AtomicSet::new(&dir);
+        for (name, bytes) in files {
+            set = set.file(name, bytes);
+        }
+        set.commit()?;
+    }
+    Ok(DepmodReport {
+        release: release.to_string(),
+        dir,
+        modules: graph.modules.len(),
+        symbols: graph.symbols.len(),
+        files: sizes,
+        written: !dry_run,
+        warnings: graph.warnings.clone(),
+    })
+}
