@@ -37,7 +37,8 @@ pub enum Rule {
     SymbolCrc,
     Namespace,
     Depends,
-    /// Needs a symbol from another member of the set, which is itself refused.
+    /// Needs a symbol from (or `depends=` on) another member of the set, which is itself
+    /// refused.
     SetMember,
 }
 
@@ -145,11 +146,13 @@ pub fn check_set(kernel: &Kernel, modules: &[Module]) -> Vec<Verdict> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            m.undefined
-                .iter()
-                .filter_map(|s| set_exports.get(s.as_str()).copied())
-                .filter(|&p| p != i)
-                .collect()
+            let by_symbol = m.undefined.iter().filter_map(|s| set_exports.get(s.as_str()).copied());
+            // depends= on a member counts too: modprobe loads it first and stops if it fails.
+            let by_name = m.modinfo.depends().into_iter().filter_map(|d| {
+                let d = d.replace('-', "_");
+                names.iter().position(|n| *n == d)
+            });
+            by_symbol.chain(by_name).filter(|&p| p != i).collect()
         })
         .collect();
     loop {
