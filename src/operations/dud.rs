@@ -268,7 +268,7 @@ pub fn apply(
 fn write_one(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().context("no file name")?.to_string_lossy().into_owned();
-    AtomicSet::new(dir).file(name, bytes.to_vec()).commit()
+    AtomicSet::new(dir).file(name, bytes.to_vec()).commit().map(|_| ())
 }
 
 /// Regenerate `kver`'s module indexes in `root`.
