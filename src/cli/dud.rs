@@ -95,6 +95,7 @@ pub struct BuildArgs {
 /// taken, 3 when nothing would.
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
+    /// The driver disk: an ISO image, a directory, or a bare .rpm.
     #[arg(value_name = "DUD")]
     pub dud: PathBuf,
     /// The installer kernel's release, exactly as `uname -r` prints it.
@@ -108,15 +109,20 @@ pub struct InspectArgs {
     pub installer_version: Option<String>,
 }
 
-/// Do what Anaconda's driver-update step does, to a root: copy the modules and firmware
-/// it would take into lib/modules/K/updates/ and lib/firmware/updates/, then regenerate
-/// K's module indexes. For %pre/%post scripts and tests.
+/// Do to a root what Anaconda's driver-update step does.
+///
+/// Copies the modules and firmware Anaconda would take into ROOT/lib/modules/K/updates/
+/// and ROOT/lib/firmware/updates/, then regenerates K's module indexes. For %pre/%post
+/// scripts and tests. Exit 3 when nothing on the disk is for K.
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
+    /// The driver disk: an ISO image, a directory, or a bare .rpm.
     #[arg(value_name = "DUD")]
     pub dud: PathBuf,
+    /// Kernel release of the root whose updates/ directory receives the modules.
     #[arg(long, value_name = "K")]
     pub kver: String,
+    /// Architecture (uname -m) whose rpms/ directory is read.
     #[arg(long, value_name = "A", default_value = std::env::consts::ARCH)]
     pub arch: String,
     /// Show what would be written, write nothing.
