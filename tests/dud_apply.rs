@@ -168,3 +168,23 @@ fn a_disk_for_another_kernel_applies_nothing() {
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!Path::new(&f.root.join("lib/modules/6.1.0-1-amd64")).exists());
 }
+
+#[test]
+fn a_kernel_the_root_does_not_have_gets_no_tree() {
+    let Some(f) = fixture(false) else { return };
+    // Newer than the disk's Provides, so taken, but the root has no such kernel.
+    let out = run(common::bootkmod().args([
+        "--root",
+        f.root.to_str().unwrap(),
+        "dud",
+        "apply",
+        f.iso.to_str().unwrap(),
+        "--kver",
+        "6.1.0-99-amd64",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no module tree for kernel 6.1.0-99-amd64")
+    );
+    assert!(!f.root.join("lib/modules/6.1.0-99-amd64").exists());
+}

@@ -236,6 +236,11 @@ pub fn apply(
     kver: &str,
     dry_run: bool,
 ) -> Result<ApplyReport> {
+    // Never create a module tree for a kernel the root does not have.
+    let tree = root.path(root.resolve(format!("/lib/modules/{kver}"))?);
+    if !tree.is_dir() {
+        bail!("{}: no module tree for kernel {kver} in this root", tree.display());
+    }
     let mut files = Vec::new();
     for file in inspection.taken_files() {
         let Some(dest) = &file.destination else { continue };
