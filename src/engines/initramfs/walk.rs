@@ -291,13 +291,21 @@ impl<R: BufRead> Parser<'_, R> {
             .with_context(here)?;
         let entry = Entry { seq: *self.seq, segment, offset, header, name };
         *self.seq += 1;
-        let mut body =
-            Body { input: &mut *self.input, left: u64::from(entry.header.filesize), sum: 0 };
-        visitor.entry(&entry, &mut body)?;
-        io::copy(&mut body, &mut io::sink()).map_err(truncated).with_context(here)?;
-        let sum = body.sum;
         let h = &entry.header;
-        if h.format == Format::Crc && h.file_type() == cpio::S_IFREG && sum != h.check {
+        // Only crc-format regular files carry a sum the kernel checks.
+        let summed = h.format == Format::Crc && h.file_type() == cpio::S_IFREG;
+        let mut body =
+            Body { input: &mut *self.input, left: u64::from(h.filesize), sum: summed.then_some(0) };
+        visitor.entry(&entry, &mut body)?;
+        if summed {
+            io::copy(&mut body, &mut io::sink()).map_err(truncated).with_context(here)?;
+        } else {
+            // What the visitor did not read is skipped in place, without copying.
+            let left = body.left;
+            body.input.skip(left).map_err(truncated).with_context(here)?;
+        }
+        let sum = body.sum.unwrap_or(0);
+        if summed && sum != h.check {
             bail!("{}: bad data checksum (header {:#010x}, data {:#010x})", here(), h.check, sum);
         }
         let end = offset + h.name_span() + h.body_span();
@@ -314,11 +322,11 @@ fn truncated(e: io::Error) -> anyhow::Error {
     }
 }
 
-/// The body of one entry: at most `left` bytes, summed as they pass.
+/// The body of one entry: at most `left` bytes, summed as they pass when `sum` is set.
 struct Body<'a, R> {
     input: &'a mut Positioned<R>,
     left: u64,
-    sum: u32,
+    sum: Option<u32>,
 }
 
 impl<R: BufRead> Read for Body<'_, R> {
@@ -331,7 +339,9 @@ impl<R: BufRead> Read for Body<'_, R> {
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        self.sum = cpio::checksum(&buf[..n], self.sum);
+        if let Some(sum) = self.sum.as_mut() {
+            *sum = cpio::checksum(&buf[..n], *sum);
+        }
         self.left -= n as u64;
         Ok(n)
     }
