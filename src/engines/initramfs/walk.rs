@@ -17,7 +17,7 @@
 use crate::formats::compression::{Compression, StreamDecoder};
 use crate::formats::cpio::{self, Format, Header, HEADER_LEN};
 use anyhow::{bail, Context, Result};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, Read};
 
 /// One segment: a run of raw cpio entries, or one compressed stream.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -87,7 +87,11 @@ impl Visitor for Ignore {
 }
 
 /// Walk an image. Returns its segments; `source` names the image in errors.
-pub fn walk<R: BufRead>(image: R, source: &str, visitor: &mut dyn Visitor) -> Result<Vec<Segment>> {
+pub fn walk<R: BufRead + Send>(
+    image: R,
+    source: &str,
+    visitor: &mut dyn Visitor,
+) -> Result<Vec<Segment>> {
     Walker { image: Positioned { inner: image, pos: 0 }, segments: Vec::new(), seq: 0 }
         .run(visitor)
         .with_context(|| source.to_string())
@@ -158,7 +162,7 @@ struct Walker<R> {
     seq: u64,
 }
 
-impl<R: BufRead> Walker<R> {
+impl<R: BufRead + Send> Walker<R> {
     fn run(mut self, visitor: &mut dyn Visitor) -> Result<Vec<Segment>> {
         while let Some(byte) = self.image.skip_zeros()? {
             let offset = self.image.pos;
@@ -192,28 +196,40 @@ impl<R: BufRead> Walker<R> {
             }
             let kind = self.compressed(byte, offset)?;
             let mut segment = new_segment(index, offset, kind);
-            let decoder = StreamDecoder::new(kind, &mut self.image.inner)?;
-            let mut decoded =
-                Positioned { inner: BufReader::with_capacity(1 << 16, decoder), pos: 0 };
-            let mut parser = Parser { input: &mut decoded, seq: &mut self.seq };
             let what = || format!("{kind} segment at offset {offset}");
-            loop {
-                match parser.input.skip_zeros().with_context(what)? {
-                    None => break,
-                    Some(b'0') => {}
-                    Some(_) => bail!(
-                        "{}: junk within compressed archive at decompressed offset {}",
-                        what(),
-                        parser.input.pos
-                    ),
+            // The decoder runs on its own thread, a few chunks ahead of the parser: the two
+            // halves of the work overlap, as in a `zstd -d | cpio -t` pipeline.
+            let inner = &mut self.image.inner;
+            let seq = &mut self.seq;
+            let (cpio_size, consumed) = std::thread::scope(|scope| -> Result<(u64, u64)> {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+                let decoding = scope.spawn(move || decode_into(kind, inner, tx));
+                let mut decoded = Positioned { inner: ChunkReader::new(rx), pos: 0 };
+                let mut parser = Parser { input: &mut decoded, seq };
+                loop {
+                    match parser.input.skip_zeros().with_context(what)? {
+                        None => break,
+                        Some(b'0') => {}
+                        Some(_) => bail!(
+                            "{}: junk within compressed archive at decompressed offset {}",
+                            what(),
+                            parser.input.pos
+                        ),
+                    }
+                    let entry = parser.entry(index, visitor).with_context(what)?;
+                    segment.entries += 1;
+                    segment.format.get_or_insert(entry.header.format);
+                    segment.trailer |= entry.is_trailer();
                 }
-                let entry = parser.entry(index, visitor).with_context(what)?;
-                segment.entries += 1;
-                segment.format.get_or_insert(entry.header.format);
-                segment.trailer |= entry.is_trailer();
-            }
-            segment.cpio_size = decoded.pos;
-            let consumed = decoded.inner.into_inner().consumed();
+                let cpio_size = decoded.pos;
+                drop(decoded);
+                let consumed = decoding
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("{}: decoder thread panicked", what()))?
+                    .with_context(what)?;
+                Ok((cpio_size, consumed))
+            })?;
+            segment.cpio_size = cpio_size;
             self.image.pos += consumed;
             segment.length = consumed;
             if segment.entries == 0 {
@@ -239,6 +255,82 @@ impl<R: BufRead> Walker<R> {
             Compression::Lzo => bail!("unsupported compression lzo at offset {offset}"),
             kind => Ok(kind),
         }
+    }
+}
+
+/// Decoder thread: decode one stream of `kind` from `input` in chunks sent to the parser;
+/// returns the compressed bytes consumed. Stops early when the parser hangs up.
+fn decode_into<R: BufRead>(
+    kind: Compression,
+    input: &mut R,
+    tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+) -> Result<u64> {
+    let mut decoder = StreamDecoder::new(kind, input)?;
+    loop {
+        let mut chunk = vec![0u8; 256 << 10];
+        let mut filled = 0;
+        while filled < chunk.len() {
+            match decoder.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let message = e.to_string();
+                    let _ = tx.send(Err(e));
+                    bail!("corrupt data: {message}");
+                }
+            }
+        }
+        if filled == 0 {
+            return Ok(decoder.consumed());
+        }
+        chunk.truncate(filled);
+        if tx.send(Ok(chunk)).is_err() {
+            return Ok(decoder.consumed());
+        }
+    }
+}
+
+/// The parser's side of the decoder thread: chunks as a `BufRead`.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl ChunkReader {
+    fn new(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
+        ChunkReader { rx, chunk: Vec::new(), pos: 0 }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for ChunkReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The decoder finished: end of the decompressed stream.
+                Err(_) => return Ok(&[]),
+            }
+        }
+        Ok(&self.chunk[self.pos..])
+    }
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.chunk.len());
     }
 }
 
