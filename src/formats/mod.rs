@@ -3,7 +3,11 @@
 
 pub mod compression;
 pub mod cpio;
+pub mod der;
 pub mod elf;
+pub mod kconfig;
+pub mod kmod_index;
 pub mod modinfo;
 pub mod modversions;
 pub mod signature;
+pub mod symvers;

@@ -58,7 +58,8 @@ pub struct Module {
     /// The CRCs the module expects, from the layout the kernel would read.
     pub versions: Vec<VersionEntry>,
     pub exports: Vec<Export>,
-    /// Global symbols the module needs from the kernel or other modules.
+    /// Global symbols the module needs from the kernel or other modules, in symbol-table
+    /// order (first occurrence), without duplicates.
     pub undefined: Vec<String>,
     /// `sh_size` of `.gnu.linkonce.this_module`: the module's `sizeof(struct module)`.
     pub this_module_size: Option<u64>,
@@ -120,14 +121,16 @@ impl Module {
         };
 
         let exports = exports(&elf, content);
-        let mut undefined: Vec<String> = elf
+        // Symbol-table order, first occurrence kept: depmod's dependency order depends on
+        // the order in which a module first needs each provider.
+        let mut seen = std::collections::HashSet::new();
+        let undefined: Vec<String> = elf
             .symbols
             .iter()
             .filter(|s| s.place == SymbolPlace::Undefined && s.global && !s.name.is_empty())
+            .filter(|s| seen.insert(s.name.as_str()))
             .map(|s| s.name.clone())
             .collect();
-        undefined.sort();
-        undefined.dedup();
 
         let digests =
             opts.digests.then(|| Digests { file: sha256_hex(file), elf: sha256_hex(&decoded) });
@@ -184,10 +187,11 @@ impl Module {
     }
 }
 
-/// `megaraid_sas.ko.xz` → `megaraid_sas`; `foo-bar.ko` → `foo_bar`.
+/// `megaraid_sas.ko.xz` → `megaraid_sas`; `foo-bar.ko` → `foo_bar`. Like kmod and the
+/// kernel, the name ends at the first `.` of the file name.
 pub fn name_from_path(path: &Path) -> String {
     let file = path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default();
-    let stem = file.split(".ko").next().unwrap_or(&file);
+    let stem = file.split('.').next().unwrap_or(&file);
     stem.replace('-', "_")
 }
 

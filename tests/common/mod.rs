@@ -83,4 +83,6 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
     out.sort();
     out
 }
+pub mod check;
+pub mod depmod;
 pub mod initramfs;
