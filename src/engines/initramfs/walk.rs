@@ -203,8 +203,10 @@ impl<R: BufRead + Send> Walker<R> {
             let seq = &mut self.seq;
             let (cpio_size, consumed) = std::thread::scope(|scope| -> Result<(u64, u64)> {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
-                let decoding = scope.spawn(move || decode_into(kind, inner, tx));
-                let mut decoded = Positioned { inner: ChunkReader::new(rx), pos: 0 };
+                // Spent chunks go back to the decoder: no fresh pages per chunk.
+                let (spent_tx, spent_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
+                let decoding = scope.spawn(move || decode_into(kind, inner, tx, spent_rx));
+                let mut decoded = Positioned { inner: ChunkReader::new(rx, spent_tx), pos: 0 };
                 let mut parser = Parser { input: &mut decoded, seq };
                 loop {
                     match parser.input.skip_zeros().with_context(what)? {
@@ -264,10 +266,12 @@ fn decode_into<R: BufRead>(
     kind: Compression,
     input: &mut R,
     tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<u64> {
     let mut decoder = StreamDecoder::new(kind, input)?;
     loop {
-        let mut chunk = vec![0u8; 256 << 10];
+        let mut chunk = spent.try_recv().unwrap_or_default();
+        chunk.resize(256 << 10, 0);
         let mut filled = 0;
         while filled < chunk.len() {
             match decoder.read(&mut chunk[filled..]) {
@@ -294,13 +298,17 @@ fn decode_into<R: BufRead>(
 /// The parser's side of the decoder thread: chunks as a `BufRead`.
 struct ChunkReader {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    spent: std::sync::mpsc::SyncSender<Vec<u8>>,
     chunk: Vec<u8>,
     pos: usize,
 }
 
 impl ChunkReader {
-    fn new(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
-        ChunkReader { rx, chunk: Vec::new(), pos: 0 }
+    fn new(
+        rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+        spent: std::sync::mpsc::SyncSender<Vec<u8>>,
+    ) -> Self {
+        ChunkReader { rx, spent, chunk: Vec::new(), pos: 0 }
     }
 }
 
@@ -319,7 +327,8 @@ impl BufRead for ChunkReader {
         while self.pos == self.chunk.len() {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
-                    self.chunk = chunk;
+                    let spent = std::mem::replace(&mut self.chunk, chunk);
+                    let _ = self.spent.try_send(spent);
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
