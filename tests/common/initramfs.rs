@@ -37,10 +37,10 @@ fn fake_firmware_dir() -> PathBuf {
     dir
 }
 
-/// Compressions dracut offers with the tools installed here (`cat` = none; lzo needs
-/// lzop, which dracut replaces by its default when missing).
+/// Compressions dracut offers that bootkmod reads (`cat` = none). lzo is tested apart:
+/// the kernel can decode it, bootkmod refuses it with a clear error.
 pub const DRACUT_COMPRESSIONS: &[&str] = &["gzip", "xz", "zstd", "lz4", "bzip2", "lzma", "cat"];
-/// Compressions mkinitramfs offers (lzop is not installed, see above).
+/// Compressions mkinitramfs offers that bootkmod reads (lzop apart, as above).
 pub const MKINITRAMFS_COMPRESSIONS: &[&str] = &["gzip", "xz", "zstd", "lz4", "bzip2", "lzma"];
 
 /// A small dracut image (base module, two storage drivers, an early microcode cpio),
@@ -119,6 +119,7 @@ pub fn decompressor(compress: &str) -> Option<Vec<String>> {
         "lz4" => &["lz4", "-dc"],
         "bzip2" => &["bzip2", "-dc"],
         "lzma" => &["xz", "--format=lzma", "-dc"],
+        "lzop" | "lzo" => &["lzop", "-dc"],
         "cat" | "none" => &["cat"],
         _ => return None,
     };
