@@ -214,7 +214,7 @@ impl Kernel {
             exports,
             modules,
             modversions,
-            checks_struct_module_size: release_version(release).map_or(true, |v| v >= (6, 4)),
+            checks_struct_module_size: release_version(release).is_none_or(|v| v >= (6, 4)),
             force_load: enabled("CONFIG_MODULE_FORCE_LOAD").unwrap_or(false),
             sig_supported,
             allow_missing_namespace_imports,
@@ -268,7 +268,7 @@ fn read_exports(
         None => Vec::new(),
     };
     let interest = opts.interest.as_ref();
-    let wanted_symbol = |s: &str| interest.map_or(true, |i| i.symbols.contains(s));
+    let wanted_symbol = |s: &str| interest.is_none_or(|i| i.symbols.contains(s));
     let named = |module_path: &str| {
         let base = module_path.rsplit('/').next().unwrap_or(module_path);
         interest.is_some_and(|i| i.modules.iter().any(|m| same_module_name(m, base)))

@@ -71,7 +71,7 @@ pub fn extract(image: &Path, dir: &Path, options: &ExtractOptions) -> Result<Ext
         create_selected(&view, &selected, &root, make_devices, image, &source, dir)?;
         (view, Some(selected))
     };
-    let in_selection = |path: &[u8]| selected.as_ref().map_or(true, |s| s.contains(path));
+    let in_selection = |path: &[u8]| selected.as_ref().is_none_or(|s| s.contains(path));
     let mut report = ExtractReport::default();
     let mut seen = HashSet::new();
     for e in view.entries().filter(|e| !e.path.is_empty() && in_selection(e.path)) {

@@ -237,7 +237,7 @@ pub fn compress_with(tool_argv: &[&str], data: &[u8]) -> Vec<u8> {
 
 /// Append `segment` to `image` after zero padding to a 4-byte boundary.
 pub fn append_aligned(image: &mut Vec<u8>, segment: &[u8]) {
-    while image.len() % 4 != 0 {
+    while !image.len().is_multiple_of(4) {
         image.push(0);
     }
     image.extend_from_slice(segment);

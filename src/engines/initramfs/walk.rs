@@ -167,7 +167,7 @@ impl<R: BufRead + Send> Walker<R> {
         while let Some(byte) = self.image.skip_zeros()? {
             let offset = self.image.pos;
             let index = self.segments.len();
-            if byte == b'0' && offset % 4 == 0 {
+            if byte == b'0' && offset.is_multiple_of(4) {
                 let mut segment = new_segment(index, offset, Compression::None);
                 let mut parser = Parser { input: &mut self.image, seq: &mut self.seq };
                 // Raw entries: the kernel goes back to its outer loop after each one,
@@ -181,8 +181,8 @@ impl<R: BufRead + Send> Walker<R> {
                         break;
                     }
                     match parser.input.skip_zeros()? {
-                        Some(b'0') if parser.input.pos % 4 == 0 => continue,
-                        Some(_) if parser.input.pos % 4 != 0 => {
+                        Some(b'0') if parser.input.pos.is_multiple_of(4) => continue,
+                        Some(_) if !parser.input.pos.is_multiple_of(4) => {
                             bail!("broken padding: data at unaligned offset {} after a raw cpio entry", parser.input.pos)
                         }
                         _ => break,
