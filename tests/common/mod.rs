@@ -81,3 +81,5 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+pub mod kmod;
