@@ -2,10 +2,11 @@
 
 use super::{print_json, Context};
 use crate::exit::Exit;
-use crate::model::module::{Module, ReadOptions};
+use crate::formats::compression::Compression;
+use crate::model::module::{Module, ReadOptions, VersionsLayout};
 use crate::model::root::running_release;
 use crate::model::tree::ModuleTree;
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -34,16 +35,24 @@ pub struct InfoArgs {
     #[arg(short = 'F', long, value_name = "FIELD", conflicts_with = "modversions")]
     pub field: Option<String>,
 
-    /// Print the CRC and name of each symbol version, like `modprobe --dump-modversions`.
+    /// Print the CRC and name of each symbol version, like `modprobe --dump-modversions`
+    /// (which dumps only its first file; bootkmod dumps each in turn).
     #[arg(long)]
     pub modversions: bool,
+
+    /// Refuse modules not built for ARCH (`x86_64`, `amd64`, `aarch64`, `arm64`, ...).
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
 }
 
 pub fn run(ctx: &Context, args: InfoArgs) -> Result<Exit> {
     let quick = args.field.is_some() || args.modversions;
     let opts = ReadOptions { digests: !quick };
     let tree = ModuleTree::new(ctx.root.clone(), args.kver.clone().unwrap_or_else(running_release));
+    // Like modinfo, a module that cannot be read is reported (one line on stderr) and
+    // the others are still shown; the exit status says something failed.
     let mut modules = Vec::new();
+    let mut status = Exit::Ok;
     for arg in &args.modules {
         let path = PathBuf::from(arg);
         let path = if path.exists() || arg.contains('/') {
@@ -53,11 +62,24 @@ pub fn run(ctx: &Context, args: InfoArgs) -> Result<Exit> {
                 Some(p) => p,
                 None => {
                     eprintln!("bootkmod: module {arg} not found in {}", tree.host_dir().display());
-                    return Ok(Exit::Negative);
+                    status = status.worst(Exit::Negative);
+                    continue;
                 }
             }
         };
-        modules.push(Module::read(&path, opts)?);
+        let read = Module::read(&path, opts).and_then(|m| match &args.arch {
+            Some(arch) => {
+                m.expect_arch(arch).map(|()| m).with_context(|| path.display().to_string())
+            }
+            None => Ok(m),
+        });
+        match read {
+            Ok(m) => modules.push(m),
+            Err(e) => {
+                eprintln!("bootkmod: {e:#}");
+                status = status.worst(Exit::Error);
+            }
+        }
     }
 
     let mut out = std::io::stdout().lock();
@@ -84,7 +106,7 @@ pub fn run(ctx: &Context, args: InfoArgs) -> Result<Exit> {
             write_report(&mut out, m)?;
         }
     }
-    Ok(Exit::Ok)
+    Ok(status)
 }
 
 /// The human-readable report of one module.
@@ -96,11 +118,14 @@ pub fn write_report(out: &mut impl Write, m: &Module) -> std::io::Result<()> {
         out,
         "format",
         &format!(
-            "{:?} {:?}-endian {} ({} compression)",
-            m.class,
-            m.endian,
-            m.machine_name(),
-            m.compression
+            "{} {} {}, {}",
+            m.class.name(),
+            m.endian.name(),
+            m.arch(),
+            match m.compression {
+                Compression::None => "uncompressed".to_string(),
+                c => format!("{c}-compressed"),
+            }
         ),
     )?;
     for key in [
@@ -126,7 +151,10 @@ pub fn write_report(out: &mut impl Write, m: &Module) -> std::io::Result<()> {
         row(out, "firmware", fw)?;
     }
     let versions = match m.versions_layout {
-        Some(layout) => format!("{} symbol CRCs ({layout:?} layout)", m.versions.len()),
+        Some(VersionsLayout::Classic) => format!("{} symbol CRCs in __versions", m.versions.len()),
+        Some(VersionsLayout::Extended) => {
+            format!("{} symbol CRCs in __version_ext_crcs (extended)", m.versions.len())
+        }
         None => "none (built without CONFIG_MODVERSIONS)".into(),
     };
     row(out, "modversions", &versions)?;
@@ -142,9 +170,9 @@ pub fn write_report(out: &mut impl Write, m: &Module) -> std::io::Result<()> {
             out,
             "signature",
             &format!(
-                "{} {} by {:?} key {}",
+                "{} ({}), signer {:?}, key {}",
                 s.id_type.name(),
-                s.hash.as_deref().unwrap_or("?"),
+                s.hash.as_deref().unwrap_or("unknown hash"),
                 s.signer.as_deref().unwrap_or("?"),
                 crate::formats::signature::key_id_hex(&s.key_id)
             ),

@@ -6,7 +6,7 @@
 //! naming the file, never a panic.
 
 use crate::formats::compression::{self, Compression};
-use crate::formats::elf::{self, Class, ElfModule, Endian, SymbolPlace};
+use crate::formats::elf::{self, Class, ElfModule, Endian, Symbol, SymbolPlace};
 use crate::formats::modinfo::ModInfo;
 use crate::formats::modversions::{self, VersionEntry};
 use crate::formats::signature::{self, Signature};
@@ -119,9 +119,9 @@ impl Module {
             _ => (None, Vec::new()),
         };
 
-        let exports = exports(&elf, content);
-        let mut undefined: Vec<String> = elf
-            .symbols
+        let symbols = elf.symbols(content)?;
+        let exports = exports(&elf, &symbols, content);
+        let mut undefined: Vec<String> = symbols
             .iter()
             .filter(|s| s.place == SymbolPlace::Undefined && s.global && !s.name.is_empty())
             .map(|s| s.name.clone())
@@ -162,8 +162,18 @@ impl Module {
         self.modinfo.get("vermagic")
     }
 
-    pub fn machine_name(&self) -> String {
-        elf::machine_name(self.machine)
+    /// The architecture the module is built for, as `uname -m` names it (`x86_64`).
+    pub fn arch(&self) -> String {
+        elf::arch_name(self.machine, self.class, self.endian)
+    }
+
+    /// Refuse a module not built for `arch` (any common name: `amd64`, `x86_64`, ...).
+    pub fn expect_arch(&self, arch: &str) -> Result<()> {
+        let (ours, wanted) = (self.arch(), elf::canonical_arch(arch));
+        if ours != wanted {
+            anyhow::bail!("wrong architecture: built for {ours}, not {wanted}");
+        }
+        Ok(())
     }
 
     /// Values of a `modinfo -F` field, including the signature pseudo-fields kmod adds.
@@ -194,11 +204,11 @@ pub fn name_from_path(path: &Path) -> String {
 /// Exported symbols: `__ksymtab_<sym>` symbols; GPL-ness from the section they live in,
 /// CRC from `__crc_<sym>` (an absolute symbol on old kernels, a u32 in `__kcrctab*` on
 /// new ones), namespace from `__kstrtabns_<sym>` (a string in `__ksymtab_strings`).
-fn exports(elf: &ElfModule, content: &[u8]) -> Vec<Export> {
+fn exports(elf: &ElfModule, symbols: &[Symbol], content: &[u8]) -> Vec<Export> {
     use std::collections::HashMap;
     let mut crcs: HashMap<&str, u32> = HashMap::new();
     let mut namespaces: HashMap<&str, String> = HashMap::new();
-    for s in &elf.symbols {
+    for s in symbols {
         if let Some(sym) = s.name.strip_prefix("__crc_") {
             let crc = match s.place {
                 SymbolPlace::Absolute => Some(s.value as u32),
@@ -222,8 +232,7 @@ fn exports(elf: &ElfModule, content: &[u8]) -> Vec<Export> {
             }
         }
     }
-    let mut out: Vec<Export> = elf
-        .symbols
+    let mut out: Vec<Export> = symbols
         .iter()
         .filter_map(|s| {
             let name = s.name.strip_prefix("__ksymtab_")?;
