@@ -269,6 +269,9 @@ impl ElfModule {
     /// Parse an uncompressed module: header and section table. Errors (never panics) on
     /// anything that is not a well-formed relocatable ELF object.
     pub fn parse(bytes: &[u8]) -> Result<ElfModule> {
+        if bytes.len() < 4 && b"\x7fELF".starts_with(bytes) {
+            bail!("truncated ELF header ({} bytes)", bytes.len());
+        }
         if !bytes.starts_with(b"\x7fELF") {
             bail!("not an ELF file (no \\x7fELF magic)");
         }
