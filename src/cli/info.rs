@@ -47,7 +47,7 @@ pub struct InfoArgs {
 
 pub fn run(ctx: &Context, args: InfoArgs) -> Result<Exit> {
     let quick = args.field.is_some() || args.modversions;
-    let opts = ReadOptions { digests: !quick };
+    let opts = ReadOptions { digests: !quick, skip_symbols: quick };
     let tree = ModuleTree::new(ctx.root.clone(), args.kver.clone().unwrap_or_else(running_release));
     // Like modinfo, a module that cannot be read is reported (one line on stderr) and
     // the others are still shown; the exit status says something failed.

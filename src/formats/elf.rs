@@ -128,9 +128,11 @@ pub enum SymbolPlace {
     Section(usize),
 }
 
+/// A symbol; its name borrows from the file bytes (reading a whole kernel tree would
+/// otherwise allocate a string for each of millions of symbols).
 #[derive(Debug, Clone)]
-pub struct Symbol {
-    pub name: String,
+pub struct Symbol<'a> {
+    pub name: std::borrow::Cow<'a, str>,
     pub value: u64,
     pub place: SymbolPlace,
     pub global: bool,
@@ -420,7 +422,7 @@ impl ElfModule {
     }
 
     /// The symbol table (`SHT_SYMTAB`), without the null symbol. Empty when absent.
-    pub fn symbols(&self, bytes: &[u8]) -> Result<Vec<Symbol>> {
+    pub fn symbols<'a>(&self, bytes: &'a [u8]) -> Result<Vec<Symbol<'a>>> {
         let Some(symtab) = self.sections.iter().find(|s| s.kind == SHT_SYMTAB) else {
             return Ok(Vec::new());
         };
@@ -473,7 +475,7 @@ impl ElfModule {
                 ),
             };
             let name = match string_at(strings, name) {
-                Some(n) => String::from_utf8_lossy(n).into_owned(),
+                Some(n) => String::from_utf8_lossy(n),
                 None => bail!("symbol {i} has a name offset {name} outside its string table"),
             };
             let global = matches!(info >> 4, STB_GLOBAL | STB_WEAK);

@@ -57,6 +57,7 @@ pub struct Module {
     pub versions_layout: Option<VersionsLayout>,
     /// The CRCs the module expects, from the layout the kernel would read.
     pub versions: Vec<VersionEntry>,
+    /// Empty when read with [`ReadOptions::skip_symbols`].
     pub exports: Vec<Export>,
     /// Global symbols the module needs from the kernel or other modules.
     pub undefined: Vec<String>,
@@ -72,6 +73,9 @@ pub struct Module {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadOptions {
     pub digests: bool,
+    /// Leave `exports` and `undefined` empty: the symbol table is the largest part of a
+    /// module, and `info -F` / `--modversions` over a whole tree never look at it.
+    pub skip_symbols: bool,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -82,7 +86,7 @@ impl Module {
     /// Read and parse a module file. Errors name the file.
     pub fn read(path: &Path, opts: ReadOptions) -> Result<Module> {
         let bytes =
-            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+            FileBytes::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let mut module =
             Module::from_bytes(&bytes, opts).with_context(|| format!("{}", path.display()))?;
         module.path = Some(path.to_path_buf());
@@ -119,18 +123,25 @@ impl Module {
             _ => (None, Vec::new()),
         };
 
-        let symbols = elf.symbols(content)?;
+        let symbols = if opts.skip_symbols { Vec::new() } else { elf.symbols(content)? };
         let exports = exports(&elf, &symbols, content);
         let mut undefined: Vec<String> = symbols
             .iter()
             .filter(|s| s.place == SymbolPlace::Undefined && s.global && !s.name.is_empty())
-            .map(|s| s.name.clone())
+            .map(|s| s.name.to_string())
             .collect();
         undefined.sort();
         undefined.dedup();
 
-        let digests =
-            opts.digests.then(|| Digests { file: sha256_hex(file), elf: sha256_hex(&decoded) });
+        let digests = opts.digests.then(|| {
+            let file_digest = sha256_hex(file);
+            // Uncompressed: the ELF is the file; hashing is most of a full read's time.
+            let elf = match compression {
+                Compression::None => file_digest.clone(),
+                _ => sha256_hex(&decoded),
+            };
+            Digests { file: file_digest, elf }
+        });
         Ok(Module {
             path: None,
             compression,
@@ -194,6 +205,43 @@ impl Module {
     }
 }
 
+/// The bytes of a file: mapped when it is a regular file, read otherwise (pipes,
+/// `/dev/stdin`, empty files, filesystems without mmap).
+enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl FileBytes {
+    fn open(path: &Path) -> std::io::Result<FileBytes> {
+        let file = std::fs::File::open(path)?;
+        let meta = file.metadata()?;
+        if meta.is_file() && meta.len() > 0 {
+            // SAFETY: a read-only private map. Undefined behaviour would need another
+            // process to modify the file while we read it; module files are replaced by
+            // rename (package managers, bootkmod's operations), not rewritten in place,
+            // the same assumption kmod makes when it maps modules. A file truncated under
+            // us would end the process with SIGBUS, not corrupt a result.
+            if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
+                return Ok(FileBytes::Mapped(map));
+            }
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut bytes)?;
+        Ok(FileBytes::Read(bytes))
+    }
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Read(v) => v,
+        }
+    }
+}
+
 /// `megaraid_sas.ko.xz` → `megaraid_sas`; `foo-bar.ko` → `foo_bar`.
 pub fn name_from_path(path: &Path) -> String {
     let file = path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default();
@@ -204,7 +252,7 @@ pub fn name_from_path(path: &Path) -> String {
 /// Exported symbols: `__ksymtab_<sym>` symbols; GPL-ness from the section they live in,
 /// CRC from `__crc_<sym>` (an absolute symbol on old kernels, a u32 in `__kcrctab*` on
 /// new ones), namespace from `__kstrtabns_<sym>` (a string in `__ksymtab_strings`).
-fn exports(elf: &ElfModule, symbols: &[Symbol], content: &[u8]) -> Vec<Export> {
+fn exports(elf: &ElfModule, symbols: &[Symbol<'_>], content: &[u8]) -> Vec<Export> {
     use std::collections::HashMap;
     let mut crcs: HashMap<&str, u32> = HashMap::new();
     let mut namespaces: HashMap<&str, String> = HashMap::new();
