@@ -141,7 +141,7 @@ fn truncated_at_many_points() {
             [
                 "truncated ELF header",
                 "section header table",
-                "beyond the file",
+                "bytes of ELF data",
                 "no section header"
             ]
             .iter()

@@ -1,6 +1,6 @@
 //! `bootkmod info MODULE...`: what a module file says about itself.
 
-use super::{print_json, Context};
+use super::Context;
 use crate::exit::Exit;
 use crate::formats::compression::Compression;
 use crate::model::module::{Module, ReadOptions, VersionsLayout};
@@ -40,6 +40,10 @@ pub struct InfoArgs {
     #[arg(long)]
     pub modversions: bool,
 
+    /// Also show the sha256 of each file and of its uncompressed ELF (always in --json).
+    #[arg(long)]
+    pub digests: bool,
+
     /// Refuse modules not built for ARCH (`x86_64`, `amd64`, `aarch64`, `arm64`, ...).
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<String>,
@@ -47,33 +51,33 @@ pub struct InfoArgs {
 
 pub fn run(ctx: &Context, args: InfoArgs) -> Result<Exit> {
     let quick = args.field.is_some() || args.modversions;
-    let opts = ReadOptions { digests: !quick, skip_symbols: quick };
+    // Hashing is most of the cost of a full read: only when it will be shown.
+    let opts = ReadOptions { digests: ctx.json || args.digests, skip_symbols: quick };
     let tree = ModuleTree::new(ctx.root.clone(), args.kver.clone().unwrap_or_else(running_release));
-    // Like modinfo, a module that cannot be read is reported (one line on stderr) and
-    // the others are still shown; the exit status says something failed.
-    let mut modules = Vec::new();
+    // Like modinfo, a module that cannot be found or read is reported (one line on
+    // stderr) and the others are still shown; the exit status says something failed.
     let mut status = Exit::Ok;
+    let mut paths = Vec::new();
     for arg in &args.modules {
         let path = PathBuf::from(arg);
-        let path = if path.exists() || arg.contains('/') {
-            path
+        if path.exists() || arg.contains('/') {
+            paths.push(path);
+        } else if let Some(found) = tree.find(arg)? {
+            paths.push(found);
         } else {
-            match tree.find(arg)? {
-                Some(p) => p,
-                None => {
-                    eprintln!("bootkmod: module {arg} not found in {}", tree.host_dir().display());
-                    status = status.worst(Exit::Negative);
-                    continue;
-                }
-            }
-        };
-        let read = Module::read(&path, opts).and_then(|m| match &args.arch {
+            eprintln!("bootkmod: module {arg} not found in {}", tree.host_dir().display());
+            status = status.worst(Exit::Negative);
+        }
+    }
+    let mut modules = Vec::with_capacity(paths.len());
+    for (path, read) in paths.iter().zip(Module::read_many(&paths, opts)) {
+        let checked = read.and_then(|m| match &args.arch {
             Some(arch) => {
                 m.expect_arch(arch).map(|()| m).with_context(|| path.display().to_string())
             }
             None => Ok(m),
         });
-        match read {
+        match checked {
             Ok(m) => modules.push(m),
             Err(e) => {
                 eprintln!("bootkmod: {e:#}");
@@ -82,7 +86,9 @@ pub fn run(ctx: &Context, args: InfoArgs) -> Result<Exit> {
         }
     }
 
-    let mut out = std::io::stdout().lock();
+    // Block-buffered: over a kernel tree, a write per line (stdout's default line
+    // buffering) costs more than parsing.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
     if let Some(field) = &args.field {
         for m in &modules {
             for v in m.field(field) {
@@ -96,8 +102,8 @@ pub fn run(ctx: &Context, args: InfoArgs) -> Result<Exit> {
             }
         }
     } else if ctx.json {
-        drop(out);
-        print_json(&modules)?;
+        serde_json::to_writer_pretty(&mut out, &modules)?;
+        writeln!(out)?;
     } else {
         for (i, m) in modules.iter().enumerate() {
             if i > 0 {
@@ -106,6 +112,7 @@ pub fn run(ctx: &Context, args: InfoArgs) -> Result<Exit> {
             write_report(&mut out, m)?;
         }
     }
+    out.flush()?;
     Ok(status)
 }
 

@@ -336,7 +336,7 @@ impl ElfModule {
             let field = |v: Option<u64>| {
                 v.with_context(|| {
                     format!(
-                        "section header {index} at offset {at} lies beyond the file's {} bytes",
+                        "section header {index} at offset {at} lies beyond the {} bytes of ELF data",
                         bytes.len()
                     )
                 })
@@ -370,7 +370,7 @@ impl ElfModule {
         if !matches!(table_end, Some(end) if end <= bytes.len() as u64) {
             bail!(
                 "section header table ({shnum} entries at offset {shoff}) runs past the end \
-                 of the file's {} bytes",
+                 of the {} bytes of ELF data",
                 bytes.len()
             );
         }
@@ -383,7 +383,7 @@ impl ElfModule {
             .map(|range| &bytes[range])
             .with_context(|| {
                 format!(
-                    "section name table claims bytes {}..+{} beyond the file's {} bytes",
+                    "section name table claims bytes {}..+{} beyond the {} bytes of ELF data",
                     names.offset,
                     names.size,
                     bytes.len()
@@ -404,7 +404,7 @@ impl ElfModule {
                 match file_range(sh.offset, sh.size, bytes.len()) {
                     Some(range) => range,
                     None => bail!(
-                        "section {index} ({name}) claims bytes {}..+{} beyond the file's {} bytes",
+                        "section {index} ({name}) claims bytes {}..+{} beyond the {} bytes of ELF data",
                         sh.offset,
                         sh.size,
                         bytes.len()

@@ -93,6 +93,49 @@ impl Module {
         Ok(module)
     }
 
+    /// Read many module files, in parallel on the available cores; results in the
+    /// order of `paths`. Decompression and hashing dominate reading a kernel tree, and
+    /// each file is independent.
+    pub fn read_many(paths: &[PathBuf], opts: ReadOptions) -> Vec<Result<Module>> {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        if workers < 2 || paths.len() < 2 {
+            return paths.iter().map(|p| Module::read(p, opts)).collect();
+        }
+        // Files are dealt out round-robin so big and small modules spread evenly.
+        let mut slots: Vec<Option<Result<Module>>> = (0..paths.len()).map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers.min(paths.len()))
+                .map(|w| {
+                    scope.spawn(move || {
+                        (w..paths.len())
+                            .step_by(workers)
+                            .map(|i| (i, Module::read(&paths[i], opts)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for handle in handles {
+                match handle.join() {
+                    Ok(results) => {
+                        for (i, r) in results {
+                            slots[i] = Some(r);
+                        }
+                    }
+                    // Reading never panics (tests/info_proptest.rs); if it ever does,
+                    // keep the panic rather than hide it.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+        });
+        slots
+            .into_iter()
+            .zip(paths)
+            .map(|(slot, path)| {
+                slot.unwrap_or_else(|| Err(anyhow::anyhow!("{}: not read", path.display())))
+            })
+            .collect()
+    }
+
     /// Parse module bytes as stored on disk (possibly compressed).
     pub fn from_bytes(file: &[u8], opts: ReadOptions) -> Result<Module> {
         if file.is_empty() {
