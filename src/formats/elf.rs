@@ -260,6 +260,14 @@ fn file_range(offset: u64, size: u64, len: usize) -> Option<std::ops::Range<usiz
     (end <= len).then_some(start..end)
 }
 
+/// A name as text: borrowed when valid UTF-8 (the fast, usual case), else lossy.
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// The NUL-terminated string at `offset` in `table`.
 fn string_at(table: &[u8], offset: u32) -> Option<&[u8]> {
     let tail = table.get(usize::try_from(offset).ok()?..)?;
@@ -393,7 +401,7 @@ impl ElfModule {
         let mut sections = Vec::with_capacity(raw.len());
         for (index, sh) in raw.into_iter().enumerate() {
             let name = match string_at(names, sh.name) {
-                Some(n) => String::from_utf8_lossy(n).into_owned(),
+                Some(n) => text(n).into_owned(),
                 None => {
                     bail!("section {index} has a name offset {} outside the name table", sh.name)
                 }
@@ -475,7 +483,7 @@ impl ElfModule {
                 ),
             };
             let name = match string_at(strings, name) {
-                Some(n) => String::from_utf8_lossy(n),
+                Some(n) => text(n),
                 None => bail!("symbol {i} has a name offset {name} outside its string table"),
             };
             let global = matches!(info >> 4, STB_GLOBAL | STB_WEAK);
