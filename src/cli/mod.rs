@@ -1,8 +1,12 @@
 //! The command line: argument parsing, logging setup, exit codes. One file per command;
 //! each calls the library and renders text or JSON. No logic of its own.
 
+mod check;
 mod demo;
+mod depmod;
+mod deps;
 mod info;
+mod initramfs;
 mod meta;
 
 use crate::exit::Exit;
@@ -38,7 +42,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Info(info::InfoArgs),
+    Check(check::CheckArgs),
+    Initramfs(initramfs::InitramfsArgs),
     Demo(demo::DemoArgs),
+    Depmod(depmod::DepmodArgs),
+    Deps(deps::DepsArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
 }
@@ -57,7 +65,11 @@ pub fn main() -> Exit {
     let ctx = Context { root: Root::new(&cli.root), json: cli.json };
     let result = match cli.command {
         Command::Info(args) => info::run(&ctx, args),
+        Command::Check(args) => check::run(&ctx, args),
+        Command::Initramfs(args) => initramfs::run(&ctx, args),
         Command::Demo(args) => demo::run(&ctx, args),
+        Command::Depmod(args) => depmod::run(&ctx, args),
+        Command::Deps(args) => deps::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
     };

@@ -1,2 +1,6 @@
 //! Engines: compute verdicts, dependency graphs and image views from the model.
 //! They return plans and reports; they never touch disk.
+
+pub mod compat;
+pub mod depmod;
+pub mod initramfs;

@@ -183,6 +183,20 @@ pub fn arch_name(machine: u16, class: Class, endian: Endian) -> String {
     name.to_string()
 }
 
+/// The name of an `e_machine` value alone (`x86_64`, `ppc64`, `s390`), for callers that
+/// know the machine but not the class or byte order; [`arch_name`] is exact.
+pub fn machine_name(machine: u16) -> String {
+    match machine {
+        machine::PPC64 => "ppc64".to_string(),
+        machine::S390 => "s390".to_string(),
+        machine::RISCV => "riscv".to_string(),
+        machine::MIPS => "mips".to_string(),
+        machine::LOONGARCH => "loongarch".to_string(),
+        machine::PARISC => "parisc".to_string(),
+        other => arch_name(other, Class::Elf64, Endian::Little),
+    }
+}
+
 /// The `uname -m` name for an architecture named any common way: Debian's (`amd64`,
 /// `arm64`, `ppc64el`, `i386`), RPM's (`i686`, `armv7hl`) or the kernel's (`x86`, `arm64`).
 /// Unknown names are returned unchanged.

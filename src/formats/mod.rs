@@ -2,7 +2,12 @@
 //! global state. This is where fuzzing and property tests aim.
 
 pub mod compression;
+pub mod cpio;
+pub mod der;
 pub mod elf;
+pub mod kconfig;
+pub mod kmod_index;
 pub mod modinfo;
 pub mod modversions;
 pub mod signature;
+pub mod symvers;

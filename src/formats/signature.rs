@@ -5,8 +5,11 @@
 //! The 12-byte trailer is `algo, hash, id_type, signer_len, key_id_len: u8; pad[3];
 //! sig_len: be32`. For `id_type == PKCS#7` (every modern kernel) the first five bytes are
 //! zero and the signer, key id and hash algorithm are inside the PKCS#7 `SignedData`,
-//! read here with a small bounds-checked DER walker.
+//! read with the bounds-checked DER walker in [`super::der`].
 
+use super::der::{
+    common_name, der_children, der_next, expect, serial_bytes, INTEGER, OID, SEQUENCE, SET,
+};
 use anyhow::{bail, Context, Result};
 
 /// The marker the kernel looks for at the very end of the file.
@@ -108,60 +111,6 @@ pub fn append_pkcs7(module: &[u8], pkcs7_der: &[u8]) -> Vec<u8> {
     out
 }
 
-// ---- a minimal DER reader ------------------------------------------------------------
-
-/// One DER element: tag byte and contents.
-#[derive(Clone, Copy)]
-struct Der<'a> {
-    tag: u8,
-    body: &'a [u8],
-}
-
-/// Read one element from the front of `input`; returns it and the remainder.
-fn der_next(input: &[u8]) -> Result<(Der<'_>, &[u8])> {
-    let [tag, first, ..] = *input else { bail!("truncated DER element") };
-    if tag & 0x1f == 0x1f {
-        bail!("multi-byte DER tags are not used in module signatures");
-    }
-    let (len, header) = if first < 0x80 {
-        (first as usize, 2)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || input.len() < 2 + n {
-            bail!("bad DER length");
-        }
-        let len = input[2..2 + n].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize);
-        (len, 2 + n)
-    };
-    let end = header.checked_add(len).filter(|&e| e <= input.len());
-    let Some(end) = end else { bail!("DER element runs past its container") };
-    Ok((Der { tag, body: &input[header..end] }, &input[end..]))
-}
-
-/// The children of a constructed element.
-fn der_children(body: &[u8]) -> Result<Vec<Der<'_>>> {
-    let mut out = Vec::new();
-    let mut rest = body;
-    while !rest.is_empty() {
-        let (el, r) = der_next(rest)?;
-        out.push(el);
-        rest = r;
-    }
-    Ok(out)
-}
-
-fn expect<'a>(el: Der<'a>, tag: u8, what: &str) -> Result<Der<'a>> {
-    if el.tag != tag {
-        bail!("expected {what} (tag {tag:#04x}), found tag {:#04x}", el.tag);
-    }
-    Ok(el)
-}
-
-const SEQUENCE: u8 = 0x30;
-const SET: u8 = 0x31;
-const OID: u8 = 0x06;
-const INTEGER: u8 = 0x02;
-
 /// DER bodies of the hash algorithm OIDs a module signature can name.
 const HASH_OIDS: &[(&[u8], &str)] = &[
     (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x04], "md4"),
@@ -174,8 +123,6 @@ const HASH_OIDS: &[(&[u8], &str)] = &[
     (&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04], "sha224"),
     (&[0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x83, 0x11], "sm3"),
 ];
-/// id-at-commonName (2.5.4.3).
-const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
 
 /// Extract signer, key id and hash from a PKCS#7 `ContentInfo { signedData }`.
 fn parse_pkcs7(data: &[u8]) -> Result<Signature> {
@@ -198,8 +145,7 @@ fn parse_pkcs7(data: &[u8]) -> Result<Signature> {
             let parts = der_children(sid.body)?;
             let [issuer, serial, ..] = parts.as_slice() else { bail!("short IssuerAndSerial") };
             let serial = expect(*serial, INTEGER, "serialNumber")?.body;
-            let first_nonzero = serial.iter().position(|&b| b != 0).unwrap_or(serial.len());
-            (common_name(*issuer)?, serial[first_nonzero..].to_vec())
+            (common_name(*issuer)?, serial_bytes(serial))
         }
         // [0] SubjectKeyIdentifier
         0x80 | 0xa0 => (None, sid.body.to_vec()),
@@ -213,21 +159,6 @@ fn parse_pkcs7(data: &[u8]) -> Result<Signature> {
         .map(|(_, n)| n.to_string());
     let sig_len = data.len();
     Ok(Signature { id_type: IdType::Pkcs7, hash, signer, key_id, sig_len })
-}
-
-/// The first commonName in an X.501 Name.
-fn common_name(name: Der<'_>) -> Result<Option<String>> {
-    for rdn in der_children(expect(name, SEQUENCE, "Name")?.body)? {
-        for atv in der_children(rdn.body)? {
-            let parts = der_children(atv.body)?;
-            if let [oid, value, ..] = parts.as_slice() {
-                if oid.tag == OID && oid.body == CN_OID {
-                    return Ok(Some(String::from_utf8_lossy(value.body).into_owned()));
-                }
-            }
-        }
-    }
-    Ok(None)
 }
 
 #[cfg(test)]

@@ -59,7 +59,8 @@ pub struct Module {
     pub versions: Vec<VersionEntry>,
     /// Empty when read with [`ReadOptions::skip_symbols`].
     pub exports: Vec<Export>,
-    /// Global symbols the module needs from the kernel or other modules.
+    /// Global symbols the module needs from the kernel or other modules, in symbol-table
+    /// order (first occurrence), without duplicates.
     pub undefined: Vec<String>,
     /// `sh_size` of `.gnu.linkonce.this_module`: the module's `sizeof(struct module)`.
     pub this_module_size: Option<u64>,
@@ -168,13 +169,15 @@ impl Module {
 
         let symbols = if opts.skip_symbols { Vec::new() } else { elf.symbols(content)? };
         let exports = exports(&elf, &symbols, content);
-        let mut undefined: Vec<String> = symbols
+        // Symbol-table order, first occurrence kept: depmod's dependency order depends on
+        // the order in which a module first needs each provider.
+        let mut seen = std::collections::HashSet::new();
+        let undefined: Vec<String> = symbols
             .iter()
             .filter(|s| s.place == SymbolPlace::Undefined && s.global && !s.name.is_empty())
+            .filter(|s| seen.insert(s.name.as_ref()))
             .map(|s| s.name.to_string())
             .collect();
-        undefined.sort();
-        undefined.dedup();
 
         let digests = opts.digests.then(|| {
             let file_digest = sha256_hex(file);
@@ -214,6 +217,11 @@ impl Module {
 
     pub fn vermagic(&self) -> Option<&str> {
         self.modinfo.get("vermagic")
+    }
+
+    /// The name of the module's `e_machine` alone (see [`elf::machine_name`]).
+    pub fn machine_name(&self) -> String {
+        elf::machine_name(self.machine)
     }
 
     /// The architecture the module is built for, as `uname -m` names it (`x86_64`).
@@ -285,10 +293,11 @@ impl std::ops::Deref for FileBytes {
     }
 }
 
-/// `megaraid_sas.ko.xz` → `megaraid_sas`; `foo-bar.ko` → `foo_bar`.
+/// `megaraid_sas.ko.xz` → `megaraid_sas`; `foo-bar.ko` → `foo_bar`. Like kmod and the
+/// kernel, the name ends at the first `.` of the file name.
 pub fn name_from_path(path: &Path) -> String {
     let file = path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default();
-    let stem = file.split(".ko").next().unwrap_or(&file);
+    let stem = file.split('.').next().unwrap_or(&file);
     stem.replace('-', "_")
 }
 

@@ -1,6 +1,8 @@
 //! Shared test support. Each area keeps its helpers in its own file here.
 #![allow(dead_code)]
 
+pub mod qemu;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -81,5 +83,7 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
     out.sort();
     out
 }
-
+pub mod check;
+pub mod depmod;
+pub mod initramfs;
 pub mod kmod;

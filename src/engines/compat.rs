@@ -1,0 +1,505 @@
+//! Compatibility verdicts: will a prebuilt module load on a target [`Kernel`]?
+//!
+//! The rules are the kernel loader's (DESIGN.md §3), applied in the loader's order so the
+//! first refusal in a [`Verdict`] is the one the kernel would print:
+//!
+//! 1. signature (refused first, and only, under enforcement; otherwise a taint)
+//! 2. ELF class and machine
+//! 3. `sizeof(struct module)` (`.gnu.linkonce.this_module`)
+//! 4. `module_layout` CRC
+//! 5. vermagic (release part ignored when the module carries modversions)
+//! 6. per undefined symbol: exported at all (GPL-only exports are invisible to non-GPL
+//!    modules), CRC in `__versions`, namespace imported
+//! 7. `depends=` modules present (a modprobe-level rule: the kernel never reads it)
+//!
+//! Every failing rule is listed, not just the first. A set of modules is checked
+//! together: members' exports resolve each other's symbols, and a member needing a
+//! symbol from a refused member is refused too. Pure computation: no I/O.
+
+use crate::model::kernel::Kernel;
+use crate::model::module::Module;
+use std::collections::{HashMap, HashSet};
+
+/// A loader rule, in the order the kernel applies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    Signature,
+    ElfClass,
+    Machine,
+    StructModuleSize,
+    ModuleLayout,
+    Vermagic,
+    UnknownSymbol,
+    GplOnly,
+    SymbolCrc,
+    Namespace,
+    Depends,
+    /// Needs a symbol from another member of the set, which is itself refused.
+    SetMember,
+}
+
+impl Rule {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Signature => "signature",
+            Rule::ElfClass => "elf-class",
+            Rule::Machine => "machine",
+            Rule::StructModuleSize => "struct-module-size",
+            Rule::ModuleLayout => "module-layout",
+            Rule::Vermagic => "vermagic",
+            Rule::UnknownSymbol => "unknown-symbol",
+            Rule::GplOnly => "gpl-only",
+            Rule::SymbolCrc => "symbol-crc",
+            Rule::Namespace => "namespace",
+            Rule::Depends => "depends",
+            Rule::SetMember => "set-member",
+        }
+    }
+}
+
+/// What the loader does about a failed rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The module is not loaded.
+    Refused,
+    /// The module loads, but the kernel is tainted or warns.
+    Taint,
+}
+
+/// One reason, typed: which rule, about which symbol, what the kernel expects and what
+/// the module has.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Reason {
+    pub rule: Rule,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub found: Option<String>,
+    /// The one-line rendering.
+    pub message: String,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The verdict for one module on one kernel.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verdict {
+    pub module: String,
+    pub path: Option<std::path::PathBuf>,
+    pub kernel: String,
+    pub compatible: bool,
+    /// Refusals first, in the loader's order; then taints.
+    pub reasons: Vec<Reason>,
+    /// Rules that could not be checked for lack of a kernel fact.
+    pub unchecked: Vec<String>,
+}
+
+impl Verdict {
+    /// The refusal the kernel would print first.
+    pub fn first_refusal(&self) -> Option<&Reason> {
+        self.reasons.iter().find(|r| r.outcome == Outcome::Refused)
+    }
+}
+
+/// Licenses the kernel treats as GPL-compatible (`license_is_gpl_compatible`).
+const GPL_COMPATIBLE: &[&str] =
+    &["GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL", "Dual MIT/GPL", "Dual MPL/GPL"];
+
+fn hex(crc: u64) -> String {
+    format!("0x{crc:08x}")
+}
+
+struct Builder {
+    reasons: Vec<Reason>,
+}
+
+impl Builder {
+    fn add(
+        &mut self,
+        rule: Rule,
+        outcome: Outcome,
+        symbol: Option<&str>,
+        expected: Option<String>,
+        found: Option<String>,
+        message: String,
+    ) {
+        self.reasons.push(Reason {
+            rule,
+            outcome,
+            symbol: symbol.map(str::to_string),
+            expected,
+            found,
+            message,
+        });
+    }
+}
+
+/// Check a set of modules together against one kernel; one verdict per module, in the
+/// order given.
+pub fn check_set(kernel: &Kernel, modules: &[Module]) -> Vec<Verdict> {
+    let names: Vec<String> = modules.iter().map(Module::name).collect();
+    // Exports of the set, by symbol: (member index, crc, gpl, namespace).
+    let mut set_exports: HashMap<&str, usize> = HashMap::new();
+    for (i, m) in modules.iter().enumerate() {
+        for e in &m.exports {
+            set_exports.entry(e.name.as_str()).or_insert(i);
+        }
+    }
+    let mut verdicts: Vec<Verdict> = modules
+        .iter()
+        .enumerate()
+        .map(|(i, m)| check_one(kernel, m, i, modules, &names, &set_exports))
+        .collect();
+
+    // A member needing a refused member's symbols is refused with it, until stable.
+    let providers: Vec<HashSet<usize>> = modules
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.undefined
+                .iter()
+                .filter_map(|s| set_exports.get(s.as_str()).copied())
+                .filter(|&p| p != i)
+                .collect()
+        })
+        .collect();
+    loop {
+        let mut changed = false;
+        for i in 0..modules.len() {
+            for &p in &providers[i] {
+                let already = verdicts[i]
+                    .reasons
+                    .iter()
+                    .any(|r| r.rule == Rule::SetMember && r.symbol.as_deref() == Some(&names[p]));
+                if !verdicts[p].compatible && !already {
+                    let message = format!(
+                        "{}: needs symbols from {}, which will not load",
+                        names[i], names[p]
+                    );
+                    verdicts[i].reasons.push(Reason {
+                        rule: Rule::SetMember,
+                        outcome: Outcome::Refused,
+                        symbol: Some(names[p].clone()),
+                        expected: None,
+                        found: None,
+                        message,
+                    });
+                    verdicts[i].compatible = false;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for v in &mut verdicts {
+        sort_reasons(&mut v.reasons);
+    }
+    verdicts
+}
+
+/// Check one module alone.
+pub fn check(kernel: &Kernel, module: &Module) -> Verdict {
+    check_set(kernel, std::slice::from_ref(module)).remove(0)
+}
+
+fn sort_reasons(reasons: &mut [Reason]) {
+    // Stable: within a rule, symbols keep the order they were found in.
+    reasons.sort_by_key(|r| (r.outcome != Outcome::Refused, r.rule));
+}
+
+fn check_one(
+    kernel: &Kernel,
+    m: &Module,
+    me: usize,
+    set: &[Module],
+    names: &[String],
+    set_exports: &HashMap<&str, usize>,
+) -> Verdict {
+    let name = &names[me];
+    let mut b = Builder { reasons: Vec::new() };
+    let mut unchecked = Vec::new();
+    let enforced = kernel.enforcement.enforced;
+    let refused_if = |enforced: bool| if enforced { Outcome::Refused } else { Outcome::Taint };
+
+    // 1. Signature.
+    if kernel.sig_supported {
+        match &m.signature {
+            None => b.add(
+                Rule::Signature,
+                refused_if(enforced),
+                None,
+                Some("a signature by a trusted key".into()),
+                Some("unsigned".into()),
+                if enforced {
+                    format!("{name}: unsigned module is refused ({})", kernel.enforcement.because)
+                } else {
+                    format!("{name}: unsigned module loads but taints the kernel")
+                },
+            ),
+            Some(sig) if !kernel.trusts(sig.signer.as_deref(), &sig.key_id) => {
+                let key = format!(
+                    "{} ({})",
+                    crate::formats::signature::key_id_hex(&sig.key_id),
+                    sig.signer.as_deref().unwrap_or("unknown signer")
+                );
+                let expected = kernel
+                    .trusted_keys
+                    .iter()
+                    .map(|k| crate::formats::signature::key_id_hex(&k.identity.serial))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                b.add(
+                    Rule::Signature,
+                    refused_if(enforced),
+                    None,
+                    Some(if expected.is_empty() { "a trusted key".into() } else { expected }),
+                    Some(key.clone()),
+                    if enforced {
+                        format!(
+                            "{name}: signed with key {key} the kernel does not trust: refused ({})",
+                            kernel.enforcement.because
+                        )
+                    } else {
+                        format!("{name}: signed with key {key} the kernel does not trust: loads but taints the kernel")
+                    },
+                )
+            }
+            Some(_) => {}
+        }
+    }
+
+    // 2. ELF identity.
+    match kernel.class {
+        Some(class) if class != m.class => b.add(
+            Rule::ElfClass,
+            Outcome::Refused,
+            None,
+            Some(format!("{class:?}")),
+            Some(format!("{:?}", m.class)),
+            format!("{name}: ELF class {:?}, the kernel's modules are {class:?}", m.class),
+        ),
+        Some(_) => {}
+        None => unchecked.push("elf-class".to_string()),
+    }
+    if let Some(machine) = kernel.machine {
+        if machine != m.machine {
+            let (want, got) = (kernel.arch().unwrap_or_default(), m.machine_name());
+            b.add(
+                Rule::Machine,
+                Outcome::Refused,
+                None,
+                Some(want.clone()),
+                Some(got.clone()),
+                format!("{name}: built for {got}, the kernel is {want}"),
+            );
+        }
+    } else {
+        unchecked.push("machine".to_string());
+    }
+
+    // 3. struct module size.
+    match (kernel.this_module_size, m.this_module_size) {
+        (Some(want), got) if got != Some(want) => b.add(
+            Rule::StructModuleSize,
+            Outcome::Refused,
+            None,
+            Some(want.to_string()),
+            Some(got.map_or("no .gnu.linkonce.this_module".into(), |g| g.to_string())),
+            format!(
+                "{name}: .gnu.linkonce.this_module is {} bytes, the kernel's struct module is {want}",
+                got.map_or("missing, not".into(), |g| g.to_string())
+            ),
+        ),
+        (None, _) => unchecked.push("struct-module-size".to_string()),
+        _ => {}
+    }
+
+    // 4./6. helpers for CRCs.
+    let versions: HashMap<&str, u64> =
+        m.versions.iter().map(|v| (v.symbol.as_str(), v.crc)).collect();
+    let has_versions = m.versions_layout.is_some();
+    let crc_check = |b: &mut Builder, symbol: &str, want: Option<u32>, rule: Rule| {
+        let Some(want) = want.filter(|_| kernel.modversions) else { return };
+        if !has_versions {
+            // try_to_force_load: a taint where the kernel allows forced loads.
+            b.add(
+                rule,
+                Outcome::Taint,
+                Some(symbol),
+                Some(hex(u64::from(want))),
+                Some("no modversions".into()),
+                format!("{name}: has no symbol versions; {symbol} is loaded by force (taint)"),
+            );
+            return;
+        }
+        match versions.get(symbol) {
+            Some(&got) if got as u32 != want => b.add(
+                rule,
+                Outcome::Refused,
+                Some(symbol),
+                Some(hex(u64::from(want))),
+                Some(hex(got)),
+                format!(
+                    "{name}: disagrees about version of symbol {symbol}: kernel {}, module {}",
+                    hex(u64::from(want)),
+                    hex(got)
+                ),
+            ),
+            Some(_) => {}
+            None => b.add(
+                rule,
+                Outcome::Taint,
+                Some(symbol),
+                Some(hex(u64::from(want))),
+                None,
+                format!("{name}: no symbol version for {symbol} (warning only)"),
+            ),
+        }
+    };
+
+    // 4. module_layout.
+    if let Some(layout) = kernel.exports.get("module_layout") {
+        crc_check(&mut b, "module_layout", layout.crc, Rule::ModuleLayout);
+    }
+
+    // 5. vermagic.
+    match (kernel.vermagic.as_deref(), m.vermagic()) {
+        (Some(want), Some(got)) => {
+            let strip = |s: &str| s.find(' ').map_or("", |i| &s[i..]).to_string();
+            let (w, g) = if has_versions && kernel.modversions {
+                (strip(want), strip(got))
+            } else {
+                (want.to_string(), got.to_string())
+            };
+            if w != g {
+                b.add(
+                    Rule::Vermagic,
+                    Outcome::Refused,
+                    None,
+                    Some(want.to_string()),
+                    Some(got.to_string()),
+                    format!("{name}: version magic '{got}' should be '{want}'"),
+                );
+            }
+        }
+        (Some(want), None) => b.add(
+            Rule::Vermagic,
+            Outcome::Taint,
+            None,
+            Some(want.to_string()),
+            None,
+            format!("{name}: has no vermagic; loaded by force (taint)"),
+        ),
+        (None, _) => unchecked.push("vermagic".to_string()),
+    }
+
+    // 6. Symbols.
+    let license = m.modinfo.get("license").unwrap_or("");
+    let gpl_ok = GPL_COMPATIBLE.contains(&license);
+    let imports: HashSet<&str> = m.modinfo.values("import_ns").collect();
+    for symbol in &m.undefined {
+        // Checked above in its own place; a real module never references it anyway.
+        if symbol == "module_layout" {
+            continue;
+        }
+        // The set replaces in-tree modules of the same name; its exports come first.
+        let from_set = set_exports.get(symbol.as_str()).filter(|&&p| p != me).map(|&p| {
+            let e = set[p].exports.iter().find(|e| &e.name == symbol);
+            (
+                e.and_then(|e| e.crc),
+                e.is_some_and(|e| e.gpl),
+                e.and_then(|e| e.namespace.clone()),
+                names[p].clone(),
+            )
+        });
+        let from_kernel = || {
+            kernel
+                .exports
+                .get(symbol)
+                .filter(|e| e.owner == "vmlinux" || !names.contains(&e.owner))
+                .map(|e| (e.crc, e.gpl, e.namespace.clone(), e.owner.clone()))
+        };
+        let Some((crc, gpl, namespace, owner)) = from_set.or_else(from_kernel) else {
+            b.add(
+                Rule::UnknownSymbol,
+                Outcome::Refused,
+                Some(symbol),
+                Some("an export of the kernel, its modules or the set".into()),
+                Some("none".into()),
+                format!("{name}: unknown symbol {symbol} (nobody exports it)"),
+            );
+            continue;
+        };
+        if gpl && !gpl_ok {
+            b.add(
+                Rule::GplOnly,
+                Outcome::Refused,
+                Some(symbol),
+                Some("a GPL-compatible license".into()),
+                Some(if license.is_empty() { "no license".into() } else { license.into() }),
+                format!(
+                    "{name}: {symbol} is a GPL-only export of {owner} and the module's license is {:?}",
+                    license
+                ),
+            );
+            continue;
+        }
+        crc_check(&mut b, symbol, crc, Rule::SymbolCrc);
+        if let Some(ns) = namespace {
+            if !imports.contains(ns.as_str()) {
+                b.add(
+                    Rule::Namespace,
+                    if kernel.allow_missing_namespace_imports {
+                        Outcome::Taint
+                    } else {
+                        Outcome::Refused
+                    },
+                    Some(symbol),
+                    Some(format!("import_ns={ns}")),
+                    Some(imports.iter().copied().collect::<Vec<_>>().join(",")),
+                    format!(
+                        "{name}: uses symbol {symbol} from namespace {ns}, but does not import it"
+                    ),
+                );
+            }
+        }
+    }
+
+    // 7. depends=.
+    for dep in m.modinfo.depends() {
+        let dep = dep.replace('-', "_");
+        if !kernel.modules.contains(&dep) && !names.contains(&dep) {
+            b.add(
+                Rule::Depends,
+                Outcome::Refused,
+                Some(&dep),
+                Some(format!("module {dep}")),
+                Some("absent".into()),
+                format!("{name}: depends on {dep}, which is neither in the kernel's tree nor in the set"),
+            );
+        }
+    }
+
+    let compatible = !b.reasons.iter().any(|r| r.outcome == Outcome::Refused);
+    let mut reasons = b.reasons;
+    sort_reasons(&mut reasons);
+    Verdict {
+        module: name.clone(),
+        path: m.path.clone(),
+        kernel: kernel.release.clone(),
+        compatible,
+        reasons,
+        unchecked,
+    }
+}

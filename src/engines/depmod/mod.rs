@@ -1,0 +1,439 @@
+//! Native depmod: the module dependency graph of a kernel tree and the `modules.*`
+//! indexes kmod's depmod would write for it, byte for byte.
+//!
+//! Flow:
+//!
+//! 1. [`config::Config::load`] reads `depmod.d` (search order, overrides, externals).
+//! 2. [`scan::scan`] walks the tree and picks one file per module name.
+//! 3. [`read_tree`] reads the chosen modules in parallel (no digests) plus the kernel
+//!    package's inputs: `modules.order`, `modules.builtin`, `modules.builtin.modinfo`.
+//! 4. [`Graph::build`] orders the modules as depmod does (kmod's hash order, then
+//!    `modules.order`), resolves every needed symbol to the module exporting it, sorts
+//!    the graph topologically (refusing cycles) and computes each module's full
+//!    dependency list.
+//! 5. [`Graph::files`] renders every index file (see `output`); writing them is the
+//!    job of `operations::depmod`.
+//!
+//! Order matters everywhere: a module's position is its priority in the `.bin`
+//! indexes, dependency lists are sorted by the topological order, and
+//! `modules.symbols` follows kmod's hash-table iteration order ([`kmod_hash`]).
+
+pub mod config;
+pub mod kmod_hash;
+pub mod output;
+pub mod probe;
+pub mod scan;
+
+use crate::model::module::{Module, ReadOptions, VersionsLayout};
+use crate::model::root::Root;
+use anyhow::{bail, Context, Result};
+use config::{Candidate, Config};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// FNV-1a for the symbol map: tens of thousands of short trusted keys, where SipHash
+/// showed up in profiles.
+#[derive(Default, Clone, Copy)]
+struct FastHash;
+
+struct Fnv(u64);
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = Fnv;
+    fn build_hasher(&self) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Bucket counts of kmod's depmod hash tables (module names, symbols).
+const MODULE_BUCKETS: u32 = 512;
+const SYMBOL_BUCKETS: u32 = 2048;
+
+/// One module of the graph.
+#[derive(Debug, Clone)]
+pub struct DepModule {
+    /// Module name as kmod derives it from the file name.
+    pub name: String,
+    /// Target-absolute path as found (a `weak-updates/` symlink stays a symlink path).
+    pub target: PathBuf,
+    /// Path relative to the tree (`kernel/fs/ext4/ext4.ko`), when inside it.
+    pub rel: Option<String>,
+    pub module: Module,
+}
+
+impl DepModule {
+    /// How indexes name the file: relative to the tree, else absolute.
+    pub fn index_path(&self) -> String {
+        match &self.rel {
+            Some(r) => r.clone(),
+            None => self.target.to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// What the graph is computed from.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// Modules in discovery order (one per name).
+    pub modules: Vec<DepModule>,
+    /// `modules.order` from the kernel package.
+    pub order: Option<Vec<u8>>,
+    /// `modules.builtin`.
+    pub builtin: Option<Vec<u8>>,
+    /// `modules.builtin.modinfo`.
+    pub builtin_modinfo: Option<Vec<u8>>,
+}
+
+/// The computed dependency graph, in depmod's module order.
+#[derive(Debug)]
+pub struct Graph {
+    pub modules: Vec<DepModule>,
+    /// Every module's full dependency list (indexes into `modules`), in the order
+    /// `modules.dep` lists them (users before providers).
+    pub deps: Vec<Vec<usize>>,
+    /// Exported symbol → owning module, in kmod's hash iteration order.
+    pub symbols: Vec<(String, usize)>,
+    pub builtin: Option<Vec<u8>>,
+    pub builtin_modinfo: Option<Vec<u8>>,
+    /// Non-fatal findings (bad config lines, unreadable entries, corrupt order file).
+    pub warnings: Vec<String>,
+}
+
+/// Read everything depmod needs from `root` for kernel `release`.
+pub fn read_tree(root: &Root, release: &str) -> Result<(Inputs, Vec<String>)> {
+    let config = Config::load(root, release)?;
+    let mut warnings = config.warnings.clone();
+    let tree = PathBuf::from("/lib/modules").join(release);
+    let candidates = scan::scan(root, &tree, &config, &mut warnings)?;
+    let modules = read_modules(candidates)?;
+    let read_opt = |name: &str| -> Result<Option<Vec<u8>>> {
+        let path = root.path(tree.join(name));
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
+        }
+    };
+    let inputs = Inputs {
+        modules,
+        order: read_opt("modules.order")?,
+        builtin: read_opt("modules.builtin")?,
+        builtin_modinfo: read_opt("modules.builtin.modinfo")?,
+    };
+    Ok((inputs, warnings))
+}
+
+/// Read the chosen files on every core: parsing thousands of modules dominates depmod.
+fn read_modules(candidates: Vec<Candidate>) -> Result<Vec<DepModule>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
+    let next = AtomicUsize::new(0);
+    let read_one = |c: &Candidate| -> Result<Module> {
+        let host = c.host.clone();
+        let file = MappedFile::open(&host)?;
+        let mut module = Module::from_bytes(file.bytes(), ReadOptions::default())
+            .with_context(|| format!("{}", host.display()))?;
+        module.path = Some(host);
+        Ok(module)
+    };
+    let mut results: Vec<(usize, Result<Module>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(c) = candidates.get(i) else { break };
+                        out.push((i, read_one(c)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    });
+    if results.len() != candidates.len() {
+        bail!("a module reader thread failed");
+    }
+    results.sort_by_key(|(i, _)| *i);
+    candidates
+        .into_iter()
+        .zip(results)
+        .map(|(c, (_, m))| Ok(DepModule { name: c.name, target: c.target, rel: c.rel, module: m? }))
+        .collect()
+}
+
+/// A module file mapped read-only. depmod touches only the ELF headers, symbol table
+/// and `.modinfo` of each file: mapping instead of reading saves copying the whole
+/// tree (hundreds of MiB) through the kernel.
+struct MappedFile {
+    map: Option<(std::ptr::NonNull<std::ffi::c_void>, usize)>,
+}
+
+impl MappedFile {
+    fn open(path: &Path) -> Result<MappedFile> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
+        let len =
+            file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?.len();
+        let Some(len) = std::num::NonZeroUsize::new(len as usize) else {
+            return Ok(MappedFile { map: None });
+        };
+        // SAFETY: a private read-only mapping of a regular file; the bytes are only read
+        // while `self` lives. A concurrent writer truncating the file could fault the
+        // process (SIGBUS), the accepted trade-off of mmap, as in kmod itself.
+        let ptr = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                len,
+                nix::sys::mman::ProtFlags::PROT_READ,
+                nix::sys::mman::MapFlags::MAP_PRIVATE,
+                &file,
+                0,
+            )
+        }
+        .with_context(|| format!("{}: cannot map", path.display()))?;
+        Ok(MappedFile { map: Some((ptr, len.get())) })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self.map {
+            // SAFETY: the mapping is `len` readable bytes until `drop`.
+            Some((ptr, len)) => unsafe {
+                std::slice::from_raw_parts(ptr.as_ptr() as *const u8, len)
+            },
+            None => &[],
+        }
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        if let Some((ptr, len)) = self.map {
+            // SAFETY: unmapping exactly what `open` mapped, once.
+            let _ = unsafe { nix::sys::mman::munmap(ptr, len) };
+        }
+    }
+}
+
+impl Graph {
+    /// Order, resolve and sort. Fails on dependency cycles, naming them.
+    pub fn build(inputs: Inputs) -> Result<Graph> {
+        let mut warnings = Vec::new();
+        let mut modules = inputs.modules;
+        let mut seen = HashSet::new();
+        for m in &modules {
+            if !seen.insert(m.name.as_str()) {
+                bail!("module {} given twice ({})", m.name, m.target.display());
+            }
+        }
+        if modules.len() >= u16::MAX as usize {
+            bail!("{} modules: kmod's index format supports fewer than 65535", modules.len());
+        }
+        kmod_hash::sort_in_hash_order(&mut modules, MODULE_BUCKETS, |m| &m.name);
+        if let Some(order) = &inputs.order {
+            sort_by_order(&mut modules, order, &mut warnings);
+        }
+
+        // Exported symbols: a later module in the order replaces an earlier owner.
+        let mut owner: HashMap<&str, usize, FastHash> = HashMap::default();
+        for (i, m) in modules.iter().enumerate() {
+            for e in &m.module.exports {
+                owner.insert(e.name.as_str(), i);
+            }
+        }
+        let mut symbols: Vec<(String, usize)> =
+            owner.iter().map(|(name, &i)| (name.to_string(), i)).collect();
+        kmod_hash::sort_in_hash_order(&mut symbols, SYMBOL_BUCKETS, |s| &s.0);
+
+        // Direct dependencies, in the order each provider is first needed.
+        let mut direct: Vec<Vec<usize>> = vec![Vec::new(); modules.len()];
+        let mut users = vec![0usize; modules.len()];
+        for (i, m) in modules.iter().enumerate() {
+            for sym in needed_symbols(&m.module) {
+                let sym = sym.strip_prefix('.').unwrap_or(sym);
+                if let Some(&provider) = owner.get(sym) {
+                    if !direct[i].contains(&provider) {
+                        direct[i].push(provider);
+                        users[provider] += 1;
+                    }
+                }
+            }
+        }
+        let rank = topological_rank(&modules, &direct, users)?;
+        let deps = (0..modules.len()).map(|i| all_dependencies(i, &direct, &rank)).collect();
+        drop(owner);
+        Ok(Graph {
+            modules,
+            deps,
+            symbols,
+            builtin: inputs.builtin,
+            builtin_modinfo: inputs.builtin_modinfo,
+            warnings,
+        })
+    }
+
+    /// Every index file kmod's depmod writes, name and content, plus
+    /// `modules.weakdep` when a module declares weak dependencies.
+    pub fn files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        output::render(self)
+    }
+
+    /// The module at `index` by name.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        let name = name.replace('-', "_");
+        self.modules.iter().position(|m| m.name == name)
+    }
+}
+
+/// Compute the graph of a tree in one call.
+pub fn compute(root: &Root, release: &str) -> Result<Graph> {
+    let (inputs, warnings) = read_tree(root, release)?;
+    let mut graph = Graph::build(inputs)?;
+    graph.warnings.splice(0..0, warnings);
+    Ok(graph)
+}
+
+/// The symbols libkmod reports a module as needing: its undefined symbols in table
+/// order, then `__versions` entries no undefined symbol claimed (`module_layout`).
+fn needed_symbols(m: &Module) -> Vec<&str> {
+    let mut out: Vec<&str> = m.undefined.iter().map(String::as_str).collect();
+    if m.versions_layout == Some(VersionsLayout::Classic) {
+        let undefined: HashSet<&str> = out.iter().copied().collect();
+        let mut claimed = HashSet::new();
+        for v in &m.versions {
+            let first = claimed.insert(v.symbol.as_str());
+            if !(first && undefined.contains(v.symbol.as_str())) {
+                out.push(v.symbol.as_str());
+            }
+        }
+    }
+    out
+}
+
+/// Stable sort by position in `modules.order` (listed modules first, in file order).
+/// A file whose last line lacks its newline is corrupt: kmod then keeps hash order.
+fn sort_by_order(modules: &mut Vec<DepModule>, order: &[u8], warnings: &mut Vec<String>) {
+    if !order.is_empty() && !order.ends_with(b"\n") {
+        warnings.push("modules.order: last line misses '\\n', file ignored".into());
+        return;
+    }
+    let lines: Vec<&[u8]> = order.split(|&b| b == b'\n').collect();
+    let lines = &lines[..lines.len().saturating_sub(1)];
+    let total = lines.len() as i64 + 1;
+    let mut by_uncompressed: HashMap<Vec<u8>, usize> = HashMap::new();
+    for (i, m) in modules.iter().enumerate() {
+        if let Some(rel) = &m.rel {
+            by_uncompressed.insert(uncompressed_rel(rel, &m.name), i);
+        }
+    }
+    let mut sort_idx = vec![1i64; modules.len()];
+    for (n, line) in lines.iter().enumerate() {
+        if let Some(&i) = by_uncompressed.get(*line) {
+            sort_idx[i] = n as i64 + 1 - total;
+        }
+    }
+    let mut keyed: Vec<(i64, DepModule)> = sort_idx.into_iter().zip(modules.drain(..)).collect();
+    keyed.sort_by_key(|(k, _)| *k);
+    modules.extend(keyed.into_iter().map(|(_, m)| m));
+}
+
+/// kmod matches `modules.order` lines against the path with the compression suffix
+/// cut: directory, then as many file-name bytes as the module name, then `.ko`.
+fn uncompressed_rel(rel: &str, name: &str) -> Vec<u8> {
+    let dir_len = rel.rfind('/').map_or(0, |p| p + 1);
+    let len = (dir_len + name.len() + 3).min(rel.len());
+    rel.as_bytes()[..len].to_vec()
+}
+
+/// kmod's topological sort: modules nobody uses first, a LIFO of ready modules, each
+/// module's providers released in the order it first needed them. Returns each
+/// module's rank; a cycle is an error naming its members.
+fn topological_rank(
+    modules: &[DepModule],
+    direct: &[Vec<usize>],
+    mut users: Vec<usize>,
+) -> Result<Vec<usize>> {
+    let mut rank = vec![usize::MAX; modules.len()];
+    let mut ready: Vec<usize> = (0..modules.len()).filter(|&i| users[i] == 0).collect();
+    let mut sorted = 0;
+    while let Some(i) = ready.pop() {
+        rank[i] = sorted;
+        sorted += 1;
+        for &d in &direct[i] {
+            users[d] -= 1;
+            if users[d] == 0 {
+                ready.push(d);
+            }
+        }
+    }
+    if sorted < modules.len() {
+        let cycle = find_cycle(direct, &users);
+        let names: Vec<&str> = cycle.iter().map(|&i| modules[i].name.as_str()).collect();
+        bail!(
+            "dependency cycle between modules: {} ({} modules in or behind cycles)",
+            names.join(" -> "),
+            modules.len() - sorted
+        );
+    }
+    Ok(rank)
+}
+
+/// One cycle among the modules the sort could not place, as a path `a -> b -> a`
+/// where each module needs the next. Every unplaced module has an unplaced user, so
+/// walking from user to user must come back on itself.
+fn find_cycle(direct: &[Vec<usize>], users: &[usize]) -> Vec<usize> {
+    let stuck = |i: usize| users[i] > 0;
+    let mut users_of: Vec<Vec<usize>> = vec![Vec::new(); direct.len()];
+    for (user, provs) in direct.iter().enumerate() {
+        for &p in provs {
+            users_of[p].push(user);
+        }
+    }
+    let Some(start) = (0..users.len()).find(|&i| stuck(i)) else { return Vec::new() };
+    let mut path = vec![start];
+    let mut on_path: HashMap<usize, usize> = HashMap::from([(start, 0)]);
+    let mut at = start;
+    while let Some(&user) = users_of[at].iter().find(|&&u| stuck(u)) {
+        if let Some(&pos) = on_path.get(&user) {
+            let mut cycle = path[pos..].to_vec();
+            cycle.push(user);
+            cycle.reverse();
+            return cycle;
+        }
+        on_path.insert(user, path.len());
+        path.push(user);
+        at = user;
+    }
+    path
+}
+
+/// Every module `i` needs, directly or not, sorted by topological rank.
+fn all_dependencies(i: usize, direct: &[Vec<usize>], rank: &[usize]) -> Vec<usize> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<usize> = direct[i].clone();
+    while let Some(d) = stack.pop() {
+        if seen.insert(d) {
+            stack.extend(&direct[d]);
+        }
+    }
+    let mut out: Vec<usize> = seen.into_iter().collect();
+    out.sort_by_key(|&d| rank[d]);
+    out
+}
+
+/// Path of the tree of `release` inside a root, target-absolute.
+pub fn tree_dir(release: &str) -> PathBuf {
+    Path::new("/lib/modules").join(release)
+}

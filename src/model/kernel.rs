@@ -1,0 +1,478 @@
+//! [`Kernel`]: the facts of a target kernel that decide whether a module will load on
+//! it, read from a [`Root`] and a release.
+//!
+//! Flow: locate and parse the symvers file (`--symvers`, `/boot/symvers-KVER.gz`,
+//! `lib/modules/KVER/symvers.gz`, or `Module.symvers` in the `build` headers tree) →
+//! take the exports of vmlinux from it, and those of in-tree modules whose file is still
+//! under `kernel/` (a stat per module, no directory walk) → read every module outside
+//! `kernel/` (extra/, updates/) for its exports, as depmod does → read one in-tree module
+//! (first of `modules.order`) as the *reference module*: its vermagic, ELF class/machine,
+//! `sizeof(struct module)` and signing key are the kernel's → read `/boot/config-KVER`
+//! → decide signature enforcement. With `scan_modules`, or when symvers lists no module
+//! exports, every `.ko` of the tree is read instead, exactly like depmod.
+//!
+//! Reading never writes. Missing optional facts are `None` and the verdict says which
+//! rules could not be checked.
+
+use super::module::{name_from_path, Module, ReadOptions};
+use super::root::Root;
+use super::tree::{walk, ModuleTree};
+use crate::formats::compression::{self, Compression};
+use crate::formats::der::{self, CertIdentity};
+use crate::formats::elf::Class;
+use crate::formats::kconfig::KernelConfig;
+use crate::formats::symvers;
+use anyhow::{bail, Context, Result};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// One symbol the kernel (vmlinux or an in-tree module) exports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KernelExport {
+    /// `None` when the export carries no CRC (kernel built without modversions).
+    pub crc: Option<u32>,
+    pub gpl: bool,
+    pub namespace: Option<String>,
+    /// `vmlinux` or the exporting module's name.
+    pub owner: String,
+}
+
+/// Whether the host will refuse modules without a trusted signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SecureBootMode {
+    /// Read the kernel command line, lockdown state and EFI Secure Boot under the root.
+    #[default]
+    Auto,
+    /// Assume enforcement (Secure Boot with lockdown, or `module.sig_enforce=1`).
+    On,
+    /// Assume no enforcement (unless the kernel is built with `MODULE_SIG_FORCE`).
+    Off,
+}
+
+/// Signature enforcement as decided, with the fact that decided it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Enforcement {
+    pub enforced: bool,
+    pub because: String,
+}
+
+/// A key the target kernel trusts for module signatures.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TrustedKey {
+    #[serde(flatten)]
+    pub identity: CertIdentity,
+    /// Where bootkmod learnt of it: the in-tree module it signed, or a certificate file.
+    pub source: String,
+}
+
+/// How to read a target kernel.
+#[derive(Debug, Clone, Default)]
+pub struct KernelOptions {
+    /// Use this symvers file (host path) instead of searching the root.
+    pub symvers: Option<PathBuf>,
+    /// Certificates (DER or PEM, host paths) of extra trusted keys, e.g. enrolled in MOK.
+    pub trusted_keys: Vec<PathBuf>,
+    pub secure_boot: SecureBootMode,
+    /// Read the exports of every in-tree `.ko` (as depmod does) even when symvers lists
+    /// them; slower, but exact when in-tree modules were replaced after the build.
+    pub scan_modules: bool,
+    /// Keep only the facts these modules can ask about; `None` keeps everything.
+    pub interest: Option<Interest>,
+}
+
+/// The symbols and module names a set of modules can ask a kernel about: reading only
+/// these out of symvers is what keeps one check in the milliseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Interest {
+    pub symbols: HashSet<String>,
+    pub modules: HashSet<String>,
+}
+
+impl Interest {
+    pub fn of(modules: &[Module]) -> Interest {
+        let mut symbols: HashSet<String> =
+            modules.iter().flat_map(|m| m.undefined.iter().cloned()).collect();
+        symbols.insert("module_layout".to_string());
+        let modules =
+            modules.iter().flat_map(|m| m.modinfo.depends()).map(|d| d.replace('-', "_")).collect();
+        Interest { symbols, modules }
+    }
+}
+
+/// The facts of a target kernel.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Kernel {
+    pub release: String,
+    /// Host path of the symvers file read, if any.
+    pub symvers: Option<PathBuf>,
+    /// Host path of the in-tree module whose facts stand for the kernel's own.
+    pub reference_module: Option<PathBuf>,
+    /// The kernel's vermagic (from the reference module).
+    pub vermagic: Option<String>,
+    pub class: Option<Class>,
+    pub machine: Option<u16>,
+    /// `sizeof(struct module)` (from the reference module).
+    pub this_module_size: Option<u64>,
+    /// Exports by symbol name (those of [`KernelOptions::interest`] when given).
+    #[serde(skip)]
+    pub exports: HashMap<String, KernelExport>,
+    /// Names of the modules present in the tree (as the kernel names them, `_` not `-`;
+    /// with an interest, those exporting its symbols or named by it).
+    #[serde(skip)]
+    pub modules: HashSet<String>,
+    pub modversions: bool,
+    pub sig_supported: bool,
+    pub allow_missing_namespace_imports: bool,
+    pub enforcement: Enforcement,
+    pub trusted_keys: Vec<TrustedKey>,
+}
+
+impl Kernel {
+    /// Read kernel `release` under `root`. Errors name the file at fault.
+    pub fn read(root: &Root, release: &str, opts: &KernelOptions) -> Result<Kernel> {
+        if release.is_empty() || release.contains('/') {
+            bail!("invalid kernel release {release:?}");
+        }
+        let tree = ModuleTree::new(root.clone(), release);
+        let tree_dir = tree.host_dir();
+        let symvers_path = match &opts.symvers {
+            Some(p) => Some(p.clone()),
+            None => find_symvers(root, release),
+        };
+        if symvers_path.is_none() && !tree_dir.is_dir() {
+            bail!(
+                "kernel {release}: no symvers file and no module tree {} (give --symvers FILE)",
+                tree_dir.display()
+            );
+        }
+        let symvers_text = match &symvers_path {
+            Some(path) => read_symvers_text(path)?,
+            None => Vec::new(),
+        };
+        let entries =
+            symvers::lines(&symvers_text).collect::<Result<Vec<_>>>().with_context(|| {
+                format!("{}", symvers_path.as_deref().unwrap_or(Path::new("")).display())
+            })?;
+        let symvers_covers_modules = entries.iter().any(|e| !e.is_vmlinux());
+        let scan_all = opts.scan_modules || !symvers_covers_modules;
+        let interest = opts.interest.as_ref();
+        let wanted_symbol = |s: &str| interest.map_or(true, |i| i.symbols.contains(s));
+
+        // Which module files to read for their exports, and which modules are present.
+        // Fast path: `kernel/` is the build's own tree, which symvers describes; only the
+        // presence of the files that matter is checked. Everything else (extra/,
+        // updates/) is read, as depmod would.
+        let mut modules: HashSet<String> = HashSet::new();
+        let mut present_paths: HashSet<&str> = HashSet::new();
+        let mut to_read = Vec::new();
+        if scan_all {
+            if tree_dir.is_dir() {
+                to_read = tree.module_files()?;
+            }
+        } else {
+            let mut owners: HashSet<&str> = HashSet::new();
+            for e in entries.iter().filter(|e| !e.is_vmlinux()) {
+                if wanted_symbol(e.symbol) {
+                    owners.insert(e.module);
+                }
+            }
+            if let Some(i) = interest {
+                if !i.modules.is_empty() {
+                    let all: HashSet<&str> =
+                        entries.iter().filter(|e| !e.is_vmlinux()).map(|e| e.module).collect();
+                    owners.extend(
+                        all.into_iter()
+                            .filter(|p| i.modules.contains(&name_from_path(Path::new(p)))),
+                    );
+                }
+            } else {
+                owners.extend(entries.iter().filter(|e| !e.is_vmlinux()).map(|e| e.module));
+            }
+            for path in owners {
+                let base = tree_dir.join("kernel").join(path);
+                let exists = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().any(|ext| {
+                    let mut p = base.clone().into_os_string();
+                    p.push(ext);
+                    Path::new(&p).is_file()
+                });
+                if exists {
+                    present_paths.insert(path);
+                    modules.insert(name_from_path(Path::new(path)));
+                }
+            }
+            for entry in std::fs::read_dir(&tree_dir).into_iter().flatten().flatten() {
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                if is_dir && entry.file_name() != "kernel" {
+                    walk(&entry.path(), &mut to_read)
+                        .with_context(|| format!("reading {}", entry.path().display()))?;
+                }
+            }
+        }
+        modules.extend(to_read.iter().map(|p| name_from_path(p)));
+
+        let mut exports = HashMap::new();
+        for e in &entries {
+            if !wanted_symbol(e.symbol) {
+                continue;
+            }
+            let owner = if e.is_vmlinux() {
+                "vmlinux".to_string()
+            } else if scan_all || !present_paths.contains(e.module) {
+                // Read from the .ko files below, or absent from the tree: not exported.
+                continue;
+            } else {
+                name_from_path(Path::new(e.module))
+            };
+            let export = KernelExport {
+                crc: Some(e.crc),
+                gpl: e.gpl,
+                namespace: e.namespace.map(str::to_string),
+                owner,
+            };
+            exports.insert(e.symbol.to_string(), export);
+        }
+        for m in read_all(&to_read)? {
+            let owner = m.name();
+            for e in m.exports {
+                exports.insert(
+                    e.name,
+                    KernelExport {
+                        crc: e.crc,
+                        gpl: e.gpl,
+                        namespace: e.namespace,
+                        owner: owner.clone(),
+                    },
+                );
+            }
+        }
+
+        let reference = reference_module(&tree)?;
+        let config = read_optional(&root.path(format!("/boot/config-{release}")))?
+            .map(|b| KernelConfig::parse(&b));
+        let enabled = |name: &str| config.as_ref().map(|c| c.enabled(name));
+        let modversions = enabled("CONFIG_MODVERSIONS")
+            .unwrap_or_else(|| exports.values().any(|e| e.crc.is_some_and(|c| c != 0)));
+        let sig_supported = enabled("CONFIG_MODULE_SIG")
+            .unwrap_or_else(|| reference.as_ref().is_some_and(|m| m.signature.is_some()));
+        let sig_force = enabled("CONFIG_MODULE_SIG_FORCE").unwrap_or(false);
+        let allow_missing_namespace_imports =
+            enabled("CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS").unwrap_or(false);
+
+        let mut trusted_keys = Vec::new();
+        if let Some(sig) = reference.as_ref().and_then(|m| m.signature.as_ref()) {
+            if !sig.key_id.is_empty() {
+                trusted_keys.push(TrustedKey {
+                    identity: CertIdentity {
+                        issuer: sig.signer.clone(),
+                        serial: sig.key_id.clone(),
+                    },
+                    source: reference
+                        .as_ref()
+                        .and_then(|m| m.path.as_ref())
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                });
+            }
+        }
+        for cert in &opts.trusted_keys {
+            let bytes = std::fs::read(cert)
+                .with_context(|| format!("{}: cannot read certificate", cert.display()))?;
+            let identity = der::cert_identity(&bytes)
+                .with_context(|| format!("{}: not an X.509 certificate", cert.display()))?;
+            trusted_keys.push(TrustedKey { identity, source: cert.display().to_string() });
+        }
+
+        let enforcement = if sig_force {
+            Enforcement { enforced: true, because: "CONFIG_MODULE_SIG_FORCE=y".into() }
+        } else {
+            match opts.secure_boot {
+                SecureBootMode::On => {
+                    Enforcement { enforced: true, because: "--secure-boot on".into() }
+                }
+                SecureBootMode::Off => {
+                    Enforcement { enforced: false, because: "--secure-boot off".into() }
+                }
+                SecureBootMode::Auto => detect_enforcement(root)?,
+            }
+        };
+
+        Ok(Kernel {
+            release: release.to_string(),
+            symvers: symvers_path,
+            reference_module: reference.as_ref().and_then(|m| m.path.clone()),
+            vermagic: reference.as_ref().and_then(|m| m.vermagic().map(str::to_string)),
+            class: reference.as_ref().map(|m| m.class),
+            machine: reference.as_ref().map(|m| m.machine),
+            this_module_size: reference.as_ref().and_then(|m| m.this_module_size),
+            exports,
+            modules,
+            modversions,
+            sig_supported,
+            allow_missing_namespace_imports,
+            enforcement,
+            trusted_keys,
+        })
+    }
+
+    /// The architecture name of the kernel's modules (`x86_64`), when known.
+    pub fn arch(&self) -> Option<String> {
+        self.machine.map(crate::formats::elf::machine_name)
+    }
+
+    /// Does the kernel trust the key a module was signed with?
+    pub fn trusts(&self, signer: Option<&str>, key_id: &[u8]) -> bool {
+        self.trusted_keys.iter().any(|k| {
+            k.identity.serial == key_id
+                && match (signer, k.identity.issuer.as_deref()) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => true,
+                }
+        })
+    }
+}
+
+/// Every kernel release under `root` that has a module tree.
+pub fn releases(root: &Root) -> Result<Vec<String>> {
+    let dir = root.path("/lib/modules");
+    let mut out: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("{}: cannot list kernels", dir.display()))?
+        .flatten()
+        .filter(|e| e.path().join("kernel").is_dir() || e.path().join("modules.dep").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The first symvers file that exists, in RHEL's then Debian's places.
+fn find_symvers(root: &Root, release: &str) -> Option<PathBuf> {
+    let candidates = [
+        format!("/boot/symvers-{release}.gz"),
+        format!("/lib/modules/{release}/symvers.gz"),
+        format!("/lib/modules/{release}/build/Module.symvers"),
+        format!("/usr/src/linux-headers-{release}/Module.symvers"),
+        format!("/usr/src/kernels/{release}/Module.symvers"),
+    ];
+    candidates.iter().find_map(|c| {
+        let resolved = root.resolve(c).ok()?;
+        let host = root.path(resolved);
+        host.is_file().then_some(host)
+    })
+}
+
+/// Parse a symvers file, decompressing by magic (`symvers.gz`).
+pub fn read_symvers(path: &Path) -> Result<Vec<symvers::SymversEntry>> {
+    symvers::parse(&read_symvers_text(path)?).with_context(|| format!("{}", path.display()))
+}
+
+/// The text of a symvers file, decompressed by magic.
+fn read_symvers_text(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if Compression::detect(&bytes) == Compression::None {
+        return Ok(bytes);
+    }
+    Ok(compression::decode_all(&bytes, compression::MAX_DECODED_MODULE)
+        .with_context(|| format!("{}", path.display()))?
+        .into_owned())
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    }
+}
+
+/// The in-tree module whose vermagic, machine, struct size and signer stand for the
+/// kernel's: the first of `modules.order` present (in-tree by definition), else the first
+/// module file found.
+fn reference_module(tree: &ModuleTree) -> Result<Option<Module>> {
+    let order = read_optional(&tree.host_dir().join("modules.order"))?.unwrap_or_default();
+    let from_order = String::from_utf8_lossy(&order)
+        .lines()
+        .map(|l| tree.host_dir().join(l.trim()))
+        .find(|p| p.is_file());
+    let path = match from_order {
+        Some(p) => p,
+        None if tree.host_dir().is_dir() => match tree.module_files()?.into_iter().next() {
+            Some(p) => p,
+            None => return Ok(None),
+        },
+        None => return Ok(None),
+    };
+    Module::read(&path, ReadOptions::default()).map(Some)
+}
+
+/// Read every module, in parallel over the machine's cores.
+fn read_all(files: &[PathBuf]) -> Result<Vec<Module>> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|p| Module::read(p, ReadOptions::default()))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(files.len());
+        for h in handles {
+            out.extend(h.join().map_err(|_| anyhow::anyhow!("module reader thread panicked"))??);
+        }
+        Ok(out)
+    })
+}
+
+/// `--secure-boot auto`: enforcement is on when the command line asks for it
+/// (`module.sig_enforce=1`, `lockdown=`), when lockdown is active, or when EFI Secure
+/// Boot is on (distribution kernels lock down under Secure Boot).
+fn detect_enforcement(root: &Root) -> Result<Enforcement> {
+    let cmdline = read_optional(&root.path("/proc/cmdline"))?.unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    for word in cmdline.split_whitespace() {
+        if word == "--" {
+            break;
+        }
+        match word.split_once('=') {
+            Some(("module.sig_enforce", "1" | "y" | "Y")) => {
+                return Ok(Enforcement {
+                    enforced: true,
+                    because: format!("kernel command line {word}"),
+                })
+            }
+            Some(("lockdown", "integrity" | "confidentiality")) => {
+                return Ok(Enforcement {
+                    enforced: true,
+                    because: format!("kernel command line {word}"),
+                })
+            }
+            _ => {}
+        }
+    }
+    let lockdown = read_optional(&root.path("/sys/kernel/security/lockdown"))?.unwrap_or_default();
+    let lockdown = String::from_utf8_lossy(&lockdown);
+    if lockdown.contains("[integrity]") || lockdown.contains("[confidentiality]") {
+        return Ok(Enforcement {
+            enforced: true,
+            because: format!("lockdown {}", lockdown.trim()),
+        });
+    }
+    let secure_boot =
+        root.path("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c");
+    // efivarfs files are 4 attribute bytes then the value.
+    if read_optional(&secure_boot)?.is_some_and(|v| v.get(4) == Some(&1)) {
+        return Ok(Enforcement { enforced: true, because: "EFI Secure Boot is enabled".into() });
+    }
+    Ok(Enforcement {
+        enforced: false,
+        because: "no module.sig_enforce, lockdown or Secure Boot found".into(),
+    })
+}

@@ -1,0 +1,233 @@
+//! The kernel is the final judge. Storage drivers of other Debian builds (an older ABI,
+//! `-55`; the rt flavour, `-56-rt`), of the target build itself, the out-of-tree `bkram`
+//! and a real module with one CRC changed get bootkmod verdicts against the installed
+//! target kernel; then the target boots in QEMU with an initramfs that `insmod`s each
+//! and prints what the loader said. Every verdict must match what the kernel did —
+//! loaded, or refused with the same first reason — once booted by default and once with
+//! `module.sig_enforce=1`.
+
+mod common;
+
+use bootkmod::engines::compat::{self, Rule, Verdict};
+use bootkmod::model::kernel::{Kernel, KernelOptions, SecureBootMode};
+use bootkmod::model::module::{Module, ReadOptions};
+use bootkmod::model::root::Root;
+use common::check as ck;
+use common::qemu::{self, Boot, InitramfsDir};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// A module file to try, and a label for messages.
+struct Candidate {
+    label: String,
+    file: PathBuf,
+}
+
+/// What the kernel's loader said about one insmod.
+#[derive(Debug)]
+struct Judgement {
+    loaded: bool,
+    messages: Vec<String>,
+}
+
+/// The loader's first refusal, as a rule; symbol-level messages are one class, since the
+/// kernel reports them in symbol-table order.
+fn kernel_rule(messages: &[String]) -> Option<Rule> {
+    for m in messages {
+        let rule = if m.contains("is rejected") {
+            Rule::Signature
+        } else if m.contains("section size must match") {
+            Rule::StructModuleSize
+        } else if m.contains("disagrees about version of symbol module_layout") {
+            Rule::ModuleLayout
+        } else if m.contains("version magic") {
+            Rule::Vermagic
+        } else if m.contains("disagrees about version of symbol") {
+            Rule::SymbolCrc
+        } else if m.contains("Unknown symbol") {
+            Rule::UnknownSymbol
+        } else if m.contains("does not import it") {
+            Rule::Namespace
+        } else {
+            continue;
+        };
+        return Some(rule);
+    }
+    None
+}
+
+fn symbol_level(rule: Rule) -> bool {
+    matches!(rule, Rule::UnknownSymbol | Rule::GplOnly | Rule::SymbolCrc | Rule::Namespace)
+}
+
+/// Symbols named by the kernel after `marker` (`... symbol X` or `Unknown symbol X (err`).
+fn kernel_symbols(messages: &[String], marker: &str) -> BTreeSet<String> {
+    messages
+        .iter()
+        .filter_map(|m| m.split(marker).nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+fn our_symbols(v: &Verdict, rules: &[Rule]) -> BTreeSet<String> {
+    v.reasons
+        .iter()
+        .filter(|r| rules.contains(&r.rule) && r.outcome == compat::Outcome::Refused)
+        .filter_map(|r| r.symbol.clone())
+        .collect()
+}
+
+/// Boot the target with an `/init` that loads the dependencies, then tries each
+/// candidate, printing the loader's messages between markers and unloading successes.
+fn judge(
+    release: &str,
+    candidates: &[Candidate],
+    names: &[String],
+    append: &str,
+) -> Option<Vec<Judgement>> {
+    let kernel = qemu::host_kernel(release)?;
+    let initramfs = InitramfsDir::busybox()?;
+    let deps = initramfs.modules_from_host(release, &["virtio_pci", "scsi_mod"])?;
+    let mut init = String::from(
+        "#!/bin/sh\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n",
+    );
+    for d in &deps {
+        init.push_str(&format!("insmod {d} || echo BKJ-DEP-FAIL {d}\n"));
+    }
+    for (i, c) in candidates.iter().enumerate() {
+        let rel = format!("c/{i}.ko");
+        initramfs.file(&rel, &std::fs::read(&c.file).unwrap(), 0o644);
+        init.push_str(&format!(
+            "dmesg -c >/dev/null\ninsmod /{rel}; rc=$?\necho BKJ-BEGIN {i} rc=$rc\n\
+             dmesg -c | sed 's/^/BKJ-MSG {i} /'\necho BKJ-END {i}\n\
+             [ $rc = 0 ] && rmmod {}\n",
+            names[i]
+        ));
+    }
+    init.push_str("echo BKJ-DONE\npoweroff -f\n");
+    initramfs.init(&init);
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("initrd.cpio");
+    initramfs.pack(&image)?;
+    // loglevel=1 keeps console printk from interleaving with the markers; dmesg has all.
+    let log = Boot::new(kernel, &image).append(&format!("loglevel=1 {append}")).run()?;
+    assert!(log.serial.contains("BKJ-DONE"), "guest did not finish:\n{}", log.tail());
+    assert!(!log.serial.contains("BKJ-DEP-FAIL"), "a dependency failed:\n{}", log.serial);
+    let mut out = Vec::new();
+    for i in 0..candidates.len() {
+        let begin = format!("BKJ-BEGIN {i} rc=");
+        let rc = log
+            .lines_with(&begin)
+            .next()
+            .and_then(|l| l.split(&begin).nth(1))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| panic!("no result for candidate {i}:\n{}", log.tail()));
+        let prefix = format!("BKJ-MSG {i} ");
+        let messages = log
+            .lines_with(&prefix)
+            .filter_map(|l| l.split(&prefix).nth(1))
+            .map(str::to_string)
+            .collect();
+        out.push(Judgement { loaded: rc == "0", messages });
+    }
+    Some(out)
+}
+
+#[test]
+fn verdicts_match_what_the_booted_kernel_does() {
+    let Some(release) = common::installed_kernel() else { return };
+    let Some(old) = ck::other_build("6.1.0-55-amd64") else { return };
+    let Some(rt) = ck::other_build("6.1.0-56-rt-amd64") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(bkram) = ck::build_bkram(&release, tmp.path()) else { return };
+
+    let host = PathBuf::from("/");
+    let mut candidates = Vec::new();
+    for (label, root, kver) in [
+        ("target", &host, release.as_str()),
+        ("older ABI", &old, "6.1.0-55-amd64"),
+        ("rt flavour", &rt, "6.1.0-56-rt-amd64"),
+    ] {
+        for file in ["virtio_blk.ko", "vmw_pvscsi.ko", "megaraid_sas.ko"] {
+            candidates.push(Candidate {
+                label: format!("{label} {file}"),
+                file: ck::module_in(root, kver, file),
+            });
+        }
+    }
+    candidates.push(Candidate { label: "out-of-tree bkram.ko".into(), file: bkram });
+
+    // A real target module with one symbol CRC changed (signature dropped: an altered
+    // signed module fails verification, which is fatal even without enforcement).
+    let donor = ck::module_in(&host, &release, "vmw_pvscsi.ko");
+    let donor_module = Module::read(&donor, ReadOptions::default()).unwrap();
+    let bytes = std::fs::read(&donor).unwrap();
+    let (content, _) = bootkmod::formats::signature::split(&bytes).unwrap().unwrap();
+    let mut unsigned = content.to_vec();
+    let victim = donor_module.versions.iter().find(|v| v.symbol == "scsi_host_alloc").unwrap();
+    ck::patch_version_crc(&mut unsigned, &victim.symbol, victim.crc as u32 ^ 0x10);
+    let patched = tmp.path().join("vmw_pvscsi-crc.ko");
+    std::fs::write(&patched, &unsigned).unwrap();
+    candidates
+        .push(Candidate { label: "target vmw_pvscsi.ko, one CRC changed".into(), file: patched });
+
+    let modules: Vec<Module> =
+        candidates.iter().map(|c| Module::read(&c.file, ReadOptions::default()).unwrap()).collect();
+    let names: Vec<String> = modules.iter().map(Module::name).collect();
+
+    let modes = [(SecureBootMode::Off, ""), (SecureBootMode::On, "module.sig_enforce=1")];
+    // Both guests boot at once (the harness allows two); the verdicts are compared after.
+    let boots: Vec<Option<Vec<Judgement>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = modes
+            .iter()
+            .map(|(_, append)| s.spawn(|| judge(&release, &candidates, &names, append)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((mode, append), judgements) in modes.into_iter().zip(boots) {
+        let Some(judgements) = judgements else { return };
+        let opts = KernelOptions { secure_boot: mode, ..Default::default() };
+        let kernel = Kernel::read(&Root::new("/"), &release, &opts).unwrap();
+        let verdicts: Vec<Verdict> = modules.iter().map(|m| compat::check(&kernel, m)).collect();
+        let mut report = String::new();
+        let mut mismatches = 0;
+        for ((c, v), j) in candidates.iter().zip(&verdicts).zip(&judgements) {
+            let ours = v.first_refusal().map(|r| r.rule);
+            let theirs = kernel_rule(&j.messages);
+            let mut agree = v.compatible == j.loaded
+                && match (ours, theirs) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) if symbol_level(a) && symbol_level(b) => true,
+                    (Some(a), Some(b)) => a == b,
+                    _ => false,
+                };
+            if agree && ours.is_some_and(symbol_level) {
+                // Every symbol the kernel names, bootkmod names, and no more.
+                let crc = kernel_symbols(&j.messages, "disagrees about version of symbol ");
+                let unknown: BTreeSet<String> = kernel_symbols(&j.messages, "Unknown symbol ")
+                    .difference(&crc)
+                    .cloned()
+                    .collect();
+                agree = crc == our_symbols(v, &[Rule::SymbolCrc])
+                    && unknown == our_symbols(v, &[Rule::UnknownSymbol, Rule::GplOnly]);
+            }
+            if !agree {
+                mismatches += 1;
+            }
+            report.push_str(&format!(
+                "{} {:<45} bootkmod: {:<14} kernel: {:<8} {:?} {:?}\n",
+                if agree { "  " } else { "!!" },
+                c.label,
+                ours.map_or("loads".into(), |r| r.name().to_string()),
+                if j.loaded { "loaded" } else { "refused" },
+                theirs,
+                j.messages.iter().take(2).collect::<Vec<_>>()
+            ));
+        }
+        eprintln!("--- {mode:?} (append {append:?})\n{report}");
+        assert_eq!(mismatches, 0, "verdicts disagree with the kernel ({mode:?}):\n{report}");
+        // The judge must have seen both outcomes, or it proves nothing.
+        assert!(judgements.iter().any(|j| j.loaded) && judgements.iter().any(|j| !j.loaded));
+    }
+}

@@ -1,0 +1,215 @@
+//! Helpers for the `check` tests: the installed kernel's symvers, scratch module trees
+//! that depmod can scan, depmod's warnings parsed, CRC patching, the out-of-tree
+//! `bkram` build, and synthetic kernel roots made of sample modules.
+
+use super::{missing, run, tool};
+use bootkmod::formats::elf::ElfModule;
+use bootkmod::formats::modversions::RECORD_SIZE;
+use bootkmod::formats::symvers::{self, SymversEntry};
+use bootkmod::samples::SampleModule;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Debian keeps Module.symvers in the headers package.
+pub fn installed_symvers(kver: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(format!("/usr/src/linux-headers-{kver}/Module.symvers"));
+    if p.is_file() {
+        return Some(p);
+    }
+    missing(&format!("{} (linux-headers-amd64)", p.display()))?;
+    unreachable!()
+}
+
+pub fn read_symvers(path: &Path) -> Vec<SymversEntry> {
+    symvers::parse(&std::fs::read(path).unwrap()).unwrap()
+}
+
+pub fn crc_of(entries: &[SymversEntry], symbol: &str) -> u32 {
+    entries
+        .iter()
+        .find(|e| e.symbol == symbol)
+        .unwrap_or_else(|| panic!("{symbol} not in symvers"))
+        .crc
+}
+
+/// A scratch root whose `lib/modules/KVER/kernel` is the installed tree (a symlink, which
+/// depmod follows) and whose `extra/` holds the test's modules.
+pub struct ScratchTree {
+    pub dir: tempfile::TempDir,
+    pub kver: String,
+}
+
+impl ScratchTree {
+    pub fn new(kver: &str) -> ScratchTree {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("lib/modules").join(kver);
+        std::fs::create_dir_all(tree.join("extra")).unwrap();
+        let real = Path::new("/lib/modules").join(kver);
+        std::os::unix::fs::symlink(real.join("kernel"), tree.join("kernel")).unwrap();
+        for f in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
+            if real.join(f).is_file() {
+                std::fs::copy(real.join(f), tree.join(f)).unwrap();
+            }
+        }
+        ScratchTree { dir, kver: kver.to_string() }
+    }
+
+    pub fn extra(&self, file: &str) -> PathBuf {
+        self.dir.path().join("lib/modules").join(&self.kver).join("extra").join(file)
+    }
+
+    /// Run `depmod -naeE SYMVERS` over the tree; its warnings, parsed.
+    pub fn depmod_warnings(&self, symvers: &Path) -> Option<BTreeSet<DepmodWarning>> {
+        let depmod = tool("depmod")?;
+        let out = run(Command::new(depmod)
+            .arg("-naeE")
+            .arg(symvers)
+            .arg("-b")
+            .arg(self.dir.path())
+            .arg(&self.kver));
+        assert!(out.status.success(), "depmod failed: {}", String::from_utf8_lossy(&out.stderr));
+        Some(parse_depmod_warnings(&String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// One `depmod -e` warning: the module file's name, and the symbol.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DepmodWarning {
+    Disagrees { file: String, symbol: String },
+    Unknown { file: String, symbol: String },
+}
+
+/// `depmod: WARNING: /path/x.ko disagrees about version of symbol S` and
+/// `depmod: WARNING: /path/x.ko needs unknown symbol S`.
+pub fn parse_depmod_warnings(stderr: &str) -> BTreeSet<DepmodWarning> {
+    let mut out = BTreeSet::new();
+    for line in stderr.lines() {
+        let Some(rest) = line.split("WARNING: ").nth(1) else { continue };
+        let file_of = |p: &str| Path::new(p).file_name().unwrap().to_string_lossy().into_owned();
+        if let Some((path, sym)) = rest.split_once(" disagrees about version of symbol ") {
+            out.insert(DepmodWarning::Disagrees { file: file_of(path), symbol: sym.trim().into() });
+        } else if let Some((path, sym)) = rest.split_once(" needs unknown symbol ") {
+            out.insert(DepmodWarning::Unknown { file: file_of(path), symbol: sym.trim().into() });
+        }
+    }
+    out
+}
+
+/// Change the `__versions` CRC of `symbol` in a module file's bytes (uncompressed ELF).
+pub fn patch_version_crc(bytes: &mut [u8], symbol: &str, new_crc: u32) {
+    let elf = ElfModule::parse(bytes).unwrap();
+    let range = elf.section("__versions").expect("module has __versions").range.clone();
+    let mut at = range.start;
+    while at + RECORD_SIZE <= range.end {
+        let name = &bytes[at + 8..at + RECORD_SIZE];
+        let len = name.iter().position(|&b| b == 0).unwrap();
+        if &name[..len] == symbol.as_bytes() {
+            bytes[at..at + 8].copy_from_slice(&u64::from(new_crc).to_le_bytes());
+            return;
+        }
+        at += RECORD_SIZE;
+    }
+    panic!("{symbol} not in __versions");
+}
+
+/// Build `tests/fixtures/bkram` against the installed headers (gcc + make); the `.ko`.
+pub fn build_bkram(kver: &str, into: &Path) -> Option<PathBuf> {
+    let build = Path::new("/lib/modules").join(kver).join("build");
+    if !build.join("Makefile").is_file() {
+        missing(&format!("{} (linux-headers)", build.display()))?;
+    }
+    tool("gcc")?;
+    let make = tool("make")?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bkram");
+    for f in ["bkram.c", "Kbuild"] {
+        std::fs::copy(src.join(f), into.join(f)).unwrap();
+    }
+    let out = run(Command::new(make)
+        .arg("-C")
+        .arg(&build)
+        .arg(format!("M={}", into.display()))
+        .arg("modules"));
+    assert!(
+        out.status.success(),
+        "building bkram failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(into.join("bkram.ko"))
+}
+
+/// A synthetic kernel under a temporary root: one in-tree reference module (the
+/// kernel's vermagic, struct size, machine), a Module.symvers and a config.
+pub struct SyntheticKernel {
+    pub dir: tempfile::TempDir,
+    pub kver: String,
+}
+
+pub const SYNTH_KVER: &str = "6.1.0-99-amd64";
+pub const SYNTH_VERMAGIC: &str = "6.1.0-99-amd64 SMP preempt mod_unload modversions ";
+pub const SYNTH_LAYOUT: u32 = 0x9060323f;
+
+impl SyntheticKernel {
+    /// `reference` is written as `kernel/drivers/ref/ref.ko`; `exports` as the symvers.
+    pub fn new(reference_elf: &[u8], exports: &[SymversEntry], config: &str) -> SyntheticKernel {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("lib/modules").join(SYNTH_KVER);
+        std::fs::create_dir_all(tree.join("kernel/drivers/ref")).unwrap();
+        std::fs::write(tree.join("kernel/drivers/ref/ref.ko"), reference_elf).unwrap();
+        std::fs::write(tree.join("modules.order"), "kernel/drivers/ref/ref.ko\n").unwrap();
+        std::fs::create_dir_all(tree.join("build")).unwrap();
+        std::fs::write(tree.join("build/Module.symvers"), symvers::write(exports)).unwrap();
+        std::fs::create_dir_all(dir.path().join("boot")).unwrap();
+        std::fs::write(dir.path().join(format!("boot/config-{SYNTH_KVER}")), config).unwrap();
+        SyntheticKernel { dir, kver: SYNTH_KVER.to_string() }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// The default reference module of a synthetic kernel.
+pub fn synth_reference() -> SampleModule {
+    let mut m = SampleModule::new("ref", SYNTH_VERMAGIC);
+    m.import("module_layout", SYNTH_LAYOUT).set("intree", "Y");
+    m
+}
+
+pub fn vmlinux_export(symbol: &str, crc: u32, gpl: bool, ns: Option<&str>) -> SymversEntry {
+    SymversEntry {
+        crc,
+        symbol: symbol.into(),
+        module: "vmlinux".into(),
+        gpl,
+        namespace: ns.map(str::to_string),
+    }
+}
+
+pub const SYNTH_CONFIG: &str = "CONFIG_MODVERSIONS=y\nCONFIG_MODULE_SIG=y\n\
+    # CONFIG_MODULE_SIG_FORCE is not set\n\
+    # CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS is not set\n";
+
+/// The unpacked root of another Debian kernel build (`.ci/setup.d/kernels`).
+pub fn other_build(kver: &str) -> Option<PathBuf> {
+    let cache = std::env::var_os("BOOTKMOD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/bootkmod-ci"));
+    let root = cache.join("kernels").join(kver);
+    if root.join(".complete").is_file() {
+        return Some(root);
+    }
+    missing(&format!("{} (run .ci/setup.d/kernels)", root.display()))?;
+    unreachable!()
+}
+
+/// Find `file` (e.g. `virtio_blk.ko`) in the module tree of `kver` under `root`.
+pub fn module_in(root: &Path, kver: &str, file: &str) -> PathBuf {
+    let tree = bootkmod::model::tree::ModuleTree::new(bootkmod::model::root::Root::new(root), kver);
+    tree.module_files()
+        .unwrap()
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|f| f == file))
+        .unwrap_or_else(|| panic!("{file} not in {kver} under {}", root.display()))
+}
