@@ -256,10 +256,12 @@ impl Module {
     }
 }
 
-/// The bytes of a file: mapped when it is a regular file, read otherwise (pipes,
-/// `/dev/stdin`, empty files, filesystems without mmap).
+/// The bytes of a module file: mapped when it is a non-empty regular file, read
+/// otherwise (pipes, `/dev/stdin`, filesystems without mmap). Readers touch only the ELF
+/// headers, a few sections and the signature trailer: mapping saves copying a whole
+/// kernel tree (hundreds of MiB) through the kernel. The one owner of file mapping.
 enum FileBytes {
-    Mapped(memmap2::Mmap),
+    Mapped { ptr: std::ptr::NonNull<std::ffi::c_void>, len: usize },
     Read(Vec<u8>),
 }
 
@@ -267,14 +269,25 @@ impl FileBytes {
     fn open(path: &Path) -> std::io::Result<FileBytes> {
         let file = std::fs::File::open(path)?;
         let meta = file.metadata()?;
-        if meta.is_file() && meta.len() > 0 {
-            // SAFETY: a read-only private map. Undefined behaviour would need another
-            // process to modify the file while we read it; module files are replaced by
-            // rename (package managers, bootkmod's operations), not rewritten in place,
-            // the same assumption kmod makes when it maps modules. A file truncated under
-            // us would end the process with SIGBUS, not corrupt a result.
-            if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
-                return Ok(FileBytes::Mapped(map));
+        let len = usize::try_from(meta.len()).ok().and_then(std::num::NonZeroUsize::new);
+        if let (true, Some(len)) = (meta.is_file(), len) {
+            // SAFETY: a private read-only mapping of a regular file, only read while
+            // `self` lives. Module files are replaced by rename (package managers,
+            // bootkmod's operations), not rewritten in place; a concurrent writer
+            // truncating the file would fault the process (SIGBUS) rather than corrupt a
+            // result: the accepted trade-off of mmap, as in kmod itself.
+            let mapped = unsafe {
+                nix::sys::mman::mmap(
+                    None,
+                    len,
+                    nix::sys::mman::ProtFlags::PROT_READ,
+                    nix::sys::mman::MapFlags::MAP_PRIVATE,
+                    &file,
+                    0,
+                )
+            };
+            if let Ok(ptr) = mapped {
+                return Ok(FileBytes::Mapped { ptr, len: len.get() });
             }
         }
         let mut bytes = Vec::new();
@@ -287,8 +300,20 @@ impl std::ops::Deref for FileBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            FileBytes::Mapped(m) => m,
+            // SAFETY: the mapping is `len` readable bytes until `drop`.
+            FileBytes::Mapped { ptr, len } => unsafe {
+                std::slice::from_raw_parts(ptr.as_ptr() as *const u8, *len)
+            },
             FileBytes::Read(v) => v,
+        }
+    }
+}
+
+impl Drop for FileBytes {
+    fn drop(&mut self) {
+        if let FileBytes::Mapped { ptr, len } = *self {
+            // SAFETY: unmapping exactly what `open` mapped, once.
+            let _ = unsafe { nix::sys::mman::munmap(ptr, len) };
         }
     }
 }
