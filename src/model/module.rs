@@ -95,23 +95,28 @@ impl Module {
     }
 
     /// Read many module files, in parallel on the available cores; results in the
-    /// order of `paths`. Decompression and hashing dominate reading a kernel tree, and
-    /// each file is independent.
+    /// order of `paths`. Parsing, decompression and hashing dominate reading a kernel
+    /// tree, and each file is independent. Workers take the next file from a shared
+    /// counter, so a few large modules do not leave the other cores idle.
     pub fn read_many(paths: &[PathBuf], opts: ReadOptions) -> Vec<Result<Module>> {
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
         if workers < 2 || paths.len() < 2 {
             return paths.iter().map(|p| Module::read(p, opts)).collect();
         }
-        // Files are dealt out round-robin so big and small modules spread evenly.
+        let next = AtomicUsize::new(0);
         let mut slots: Vec<Option<Result<Module>>> = (0..paths.len()).map(|_| None).collect();
         std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers.min(paths.len()))
-                .map(|w| {
-                    scope.spawn(move || {
-                        (w..paths.len())
-                            .step_by(workers)
-                            .map(|i| (i, Module::read(&paths[i], opts)))
-                            .collect::<Vec<_>>()
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(path) = paths.get(i) else { break };
+                            out.push((i, Module::read(path, opts)));
+                        }
+                        out
                     })
                 })
                 .collect();

@@ -134,39 +134,15 @@ pub fn read_tree(root: &Root, release: &str) -> Result<(Inputs, Vec<String>)> {
     Ok((inputs, warnings))
 }
 
-/// Read the chosen files on every core: parsing thousands of modules dominates depmod.
+/// Read the chosen files on every core ([`Module::read_many`]): parsing thousands of
+/// modules dominates depmod.
 fn read_modules(candidates: Vec<Candidate>) -> Result<Vec<DepModule>> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
-    let next = AtomicUsize::new(0);
-    let read_one = |c: &Candidate| -> Result<Module> {
-        // Module::read maps the file (depmod touches only headers, symbols, .modinfo).
-        Module::read(&c.host, ReadOptions::default())
-    };
-    let mut results: Vec<(usize, Result<Module>)> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(c) = candidates.get(i) else { break };
-                        out.push((i, read_one(c)));
-                    }
-                    out
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
-    });
-    if results.len() != candidates.len() {
-        bail!("a module reader thread failed");
-    }
-    results.sort_by_key(|(i, _)| *i);
+    let hosts: Vec<PathBuf> = candidates.iter().map(|c| c.host.clone()).collect();
+    let modules = Module::read_many(&hosts, ReadOptions::default());
     candidates
         .into_iter()
-        .zip(results)
-        .map(|(c, (_, m))| Ok(DepModule { name: c.name, target: c.target, rel: c.rel, module: m? }))
+        .zip(modules)
+        .map(|(c, m)| Ok(DepModule { name: c.name, target: c.target, rel: c.rel, module: m? }))
         .collect()
 }
 
