@@ -5,6 +5,7 @@ mod check;
 mod demo;
 mod depmod;
 mod deps;
+mod dud;
 mod info;
 mod initramfs;
 mod meta;
@@ -47,6 +48,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     Depmod(depmod::DepmodArgs),
     Deps(deps::DepsArgs),
+    Dud(dud::DudArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
 }
@@ -70,6 +72,7 @@ pub fn main() -> Exit {
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Depmod(args) => depmod::run(&ctx, args),
         Command::Deps(args) => deps::run(&ctx, args),
+        Command::Dud(args) => dud::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
     };

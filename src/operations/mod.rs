@@ -3,5 +3,6 @@
 
 pub mod atomic;
 pub mod depmod;
+pub mod dud;
 pub mod extract;
 pub mod pack;
