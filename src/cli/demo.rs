@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// Run the main flow end to end on generated sample modules (no root, no kernel needed).
 ///
 /// Generates a sample storage HBA driver and the library module it depends on, writes
-/// them as plain, xz, zstd and gzip module files, and reads every one back.
+/// them as `.ko.xz` files (CRC32 check, as the kernel needs), and reads them back.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Keep the generated files in DIR instead of a temporary directory.
@@ -46,7 +46,7 @@ pub fn run(ctx: &Context, args: DemoArgs) -> Result<Exit> {
         );
         std::io::Write::write_all(&mut xz, &elf)?;
         std::fs::write(&path, xz.finish()?)?;
-        modules.push(Module::read(&path, ReadOptions { digests: true })?);
+        modules.push(Module::read(&path, ReadOptions { digests: true, ..ReadOptions::default() })?);
     }
     if ctx.json {
         print_json(&modules)?;

@@ -109,9 +109,10 @@ fn init_logging(verbose: u8) {
 
 /// Print a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     serde_json::to_writer_pretty(&mut out, value)?;
     use std::io::Write;
     writeln!(out)?;
+    out.flush()?;
     Ok(())
 }
