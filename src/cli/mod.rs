@@ -7,7 +7,11 @@ mod depmod;
 mod deps;
 mod info;
 mod initramfs;
+mod install;
 mod meta;
+mod remove;
+mod status;
+mod verify;
 
 use crate::exit::Exit;
 use crate::model::root::Root;
@@ -47,6 +51,10 @@ pub enum Command {
     Demo(demo::DemoArgs),
     Depmod(depmod::DepmodArgs),
     Deps(deps::DepsArgs),
+    Install(install::InstallArgs),
+    Status(status::StatusArgs),
+    Verify(verify::VerifyArgs),
+    Remove(remove::RemoveArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
 }
@@ -70,6 +78,10 @@ pub fn main() -> Exit {
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Depmod(args) => depmod::run(&ctx, args),
         Command::Deps(args) => deps::run(&ctx, args),
+        Command::Install(args) => install::run(&ctx, args),
+        Command::Status(args) => status::run(&ctx, args),
+        Command::Verify(args) => verify::run(&ctx, args),
+        Command::Remove(args) => remove::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
     };

@@ -4,4 +4,9 @@
 pub mod atomic;
 pub mod depmod;
 pub mod extract;
+pub mod images;
+pub mod install;
+pub mod ledger;
 pub mod pack;
+pub mod remove;
+pub mod weak_updates;
