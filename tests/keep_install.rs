@@ -99,7 +99,7 @@ fn install_status_kernel_install_remove_on_real_kernels() {
     }
     // kmod's modprobe finds the driver through the indexes bootkmod's depmod wrote.
     for (release, path) in [
-        (kver.as_str(), format!("extra/bkram/bkram.ko")),
+        (kver.as_str(), "extra/bkram/bkram.ko".to_string()),
         (OLDER, "weak-updates/bkram/bkram.ko".to_string()),
         (KABI, "weak-updates/bkram/bkram.ko".to_string()),
     ] {
