@@ -210,6 +210,15 @@ impl Kernel {
             }
         }
         modules.extend(to_read.iter().map(|p| name_from_path(p)));
+        // weak-updates/ links are absolute paths of the target system: read what they
+        // point to inside the root, not on the host.
+        let to_read = to_read
+            .into_iter()
+            .map(|p| match (p.is_symlink(), p.strip_prefix(root.dir())) {
+                (true, Ok(rel)) => root.resolve(Path::new("/").join(rel)).map(|t| root.path(t)),
+                _ => Ok(p),
+            })
+            .collect::<Result<Vec<_>>>()?;
 
         let mut exports = HashMap::new();
         for e in &entries {

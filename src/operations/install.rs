@@ -278,11 +278,15 @@ fn refresh(root: &Root, ledger: &mut Ledger, only: &[String]) -> Result<Vec<Kern
                     if verdict.compatible { Placement::Own } else { Placement::Refused };
             } else if verdict.compatible {
                 let (link, did) = weak_updates::link(root, &r.path, &release)?;
-                changed |= did;
+                // A run killed between linking and depmod left the link unindexed.
+                changed |= did || !indexed(root, &release, &link);
                 entry.placement = Placement::WeakUpdates;
                 entry.link = Some(link);
             } else {
                 changed |= weak_updates::unlink(root, &r.path, &release)?;
+                if let Ok(link) = weak_updates::link_path(&r.path, &release) {
+                    changed |= indexed(root, &release, &link);
+                }
                 if let Some(local) = local_fallback(root, &kernel, &r.name, &r.path)? {
                     entry.placement = Placement::LocalFallback;
                     entry.fallback = Some(local);

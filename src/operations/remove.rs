@@ -62,6 +62,16 @@ pub(crate) fn apply(root: &Root, ledger: &mut Ledger, names: &[String]) -> Resul
     let mut changed: BTreeSet<String> = BTreeSet::new();
     for name in names {
         let Some(record) = ledger.modules.get(name).cloned() else { continue };
+        // Every kernel that had it gets depmod, even when a killed run already removed
+        // the file or link: its indexes may still list the module.
+        changed.insert(record.built_for.clone());
+        changed.extend(
+            ledger
+                .kernels
+                .iter()
+                .filter(|(_, k)| k.modules.contains_key(name))
+                .map(|(r, _)| r.clone()),
+        );
         changed.extend(take_out(root, ledger, &record)?);
         failpoint("remove:unlinked");
     }
