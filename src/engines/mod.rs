@@ -4,3 +4,4 @@
 pub mod compat;
 pub mod depmod;
 pub mod initramfs;
+pub mod inject;

@@ -4,4 +4,5 @@
 pub mod atomic;
 pub mod depmod;
 pub mod extract;
+pub mod inject;
 pub mod pack;
