@@ -731,6 +731,8 @@ fn candidate(release: &str, name: &str, rel: &str) -> Candidate {
         target: PathBuf::from(format!("/lib/modules/{release}/{rel}")),
         rel: Some(rel.to_string()),
         match_len: (parent(rel).len() + usize::from(rel.contains('/')) + name.len()).min(rel.len()),
+        // Only compared by path, never read.
+        host: PathBuf::new(),
     }
 }
 

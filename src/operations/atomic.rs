@@ -3,6 +3,9 @@
 //!
 //! Flow of [`AtomicSet::commit`]:
 //!
+//! 0. files whose current content already equals the new content are left alone:
+//!    re-running on an unchanged input writes nothing (weak-modules runs depmod again
+//!    and again);
 //! 1. every new content goes to a temp file beside its target (same directory, so the
 //!    rename cannot cross filesystems), mode 0644, written and fsynced;
 //! 2. existing targets are hard-linked to backup names;
@@ -45,31 +48,52 @@ impl AtomicSet {
         self
     }
 
-    /// Write everything or nothing. See the module overview.
-    pub fn commit(self) -> Result<()> {
+    /// Write everything or nothing. See the module overview. Returns the names of the
+    /// files actually replaced (unchanged ones are not).
+    pub fn commit(mut self) -> Result<Vec<String>> {
         for (name, _) in &self.files {
             if name.is_empty() || name.contains('/') || name == "." || name == ".." {
                 anyhow::bail!("{name:?} is not a plain file name inside {}", self.dir.display());
             }
         }
+        let dir = self.dir.clone();
+        self.files.retain(|(name, bytes)| {
+            std::fs::read(dir.join(name)).map_or(true, |current| current != *bytes)
+        });
+        if self.files.is_empty() {
+            return Ok(Vec::new());
+        }
         let tag = format!("bootkmod-{}", std::process::id());
         let temp = |name: &str| self.dir.join(format!(".{name}.{tag}.new"));
         let backup = |name: &str| self.dir.join(format!(".{name}.{tag}.old"));
 
-        let mut written: Vec<PathBuf> = Vec::new();
         let cleanup = |paths: &[PathBuf]| {
             for p in paths {
                 let _ = std::fs::remove_file(p);
             }
         };
-        for (name, bytes) in &self.files {
-            let path = temp(name);
-            if let Err(e) = write_synced(&path, bytes, self.mode) {
-                cleanup(&written);
-                let _ = std::fs::remove_file(&path);
-                return Err(e);
-            }
-            written.push(path);
+        // Write every temp file in its own thread: the fsyncs then overlap and the
+        // filesystem can commit them together instead of one journal flush each.
+        let paths: Vec<PathBuf> = self.files.iter().map(|(name, _)| temp(name)).collect();
+        let results: Vec<Result<()>> = std::thread::scope(|s| {
+            let workers: Vec<_> = self
+                .files
+                .iter()
+                .zip(&paths)
+                .map(|((_, bytes), path)| s.spawn(move || write_synced(path, bytes, self.mode)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("writer thread panicked")))
+                })
+                .collect()
+        });
+        let failed = results.into_iter().find_map(Result::err);
+        let written: Vec<PathBuf> = paths;
+        if let Some(e) = failed {
+            cleanup(&written);
+            return Err(e);
         }
 
         let mut backups: Vec<(PathBuf, PathBuf)> = Vec::new();
@@ -109,7 +133,8 @@ impl AtomicSet {
             replaced.push(target);
         }
         cleanup(&backups.into_iter().map(|(b, _)| b).collect::<Vec<_>>());
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        Ok(self.files.into_iter().map(|(name, _)| name).collect())
     }
 }
 
@@ -275,13 +300,20 @@ mod tests {
     fn replaces_all_files_and_leaves_no_temporaries() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("a"), b"old").unwrap();
-        AtomicSet::new(t.path())
+        let written = AtomicSet::new(t.path())
             .file("a", b"new a".to_vec())
             .file("b", b"new b".to_vec())
             .commit()
             .unwrap();
+        assert_eq!(written, ["a", "b"]);
+        let again = AtomicSet::new(t.path())
+            .file("a", b"new a".to_vec())
+            .file("b", b"newer b".to_vec())
+            .commit()
+            .unwrap();
+        assert_eq!(again, ["b"], "an unchanged file is not rewritten");
         assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"new a");
-        assert_eq!(std::fs::read(t.path().join("b")).unwrap(), b"new b");
+        assert_eq!(std::fs::read(t.path().join("b")).unwrap(), b"newer b");
         let names: Vec<_> =
             std::fs::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
