@@ -86,3 +86,4 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
 pub mod check;
 pub mod depmod;
 pub mod initramfs;
+pub mod inject;
