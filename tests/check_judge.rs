@@ -48,6 +48,8 @@ fn kernel_rule(messages: &[String]) -> Option<Rule> {
             Rule::UnknownSymbol
         } else if m.contains("does not import it") {
             Rule::Namespace
+        } else if m.contains("ELF header") || m.contains("architecture") {
+            Rule::Machine
         } else {
             continue;
         };
@@ -172,6 +174,37 @@ fn verdicts_match_what_the_booted_kernel_does() {
     candidates
         .push(Candidate { label: "target vmw_pvscsi.ko, one CRC changed".into(), file: patched });
 
+    // One real fixture per remaining rule, each altered in one place (all unsigned).
+    let variant = |label: &str, from: &PathBuf, edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut bytes = ck::strip_signature(&std::fs::read(from).unwrap());
+        edit(&mut bytes);
+        let path = tmp.path().join(format!("variant-{}.ko", label.replace(' ', "-")));
+        std::fs::write(&path, &bytes).unwrap();
+        Candidate { label: label.to_string(), file: path }
+    };
+    let bkns = tmp.path().join("bkns.ko");
+    candidates
+        .push(Candidate { label: "out-of-tree bkns.ko (import_ns)".into(), file: bkns.clone() });
+    candidates.push(variant("bkns import_ns altered", &bkns, &|b| {
+        ck::patch_modinfo(b, "import_ns=DMA_BUF", "import_ns=DMA_BUG")
+    }));
+    let bkram = candidates.iter().find(|c| c.label.contains("bkram")).unwrap().file.clone();
+    candidates.push(variant("bkram license BSD", &bkram, &|b| {
+        ck::patch_modinfo(b, "license=GPL\0", "license=BSD\0")
+    }));
+    candidates.push(variant("vmw_pvscsi vermagic flag", &donor, &|b| {
+        ck::patch_modinfo(b, " preempt ", " preemp7 ")
+    }));
+    candidates.push(variant("vmw_pvscsi struct module size", &donor, &|b| {
+        let size = donor_module.this_module_size.unwrap();
+        ck::patch_this_module_size(b, size - 64)
+    }));
+    candidates.push(variant("vmw_pvscsi without __versions", &donor, &|b| {
+        ck::rename_section(b, "__versions", "__versionz")
+    }));
+    candidates
+        .push(variant("vmw_pvscsi built for aarch64", &donor, &|b| ck::patch_machine(b, 183)));
+
     let modules: Vec<Module> =
         candidates.iter().map(|c| Module::read(&c.file, ReadOptions::default()).unwrap()).collect();
     let names: Vec<String> = modules.iter().map(Module::name).collect();
@@ -203,13 +236,24 @@ fn verdicts_match_what_the_booted_kernel_does() {
                     _ => false,
                 };
             if agree && ours.is_some_and(symbol_level) {
-                // Every symbol the kernel names, bootkmod names, and no more.
+                // Every symbol the kernel names, bootkmod names, and no more. A CRC or
+                // namespace refusal is followed by "Unknown symbol X (err -22)"; only
+                // err -2 (ENOENT) means nobody (visible) exports it.
                 let crc = kernel_symbols(&j.messages, "disagrees about version of symbol ");
-                let unknown: BTreeSet<String> = kernel_symbols(&j.messages, "Unknown symbol ")
-                    .difference(&crc)
-                    .cloned()
+                let ns: BTreeSet<String> = kernel_symbols(&j.messages, "uses symbol (")
+                    .into_iter()
+                    .map(|s| s.trim_end_matches(')').to_string())
+                    .collect();
+                let unknown: BTreeSet<String> = j
+                    .messages
+                    .iter()
+                    .filter(|m| m.contains("(err -2)"))
+                    .filter_map(|m| m.split("Unknown symbol ").nth(1))
+                    .filter_map(|rest| rest.split_whitespace().next())
+                    .map(str::to_string)
                     .collect();
                 agree = crc == our_symbols(v, &[Rule::SymbolCrc])
+                    && ns == our_symbols(v, &[Rule::Namespace])
                     && unknown == our_symbols(v, &[Rule::UnknownSymbol, Rule::GplOnly]);
             }
             if !agree {

@@ -59,7 +59,7 @@ fn built_block_driver_is_compatible_until_a_crc_it_uses_changes() {
         .filter(|r| r["outcome"] == "refused")
         .collect();
     assert_eq!(refused.len(), 1, "{refused:?}");
-    assert_eq!(refused[0]["rule"], "symbol_crc");
+    assert_eq!(refused[0]["rule"], "symbol-crc");
     assert_eq!(refused[0]["symbol"], used);
 }
 

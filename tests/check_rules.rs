@@ -82,7 +82,7 @@ fn vermagic_flags_fail_release_alone_passes_with_modversions() {
     let k = synth(SYNTH_CONFIG);
     let kernel = read_kernel(&k, SecureBootMode::Off, vec![]);
     let mut rt = good("rt");
-    rt.set("vermagic", "6.1.0-99-amd64 SMP preempt_rt mod_unload modversions ");
+    rt.set("vermagic", "6.8.0-99-amd64 SMP preempt_rt mod_unload modversions ");
     let v = verdict(&kernel, &rt);
     assert_refused_only_by(&v, Rule::Vermagic);
     let r = v.first_refusal().unwrap();
@@ -122,6 +122,24 @@ fn struct_module_size() {
     assert_refused_only_by(&v, Rule::StructModuleSize);
     assert_eq!(v.first_refusal().unwrap().found.as_deref(), Some("1024"));
     assert_passes(&verdict(&kernel, &good("sz")));
+
+    // Before 6.4 the loader does not compare the size: a warning, not a refusal.
+    let old = "6.1.0-97-amd64";
+    ck::add_kernel(
+        k.root(),
+        old,
+        &ck::synth_reference().to_elf().unwrap(),
+        &exports(),
+        SYNTH_CONFIG,
+    );
+    let old = Kernel::read(&Root::new(k.root()), old, &KernelOptions::default()).unwrap();
+    assert!(!old.checks_struct_module_size);
+    let v = verdict(&old, &bad);
+    assert_passes(&v);
+    assert!(v
+        .reasons
+        .iter()
+        .any(|r| r.rule == Rule::StructModuleSize && r.outcome == Outcome::Taint));
 }
 
 #[test]
@@ -261,7 +279,7 @@ fn a_set_passes_or_fails_together() {
 fn every_failing_rule_is_listed_in_the_loaders_order() {
     let k = synth(SYNTH_CONFIG);
     let kernel = read_kernel(&k, SecureBootMode::On, vec![]);
-    let mut m = SampleModule::new("all", "6.1.0-99-amd64 SMP preempt_rt mod_unload modversions ");
+    let mut m = SampleModule::new("all", "6.8.0-99-amd64 SMP preempt_rt mod_unload modversions ");
     m.import("module_layout", 1).import("_printk", 2).import("nobody", 3);
     m.this_module_size = Some(8);
     let v = verdict(&kernel, &m);
@@ -395,4 +413,85 @@ fn signatures_by_the_build_key_or_a_trusted_cert_pass_others_fail_under_enforcem
     let with_mok = read_kernel(&k, SecureBootMode::On, vec![vendor.cert_pem.clone()]);
     let v = check(&with_mok, &by_vendor);
     assert!(v.compatible && v.reasons.is_empty(), "{:?}", v.reasons);
+}
+
+#[test]
+fn depends_on_a_builtin_module_is_satisfied() {
+    let k = synth(SYNTH_CONFIG);
+    let kernel = read_kernel(&k, SecureBootMode::Off, vec![]);
+    let mut m = good("needs_builtin");
+    m.set("depends", "scsi_common");
+    assert_refused_only_by(&verdict(&kernel, &m), Rule::Depends);
+    let builtin = k.root().join(format!("lib/modules/{}/modules.builtin", k.kver));
+    std::fs::write(builtin, "kernel/drivers/scsi/scsi_common.ko\n").unwrap();
+    let kernel = read_kernel(&k, SecureBootMode::Off, vec![]);
+    assert_passes(&verdict(&kernel, &m));
+}
+
+/// `--all-kernels` over a root with two kernels: one line each, exit 3 when one refuses;
+/// `--json` carries one report per kernel with typed reasons.
+#[test]
+fn all_kernels_one_line_per_kernel_and_json() {
+    let k = synth(SYNTH_CONFIG);
+    let other = "6.8.0-98-amd64";
+    let mut reference = SampleModule::new("ref", &SYNTH_VERMAGIC.replace("-99-", "-98-"));
+    reference.import("module_layout", 0x0a0b0c0d);
+    let mut exports = exports();
+    exports[0].crc = 0x0a0b0c0d;
+    ck::add_kernel(k.root(), other, &reference.to_elf().unwrap(), &exports, SYNTH_CONFIG);
+    let module = k.root().join("m.ko");
+    std::fs::write(&module, good("m").to_elf().unwrap()).unwrap();
+
+    let run = |extra: &[&str]| {
+        common::run(
+            common::bootkmod()
+                .arg("check")
+                .arg(&module)
+                .args(["--all-kernels", "--secure-boot", "off", "--root"])
+                .arg(k.root())
+                .args(extra),
+        )
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with(other) && lines[0].contains("INCOMPATIBLE"), "{text}");
+    assert!(lines[0].contains("module_layout"), "{text}");
+    assert!(lines[1].starts_with(SYNTH_KVER_STR) && lines[1].contains(" compatible"), "{text}");
+
+    let out = run(&["--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+    assert_eq!(json[0]["kernel"]["release"], other);
+    assert_eq!(json[0]["compatible"], false);
+    let reason = &json[0]["verdicts"][0]["reasons"][0];
+    assert_eq!(reason["rule"], "module-layout");
+    assert_eq!(reason["expected"], "0x0a0b0c0d");
+    assert_eq!(reason["found"], format!("0x{SYNTH_LAYOUT:08x}"));
+    assert_eq!(json[1]["compatible"], true);
+}
+
+const SYNTH_KVER_STR: &str = ck::SYNTH_KVER;
+
+/// Without `__versions` or vermagic the loader tries a forced load: a taint where the
+/// kernel allows it (`CONFIG_MODULE_FORCE_LOAD=y`, Debian), a refusal otherwise (RHEL).
+#[test]
+fn missing_versions_load_by_force_only_where_the_kernel_allows_it() {
+    let mut bare = SampleModule::new("bare", SYNTH_VERMAGIC);
+    bare.undefined.push("_printk".into());
+    let strict = synth(SYNTH_CONFIG);
+    let strict = read_kernel(&strict, SecureBootMode::Off, vec![]);
+    assert!(!strict.force_load);
+    let v = verdict(&strict, &bare);
+    // module_layout goes through the same forced-load path, and comes first.
+    assert_eq!(refusals(&v), [Rule::ModuleLayout, Rule::SymbolCrc]);
+    assert_eq!(v.first_refusal().unwrap().found.as_deref(), Some("no modversions"));
+
+    let lax = synth(&format!("{SYNTH_CONFIG}CONFIG_MODULE_FORCE_LOAD=y\n"));
+    let lax = read_kernel(&lax, SecureBootMode::Off, vec![]);
+    let v = verdict(&lax, &bare);
+    assert_passes(&v);
+    assert!(v.reasons.iter().any(|r| r.rule == Rule::SymbolCrc && r.outcome == Outcome::Taint));
 }

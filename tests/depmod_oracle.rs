@@ -35,8 +35,15 @@ fn full_installed_tree_is_byte_identical_and_deps_match_modprobe() {
 
     // Every module of the tree: bootkmod deps == modprobe --show-depends. An empty
     // config dir keeps the host's modprobe.d (options, softdeps) out of modprobe.
-    let names = dep_names(&std::fs::read_to_string(root.tree().join("modules.dep")).unwrap());
+    let mut names = dep_names(&std::fs::read_to_string(root.tree().join("modules.dep")).unwrap());
     assert!(names.len() > 4000, "{} modules", names.len());
+    // Plus symbol aliases and built-in modules, resolved through their own indexes.
+    let symbols = std::fs::read_to_string(root.tree().join("modules.symbols")).unwrap();
+    names.extend(
+        symbols.lines().skip(1).step_by(97).filter_map(|l| l.split(' ').nth(1)).map(str::to_string),
+    );
+    let builtin = std::fs::read_to_string(root.tree().join("modules.builtin")).unwrap();
+    names.extend(builtin.lines().step_by(7).map(|l| dep_names(l).remove(0)));
     compare_show_depends(&root, &modprobe, &names);
 }
 

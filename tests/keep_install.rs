@@ -142,6 +142,8 @@ fn install_status_kernel_install_remove_on_real_kernels() {
         let good = [kver.as_str(), OLDER, KABI].contains(&release);
         assert_eq!(m["compatible"], good, "{release}");
         assert_eq!(m["placed"], good, "{release}");
+        assert_eq!(m["in_image"], good, "{release}: injected only where usable");
+        assert_eq!(k["at_risk"].as_array().unwrap().is_empty(), good, "{release}");
         assert_eq!(k["image_unchanged"], true, "{release}");
     }
     // verify: nothing drifted yet.

@@ -37,10 +37,18 @@ pub fn run(ctx: &Context, args: DepmodArgs) -> Result<Exit> {
     if ctx.json {
         print_json(&report)?;
     } else {
-        let verb = if report.written { "wrote" } else { "would write" };
+        let what = if report.dry_run {
+            format!("would write {} index files", report.files.len())
+        } else {
+            format!(
+                "wrote {} of {} index files ({} unchanged)",
+                report.written.len(),
+                report.files.len(),
+                report.files.len() - report.written.len()
+            )
+        };
         println!(
-            "{verb} {} index files for {} modules ({} symbols) in {}",
-            report.files.len(),
+            "{what} for {} modules ({} symbols) in {}",
             report.modules,
             report.symbols,
             report.dir.display()

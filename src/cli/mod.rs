@@ -7,6 +7,7 @@ mod depmod;
 mod deps;
 mod info;
 mod initramfs;
+mod inject;
 mod install;
 mod meta;
 mod remove;
@@ -48,6 +49,7 @@ pub enum Command {
     Info(info::InfoArgs),
     Check(check::CheckArgs),
     Initramfs(initramfs::InitramfsArgs),
+    Inject(inject::InjectArgs),
     Demo(demo::DemoArgs),
     Depmod(depmod::DepmodArgs),
     Deps(deps::DepsArgs),
@@ -75,6 +77,7 @@ pub fn main() -> Exit {
         Command::Info(args) => info::run(&ctx, args),
         Command::Check(args) => check::run(&ctx, args),
         Command::Initramfs(args) => initramfs::run(&ctx, args),
+        Command::Inject(args) => inject::run(&ctx, args),
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Depmod(args) => depmod::run(&ctx, args),
         Command::Deps(args) => deps::run(&ctx, args),

@@ -21,8 +21,9 @@ use crate::model::module::Module;
 use std::collections::{HashMap, HashSet};
 
 /// A loader rule, in the order the kernel applies them.
+/// Serialised with the same kebab-case name the text output prints ([`Rule::name`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Rule {
     Signature,
     ElfClass,
@@ -218,6 +219,15 @@ fn sort_reasons(reasons: &mut [Reason]) {
     reasons.sort_by_key(|r| (r.outcome != Outcome::Refused, r.rule));
 }
 
+/// What the loader's `try_to_force_load` does on this kernel.
+fn forced(kernel: &Kernel) -> (Outcome, &'static str) {
+    if kernel.force_load {
+        (Outcome::Taint, "loaded by force (CONFIG_MODULE_FORCE_LOAD), tainting the kernel")
+    } else {
+        (Outcome::Refused, "refused (the kernel is built without CONFIG_MODULE_FORCE_LOAD)")
+    }
+}
+
 fn check_one(
     kernel: &Kernel,
     m: &Module,
@@ -309,16 +319,23 @@ fn check_one(
     }
 
     // 3. struct module size.
+    // Kernels before 6.4 do not compare the size (the booted 6.1 loads such a module);
+    // there a mismatch with a matching module_layout means a damaged file: a warning.
     match (kernel.this_module_size, m.this_module_size) {
         (Some(want), got) if got != Some(want) => b.add(
             Rule::StructModuleSize,
-            Outcome::Refused,
+            if kernel.checks_struct_module_size { Outcome::Refused } else { Outcome::Taint },
             None,
             Some(want.to_string()),
             Some(got.map_or("no .gnu.linkonce.this_module".into(), |g| g.to_string())),
             format!(
-                "{name}: .gnu.linkonce.this_module is {} bytes, the kernel's struct module is {want}",
-                got.map_or("missing, not".into(), |g| g.to_string())
+                "{name}: .gnu.linkonce.this_module is {} bytes, the kernel's struct module is {want}{}",
+                got.map_or("missing, not".into(), |g| g.to_string()),
+                if kernel.checks_struct_module_size {
+                    ""
+                } else {
+                    " (this kernel does not check it and loads the module anyway)"
+                }
             ),
         ),
         (None, _) => unchecked.push("struct-module-size".to_string()),
@@ -333,13 +350,14 @@ fn check_one(
         let Some(want) = want.filter(|_| kernel.modversions) else { return };
         if !has_versions {
             // try_to_force_load: a taint where the kernel allows forced loads.
+            let (outcome, what) = forced(kernel);
             b.add(
                 rule,
-                Outcome::Taint,
+                outcome,
                 Some(symbol),
                 Some(hex(u64::from(want))),
                 Some("no modversions".into()),
-                format!("{name}: has no symbol versions; {symbol} is loaded by force (taint)"),
+                format!("{name}: has no symbol versions for {symbol}; {what}"),
             );
             return;
         }
@@ -393,14 +411,17 @@ fn check_one(
                 );
             }
         }
-        (Some(want), None) => b.add(
-            Rule::Vermagic,
-            Outcome::Taint,
-            None,
-            Some(want.to_string()),
-            None,
-            format!("{name}: has no vermagic; loaded by force (taint)"),
-        ),
+        (Some(want), None) => {
+            let (outcome, what) = forced(kernel);
+            b.add(
+                Rule::Vermagic,
+                outcome,
+                None,
+                Some(want.to_string()),
+                None,
+                format!("{name}: has no vermagic; {what}"),
+            )
+        }
         (None, _) => unchecked.push("vermagic".to_string()),
     }
 
@@ -501,5 +522,17 @@ fn check_one(
         compatible,
         reasons,
         unchecked,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rule;
+
+    #[test]
+    fn json_and_text_name_rules_alike() {
+        for rule in [Rule::Signature, Rule::ModuleLayout, Rule::StructModuleSize, Rule::SetMember] {
+            assert_eq!(serde_json::to_value(rule).unwrap(), rule.name());
+        }
     }
 }

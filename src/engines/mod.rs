@@ -4,4 +4,5 @@
 pub mod compat;
 pub mod depmod;
 pub mod initramfs;
+pub mod inject;
 pub mod status;

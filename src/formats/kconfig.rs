@@ -13,16 +13,28 @@ impl KernelConfig {
     /// Parse config text. Lines that are neither assignments nor "is not set" comments
     /// are ignored, as Kconfig itself does.
     pub fn parse(text: &[u8]) -> KernelConfig {
+        Self::parse_filtered(text, |_| true)
+    }
+
+    /// Parse keeping only `names`: a distribution config has ~10k options and a reader
+    /// that needs four should not pay for the rest.
+    pub fn parse_only(text: &[u8], names: &[&str]) -> KernelConfig {
+        Self::parse_filtered(text, |k| names.contains(&k))
+    }
+
+    fn parse_filtered(text: &[u8], keep: impl Fn(&str) -> bool) -> KernelConfig {
         let text = String::from_utf8_lossy(text);
         let mut values = HashMap::new();
         for line in text.lines() {
             let line = line.trim();
             if let Some(rest) = line.strip_prefix("# ") {
                 if let Some(name) = rest.strip_suffix(" is not set") {
-                    values.insert(name.to_string(), "n".to_string());
+                    if keep(name) {
+                        values.insert(name.to_string(), "n".to_string());
+                    }
                 }
             } else if let Some((k, v)) = line.split_once('=') {
-                if k.starts_with("CONFIG_") {
+                if k.starts_with("CONFIG_") && keep(k) {
                     values.insert(k.to_string(), v.trim_matches('"').to_string());
                 }
             }
@@ -56,5 +68,11 @@ mod tests {
         assert_eq!(c.get("CONFIG_MODULE_SIG_FORCE"), Some("n"));
         assert_eq!(c.get("CONFIG_MODULE_SIG_HASH"), Some("sha256"));
         assert!(!c.enabled("CONFIG_X") && !c.enabled("CONFIG_ABSENT"));
+        let only = KernelConfig::parse_only(
+            b"CONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\n",
+            &["CONFIG_B", "CONFIG_C"],
+        );
+        assert!(!only.enabled("CONFIG_A") && only.enabled("CONFIG_B"));
+        assert_eq!(only.get("CONFIG_C"), Some("n"));
     }
 }

@@ -85,13 +85,34 @@ pub struct KernelOptions {
 /// these out of symvers is what keeps one check in the milliseconds.
 #[derive(Debug, Clone, Default)]
 pub struct Interest {
-    pub symbols: HashSet<String>,
+    pub symbols: HashSet<String, FastHash>,
     pub modules: HashSet<String>,
 }
 
+/// FNV-1a: symvers lookups hash ~25k short symbol names per check, where SipHash's
+/// DoS resistance buys nothing (the names come from local files) and costs a third of
+/// the run.
+#[derive(Default, Clone, Copy)]
+pub struct Fnv1a(u64);
+
+impl std::hash::Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf29ce484222325 } else { self.0 };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+        }
+        self.0 = h;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub type FastHash = std::hash::BuildHasherDefault<Fnv1a>;
+
 impl Interest {
     pub fn of(modules: &[Module]) -> Interest {
-        let mut symbols: HashSet<String> =
+        let mut symbols: HashSet<String, FastHash> =
             modules.iter().flat_map(|m| m.undefined.iter().cloned()).collect();
         symbols.insert("module_layout".to_string());
         let modules =
@@ -117,11 +138,18 @@ pub struct Kernel {
     /// Exports by symbol name (those of [`KernelOptions::interest`] when given).
     #[serde(skip)]
     pub exports: HashMap<String, KernelExport>,
-    /// Names of the modules present in the tree (as the kernel names them, `_` not `-`;
-    /// with an interest, those exporting its symbols or named by it).
+    /// Names of the modules present in the tree or built in (`modules.builtin`), as the
+    /// kernel names them (`_` not `-`); with an interest, the loadable ones are only those
+    /// exporting its symbols or named by it.
     #[serde(skip)]
     pub modules: HashSet<String>,
     pub modversions: bool,
+    /// Whether the loader compares `.gnu.linkonce.this_module`'s size with its own
+    /// `sizeof(struct module)`: kernels since 6.4 do; 6.1 (booted here) does not.
+    pub checks_struct_module_size: bool,
+    /// `CONFIG_MODULE_FORCE_LOAD`: modules without vermagic or symbol versions load with
+    /// a taint instead of being refused. Unknown (no config) counts as not set.
+    pub force_load: bool,
     pub sig_supported: bool,
     pub allow_missing_namespace_imports: bool,
     pub enforcement: Enforcement,
@@ -150,14 +178,32 @@ impl Kernel {
             Some(path) => read_symvers_text(path)?,
             None => Vec::new(),
         };
-        let entries =
-            symvers::lines(&symvers_text).collect::<Result<Vec<_>>>().with_context(|| {
-                format!("{}", symvers_path.as_deref().unwrap_or(Path::new("")).display())
-            })?;
-        let symvers_covers_modules = entries.iter().any(|e| !e.is_vmlinux());
-        let scan_all = opts.scan_modules || !symvers_covers_modules;
         let interest = opts.interest.as_ref();
         let wanted_symbol = |s: &str| interest.map_or(true, |i| i.symbols.contains(s));
+        let named = |module_path: &str| {
+            let base = module_path.rsplit('/').next().unwrap_or(module_path);
+            interest.is_some_and(|i| i.modules.iter().any(|m| same_module_name(m, base)))
+        };
+        // One pass over symvers: keep the lines of wanted symbols, note every exporting
+        // module only when module names matter, and whether modules appear at all.
+        let mut entries = Vec::new();
+        let mut all_owners: HashSet<&str> = HashSet::new();
+        let mut symvers_covers_modules = false;
+        for line in symvers::lines(&symvers_text) {
+            let line = line.with_context(|| {
+                format!("{}", symvers_path.as_deref().unwrap_or(Path::new("")).display())
+            })?;
+            if !line.is_vmlinux() {
+                symvers_covers_modules = true;
+                if interest.is_none() || named(line.module) {
+                    all_owners.insert(line.module);
+                }
+            }
+            if wanted_symbol(line.symbol) {
+                entries.push(line);
+            }
+        }
+        let scan_all = opts.scan_modules || !symvers_covers_modules;
 
         // Which module files to read for their exports, and which modules are present.
         // Fast path: `kernel/` is the build's own tree, which symvers describes; only the
@@ -171,24 +217,9 @@ impl Kernel {
                 to_read = tree.module_files()?;
             }
         } else {
-            let mut owners: HashSet<&str> = HashSet::new();
-            for e in entries.iter().filter(|e| !e.is_vmlinux()) {
-                if wanted_symbol(e.symbol) {
-                    owners.insert(e.module);
-                }
-            }
-            if let Some(i) = interest {
-                if !i.modules.is_empty() {
-                    let all: HashSet<&str> =
-                        entries.iter().filter(|e| !e.is_vmlinux()).map(|e| e.module).collect();
-                    owners.extend(
-                        all.into_iter()
-                            .filter(|p| i.modules.contains(&name_from_path(Path::new(p)))),
-                    );
-                }
-            } else {
-                owners.extend(entries.iter().filter(|e| !e.is_vmlinux()).map(|e| e.module));
-            }
+            let mut owners: HashSet<&str> =
+                entries.iter().filter(|e| !e.is_vmlinux()).map(|e| e.module).collect();
+            owners.extend(all_owners);
             for path in owners {
                 let base = tree_dir.join("kernel").join(path);
                 let exists = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().any(|ext| {
@@ -219,6 +250,11 @@ impl Kernel {
                 _ => Ok(p),
             })
             .collect::<Result<Vec<_>>>()?;
+        // Built into the image: present as far as depends= and modprobe are concerned.
+        let builtin = read_optional(&tree_dir.join("modules.builtin"))?.unwrap_or_default();
+        modules.extend(
+            String::from_utf8_lossy(&builtin).lines().map(|l| name_from_path(Path::new(l.trim()))),
+        );
 
         let mut exports = HashMap::new();
         for e in &entries {
@@ -258,7 +294,7 @@ impl Kernel {
 
         let reference = reference_module(&tree)?;
         let config = read_optional(&root.path(format!("/boot/config-{release}")))?
-            .map(|b| KernelConfig::parse(&b));
+            .map(|b| KernelConfig::parse_only(&b, CONFIG_OPTIONS));
         let enabled = |name: &str| config.as_ref().map(|c| c.enabled(name));
         let modversions = enabled("CONFIG_MODVERSIONS")
             .unwrap_or_else(|| exports.values().any(|e| e.crc.is_some_and(|c| c != 0)));
@@ -317,6 +353,8 @@ impl Kernel {
             exports,
             modules,
             modversions,
+            checks_struct_module_size: release_version(release).map_or(true, |v| v >= (6, 4)),
+            force_load: enabled("CONFIG_MODULE_FORCE_LOAD").unwrap_or(false),
             sig_supported,
             allow_missing_namespace_imports,
             enforcement,
@@ -339,6 +377,29 @@ impl Kernel {
                 }
         })
     }
+}
+
+/// The config options the verdict depends on.
+const CONFIG_OPTIONS: &[&str] = &[
+    "CONFIG_MODVERSIONS",
+    "CONFIG_MODULE_FORCE_LOAD",
+    "CONFIG_MODULE_SIG",
+    "CONFIG_MODULE_SIG_FORCE",
+    "CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS",
+];
+
+/// Is `base` (a symvers module path's last part, `-` allowed) the module `name`?
+fn same_module_name(name: &str, base: &str) -> bool {
+    name.len() == base.len()
+        && name.bytes().zip(base.bytes()).all(|(n, b)| n == b || (n == b'_' && b == b'-'))
+}
+
+/// `(major, minor)` of a kernel release string (`6.1.0-56-amd64` → `(6, 1)`).
+pub fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// Every kernel release under `root` that has a module tree.
@@ -484,4 +545,17 @@ fn detect_enforcement(root: &Root) -> Result<Enforcement> {
         enforced: false,
         because: "no module.sig_enforce, lockdown or Secure Boot found".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_version;
+
+    #[test]
+    fn release_versions() {
+        assert_eq!(release_version("6.1.0-56-amd64"), Some((6, 1)));
+        assert_eq!(release_version("5.14.0-362.8.1.el9_3.x86_64"), Some((5, 14)));
+        assert_eq!(release_version("4.18.0"), Some((4, 18)));
+        assert_eq!(release_version("x"), None);
+    }
 }

@@ -3,6 +3,9 @@
 //!
 //! Flow of [`AtomicSet::commit`]:
 //!
+//! 0. files whose current content already equals the new content are left alone:
+//!    re-running on an unchanged input writes nothing (weak-modules runs depmod again
+//!    and again);
 //! 1. every new content goes to a temp file beside its target (same directory, so the
 //!    rename cannot cross filesystems), mode 0644, written and fsynced;
 //! 2. existing targets are hard-linked to backup names;
@@ -45,31 +48,52 @@ impl AtomicSet {
         self
     }
 
-    /// Write everything or nothing. See the module overview.
-    pub fn commit(self) -> Result<()> {
+    /// Write everything or nothing. See the module overview. Returns the names of the
+    /// files actually replaced (unchanged ones are not).
+    pub fn commit(mut self) -> Result<Vec<String>> {
         for (name, _) in &self.files {
             if name.is_empty() || name.contains('/') || name == "." || name == ".." {
                 anyhow::bail!("{name:?} is not a plain file name inside {}", self.dir.display());
             }
         }
+        let dir = self.dir.clone();
+        self.files.retain(|(name, bytes)| {
+            std::fs::read(dir.join(name)).map_or(true, |current| current != *bytes)
+        });
+        if self.files.is_empty() {
+            return Ok(Vec::new());
+        }
         let tag = format!("bootkmod-{}", std::process::id());
         let temp = |name: &str| self.dir.join(format!(".{name}.{tag}.new"));
         let backup = |name: &str| self.dir.join(format!(".{name}.{tag}.old"));
 
-        let mut written: Vec<PathBuf> = Vec::new();
         let cleanup = |paths: &[PathBuf]| {
             for p in paths {
                 let _ = std::fs::remove_file(p);
             }
         };
-        for (name, bytes) in &self.files {
-            let path = temp(name);
-            if let Err(e) = write_synced(&path, bytes, self.mode) {
-                cleanup(&written);
-                let _ = std::fs::remove_file(&path);
-                return Err(e);
-            }
-            written.push(path);
+        // Write every temp file in its own thread: the fsyncs then overlap and the
+        // filesystem can commit them together instead of one journal flush each.
+        let paths: Vec<PathBuf> = self.files.iter().map(|(name, _)| temp(name)).collect();
+        let results: Vec<Result<()>> = std::thread::scope(|s| {
+            let workers: Vec<_> = self
+                .files
+                .iter()
+                .zip(&paths)
+                .map(|((_, bytes), path)| s.spawn(move || write_synced(path, bytes, self.mode)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("writer thread panicked")))
+                })
+                .collect()
+        });
+        let failed = results.into_iter().find_map(Result::err);
+        let written: Vec<PathBuf> = paths;
+        if let Some(e) = failed {
+            cleanup(&written);
+            return Err(e);
         }
 
         let mut backups: Vec<(PathBuf, PathBuf)> = Vec::new();
@@ -109,8 +133,144 @@ impl AtomicSet {
             replaced.push(target);
         }
         cleanup(&backups.into_iter().map(|(b, _)| b).collect::<Vec<_>>());
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        Ok(self.files.into_iter().map(|(name, _)| name).collect())
     }
+}
+
+/// How [`replace_file`] treats the file it replaces.
+#[derive(Debug, Clone, Default)]
+pub struct ReplaceOptions {
+    /// Keep the previous content under this name (same directory): a hard link made
+    /// just before the rename, so the backup is always a complete old file.
+    pub backup: Option<PathBuf>,
+    /// Give the new file the owner, mode and extended attributes (SELinux label
+    /// included) of this file; default: those of the target when it exists.
+    pub like: Option<PathBuf>,
+}
+
+/// Replace one (possibly large) file atomically, streaming its new content: `fill`
+/// writes into a temp file beside `target`; then fsync, owner/mode/xattrs copied,
+/// optional backup link, rename over the target, fsync of the directory. A crash or
+/// kill at any point leaves the target either old or new, whole; an error removes the
+/// temp file and leaves the target untouched.
+pub fn replace_file(
+    target: &Path,
+    opts: &ReplaceOptions,
+    fill: impl FnOnce(&mut File) -> Result<()>,
+) -> Result<()> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .with_context(|| format!("{}: not a file path", target.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let tag = format!("bootkmod-{}", std::process::id());
+    let temp = dir.join(format!(".{name}.{tag}.new"));
+    let like = opts.like.clone().or_else(|| target.exists().then(|| target.to_path_buf()));
+    let result = (|| -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .with_context(|| format!("{}: cannot create", temp.display()))?;
+        fill(&mut f).with_context(|| format!("{}: cannot write", temp.display()))?;
+        if let Some(like) = &like {
+            copy_attributes(like, &f).with_context(|| {
+                format!(
+                    "{}: cannot copy owner, mode and labels of {}",
+                    temp.display(),
+                    like.display()
+                )
+            })?;
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        }
+        f.sync_all().with_context(|| format!("{}: cannot fsync", temp.display()))?;
+        if let (Some(backup), true) = (&opts.backup, target.exists()) {
+            let link = dir.join(format!(".{name}.{tag}.bak"));
+            let _ = std::fs::remove_file(&link);
+            std::fs::hard_link(target, &link)
+                .with_context(|| format!("{}: cannot back up", target.display()))?;
+            std::fs::rename(&link, backup)
+                .with_context(|| format!("{}: cannot create backup", backup.display()))?;
+        }
+        std::fs::rename(&temp, target)
+            .with_context(|| format!("{}: cannot replace", target.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+        return result;
+    }
+    sync_dir(&dir)
+}
+
+/// Owner, permission bits and extended attributes (`security.selinux` among them) of
+/// `from` onto the open file `to`.
+fn copy_attributes(from: &Path, to: &File) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(from)?;
+    std::os::unix::fs::fchown(to, Some(meta.uid()), Some(meta.gid()))?;
+    to.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    for (name, value) in xattrs(from)? {
+        set_xattr(to, &name, &value)?;
+    }
+    Ok(())
+}
+
+/// Every extended attribute of a file (none when the filesystem has no xattrs).
+fn xattrs(path: &Path) -> Result<Vec<(std::ffi::CString, Vec<u8>)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: listxattr/getxattr write at most `len` bytes into buffers we own.
+    let len = unsafe { libc::listxattr(c_path.as_ptr(), std::ptr::null_mut(), 0) };
+    if len <= 0 {
+        return Ok(Vec::new());
+    }
+    let mut names = vec![0u8; len as usize];
+    let len = unsafe { libc::listxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if len < 0 {
+        return Ok(Vec::new());
+    }
+    names.truncate(len as usize);
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let c_name = std::ffi::CString::new(name)?;
+        let size =
+            unsafe { libc::getxattr(c_path.as_ptr(), c_name.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            continue;
+        }
+        let mut value = vec![0u8; size as usize];
+        let size = unsafe {
+            libc::getxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_mut_ptr().cast(), value.len())
+        };
+        if size >= 0 {
+            value.truncate(size as usize);
+            out.push((c_name, value));
+        }
+    }
+    Ok(out)
+}
+
+fn set_xattr(file: &File, name: &std::ffi::CStr, value: &[u8]) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fsetxattr reads `value.len()` bytes from a live slice.
+    let rc = unsafe {
+        libc::fsetxattr(file.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot set attribute {}", name.to_string_lossy()));
+    }
+    Ok(())
 }
 
 fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
@@ -170,13 +330,20 @@ mod tests {
     fn replaces_all_files_and_leaves_no_temporaries() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("a"), b"old").unwrap();
-        AtomicSet::new(t.path())
+        let written = AtomicSet::new(t.path())
             .file("a", b"new a".to_vec())
             .file("b", b"new b".to_vec())
             .commit()
             .unwrap();
+        assert_eq!(written, ["a", "b"]);
+        let again = AtomicSet::new(t.path())
+            .file("a", b"new a".to_vec())
+            .file("b", b"newer b".to_vec())
+            .commit()
+            .unwrap();
+        assert_eq!(again, ["b"], "an unchanged file is not rewritten");
         assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"new a");
-        assert_eq!(std::fs::read(t.path().join("b")).unwrap(), b"new b");
+        assert_eq!(std::fs::read(t.path().join("b")).unwrap(), b"newer b");
         let names: Vec<_> =
             std::fs::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");

@@ -17,7 +17,9 @@ pub struct DepmodReport {
     pub symbols: usize,
     /// Files written (or that would be written), with their sizes.
     pub files: Vec<(String, usize)>,
-    pub written: bool,
+    /// Files replaced on disk (unchanged ones are left alone); empty on a dry run.
+    pub written: Vec<String>,
+    pub dry_run: bool,
     pub warnings: Vec<String>,
 }
 
@@ -32,12 +34,13 @@ pub fn write(root: &Root, release: &str, graph: &Graph, dry_run: bool) -> Result
     let dir = root.path(root.resolve(depmod::tree_dir(release))?);
     let files = graph.files()?;
     let sizes = files.iter().map(|(n, b)| (n.to_string(), b.len())).collect();
+    let mut written = Vec::new();
     if !dry_run {
         let mut set = AtomicSet::new(&dir);
         for (name, bytes) in files {
             set = set.file(name, bytes);
         }
-        set.commit()?;
+        written = set.commit()?;
     }
     Ok(DepmodReport {
         release: release.to_string(),
@@ -45,7 +48,8 @@ pub fn write(root: &Root, release: &str, graph: &Graph, dry_run: bool) -> Result
         modules: graph.modules.len(),
         symbols: graph.symbols.len(),
         files: sizes,
-        written: !dry_run,
+        written,
+        dry_run,
         warnings: graph.warnings.clone(),
     })
 }

@@ -14,7 +14,7 @@
 //! dependency, are all extraction needs.)
 
 use crate::engines::initramfs::read_view;
-use crate::engines::initramfs::view::{ContentWrite, InodeId, View};
+use crate::engines::initramfs::view::{ContentWrite, Effect, Inode, InodeId, View};
 use crate::engines::initramfs::walk::{self, Entry, Visitor};
 use crate::formats::cpio::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG};
 use anyhow::{bail, Context, Result};
@@ -52,102 +52,39 @@ pub struct ExtractReport {
 /// Extract `image` into `dir` (created if missing).
 pub fn extract(image: &Path, dir: &Path, options: &ExtractOptions) -> Result<ExtractReport> {
     let source = image.display().to_string();
-    let (view, _) = read_view(BufReader::with_capacity(1 << 20, open(image)?), &source)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let root = SafeDir::open(dir)?;
-    let selected = select(&view, &options.paths)?;
     let is_root = nix::unistd::geteuid().is_root();
+    let make_devices = options.devices && is_root;
+    let (view, selected) = if options.paths.is_empty() {
+        // One pass: replay on disk what the kernel does, entry by entry.
+        let mut view = View::new();
+        view.record_effects();
+        let mut replay = Replay { view, root: &root, make_devices, dir };
+        walk::walk(BufReader::with_capacity(1 << 20, open(image)?), &source, &mut replay)?;
+        (replay.view, None)
+    } else {
+        let (view, _) = read_view(BufReader::with_capacity(1 << 20, open(image)?), &source)?;
+        let selected = select(&view, &options.paths)?;
+        create_selected(&view, &selected, &root, make_devices, image, &source, dir)?;
+        (view, Some(selected))
+    };
+    let in_selection = |path: &[u8]| selected.as_ref().map_or(true, |s| s.contains(path));
     let mut report = ExtractReport::default();
-    // Where each regular file's inode was first created, and which entries fill it.
-    let mut primary: HashMap<InodeId, Vec<u8>> = HashMap::new();
-    let mut fills: HashMap<u64, (InodeId, bool)> = HashMap::new();
-    for entry in view.entries().filter(|e| selected.as_ref().map_or(true, |s| s.contains(e.path))) {
-        if entry.path.is_empty() {
-            continue;
-        }
-        let inode = entry.inode;
-        let (parent, name) = root.parent(entry.path)?;
-        let at = || format!("{}: cannot create {}", dir.display(), entry.display_path());
-        match inode.file_type() {
-            S_IFDIR => {
-                match nix::sys::stat::mkdirat(
-                    Some(parent.as_raw_fd()),
-                    name,
-                    Mode::from_bits_truncate(0o700),
-                ) {
-                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-                    Err(e) => return Err(e).with_context(at),
-                }
-                report.directories += 1;
-            }
-            S_IFREG => {
-                remove_non_dir(&parent, name);
-                if let Some(first) = primary.get(&entry.inode_id) {
-                    let (first_parent, first_name) = root.parent(first)?;
-                    nix::unistd::linkat(
-                        Some(first_parent.as_raw_fd()),
-                        first_name,
-                        Some(parent.as_raw_fd()),
-                        name,
-                        nix::fcntl::AtFlags::empty(),
-                    )
-                    .with_context(at)?;
-                    report.hardlinks += 1;
-                    continue;
-                }
-                let flags = OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_TRUNC
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC;
-                let fd =
-                    openat(Some(parent.as_raw_fd()), name, flags, Mode::from_bits_truncate(0o600))
-                        .with_context(at)?;
-                drop(unsafe { OwnedFd::from_raw_fd(fd) });
-                primary.insert(entry.inode_id, entry.path.to_vec());
-                for w in &inode.writes {
-                    fills.insert(w.seq, (entry.inode_id, w.truncate));
-                }
-                report.files += 1;
-            }
-            S_IFLNK => {
-                remove_non_dir(&parent, name);
-                nix::unistd::symlinkat(
-                    OsStr::from_bytes(&inode.target),
-                    Some(parent.as_raw_fd()),
-                    name,
-                )
-                .with_context(at)?;
-                report.symlinks += 1;
-            }
-            kind @ (S_IFCHR | S_IFBLK | S_IFIFO)
-                if (options.devices && is_root) || kind == S_IFIFO =>
-            {
-                remove_non_dir(&parent, name);
-                let dev = nix::sys::stat::makedev(
-                    u64::from(inode.rdev_major),
-                    u64::from(inode.rdev_minor),
-                );
-                nix::sys::stat::mknodat(
-                    Some(parent.as_raw_fd()),
-                    name,
-                    SFlag::from_bits_truncate(kind),
-                    Mode::from_bits_truncate(0o600),
-                    dev,
-                )
-                .with_context(at)?;
-                report.devices += 1;
-            }
+    let mut seen = HashSet::new();
+    for e in view.entries().filter(|e| !e.path.is_empty() && in_selection(e.path)) {
+        match e.inode.file_type() {
+            S_IFDIR => report.directories += 1,
+            S_IFREG if !seen.insert(e.inode_id) => report.hardlinks += 1,
+            S_IFREG => report.files += 1,
+            S_IFLNK => report.symlinks += 1,
+            S_IFIFO => report.devices += 1,
+            _ if make_devices => report.devices += 1,
             _ => report.skipped_nodes += 1,
         }
     }
-    if !fills.is_empty() {
-        let mut writer = Filler { root: &root, primary: &primary, fills: &fills, dir };
-        walk::walk(BufReader::with_capacity(1 << 20, open(image)?), &source, &mut writer)?;
-    }
     // Attributes last, deepest first, so read-only directories are already filled.
-    let entries: Vec<_> =
-        view.entries().filter(|e| selected.as_ref().map_or(true, |s| s.contains(e.path))).collect();
+    let entries: Vec<_> = view.entries().filter(|e| in_selection(e.path)).collect();
     for entry in entries.iter().rev() {
         if entry.path.is_empty() || entry.inode.file_type() == S_IFLNK {
             continue;
@@ -194,6 +131,85 @@ pub fn extract(image: &Path, dir: &Path, options: &ExtractOptions) -> Result<Ext
         .with_context(at)?;
     }
     Ok(report)
+}
+
+/// PATHS mode: create the selected part of the final view, then stream the bodies in a
+/// second pass (an entry's body is only known to be wanted once the view is complete).
+fn create_selected(
+    view: &View,
+    selected: &HashSet<Vec<u8>>,
+    root: &SafeDir,
+    make_devices: bool,
+    image: &Path,
+    source: &str,
+    dir: &Path,
+) -> Result<()> {
+    // Where each regular file's inode was first created, and which entries fill it.
+    let mut primary: HashMap<InodeId, Vec<u8>> = HashMap::new();
+    let mut fills: HashMap<u64, (InodeId, bool)> = HashMap::new();
+    for entry in view.entries().filter(|e| !e.path.is_empty() && selected.contains(e.path)) {
+        let inode = entry.inode;
+        match inode.file_type() {
+            S_IFDIR => root.mkdir(entry.path)?,
+            S_IFREG => {
+                if let Some(first) = primary.get(&entry.inode_id) {
+                    root.link(first, entry.path)?;
+                    continue;
+                }
+                drop(root.open_file(entry.path, true)?);
+                primary.insert(entry.inode_id, entry.path.to_vec());
+                for w in &inode.writes {
+                    fills.insert(w.seq, (entry.inode_id, w.truncate));
+                }
+            }
+            S_IFLNK => root.symlink(entry.path, &inode.target)?,
+            kind => root.mknod(entry.path, kind, inode, make_devices)?,
+        }
+    }
+    if !fills.is_empty() {
+        let mut writer = Filler { root, primary: &primary, fills: &fills, dir };
+        walk::walk(BufReader::with_capacity(1 << 20, open(image)?), source, &mut writer)?;
+    }
+    Ok(())
+}
+
+/// One-pass extraction: the view applies each entry, and its effects are replayed in DIR
+/// in the same order, bodies streaming straight into their files.
+struct Replay<'a> {
+    view: View,
+    root: &'a SafeDir,
+    make_devices: bool,
+    dir: &'a Path,
+}
+
+impl Visitor for Replay<'_> {
+    fn entry(&mut self, entry: &Entry, body: &mut dyn Read) -> Result<()> {
+        self.view.entry(entry, body)?;
+        for effect in self.view.take_effects() {
+            let at = || {
+                format!(
+                    "{}: cannot extract {:?}",
+                    self.dir.display(),
+                    String::from_utf8_lossy(&entry.name)
+                )
+            };
+            match effect {
+                Effect::Remove { path, dir } => self.root.remove(&path, dir).with_context(at)?,
+                Effect::Mkdir { path } => self.root.mkdir(&path)?,
+                Effect::Write { path, truncate } => {
+                    let mut file = self.root.open_file(&path, truncate)?;
+                    io::copy(body, &mut file).with_context(at)?;
+                }
+                Effect::Link { from, to } => self.root.link(&from, &to)?,
+                Effect::Symlink { path, target } => self.root.symlink(&path, &target)?,
+                Effect::Mknod { path, inode } => {
+                    let inode = self.view.inode(inode).clone();
+                    self.root.mknod(&path, inode.file_type(), &inode, self.make_devices)?
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Write the content of the regular file at `path` (symlinks followed inside the image)
@@ -251,11 +267,8 @@ fn open(image: &Path) -> Result<File> {
     File::open(image).with_context(|| format!("cannot open {}", image.display()))
 }
 
-/// The view paths to extract (with their ancestors), or `None` for everything.
-fn select(view: &View, paths: &[String]) -> Result<Option<HashSet<Vec<u8>>>> {
-    if paths.is_empty() {
-        return Ok(None);
-    }
+/// The view paths to extract: `paths`, what is under them, and their ancestors.
+fn select(view: &View, paths: &[String]) -> Result<HashSet<Vec<u8>>> {
     let mut roots = Vec::new();
     for p in paths {
         let Some(found) = view.lookup(p.as_bytes(), false) else { bail!("no {p} in the image") };
@@ -275,7 +288,7 @@ fn select(view: &View, paths: &[String]) -> Result<Option<HashSet<Vec<u8>>>> {
             selected.insert(e.path.to_vec());
         }
     }
-    Ok(Some(selected))
+    Ok(selected)
 }
 
 /// Remove a non-directory already at the place (an earlier extraction); directories stay.
@@ -330,6 +343,121 @@ impl SafeDir {
             fd = unsafe { OwnedFd::from_raw_fd(next) };
         }
         Ok((fd, OsStr::from_bytes(name)))
+    }
+}
+
+impl SafeDir {
+    fn describe(path: &[u8]) -> String {
+        String::from_utf8_lossy(path).into_owned()
+    }
+
+    fn mkdir(&self, path: &[u8]) -> Result<()> {
+        let (parent, name) = self.parent(path)?;
+        match nix::sys::stat::mkdirat(
+            Some(parent.as_raw_fd()),
+            name,
+            Mode::from_bits_truncate(0o700),
+        ) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot create directory {}", Self::describe(path)))
+            }
+        }
+    }
+
+    /// Open (creating) a regular file for writing, never through a symlink: a symlink
+    /// left in DIR by something else is replaced.
+    fn open_file(&self, path: &[u8], truncate: bool) -> Result<File> {
+        let (parent, name) = self.parent(path)?;
+        let mut flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        if truncate {
+            flags |= OFlag::O_TRUNC;
+        }
+        let open =
+            || openat(Some(parent.as_raw_fd()), name, flags, Mode::from_bits_truncate(0o600));
+        let fd = match open() {
+            Err(nix::errno::Errno::ELOOP) => {
+                remove_non_dir(&parent, name);
+                open()
+            }
+            other => other,
+        }
+        .with_context(|| format!("cannot write {}", Self::describe(path)))?;
+        Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn remove(&self, path: &[u8], dir: bool) -> Result<()> {
+        let (parent, name) = self.parent(path)?;
+        let how = if dir {
+            nix::unistd::UnlinkatFlags::RemoveDir
+        } else {
+            nix::unistd::UnlinkatFlags::NoRemoveDir
+        };
+        match nix::unistd::unlinkat(Some(parent.as_raw_fd()), name, how) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", Self::describe(path))),
+        }
+    }
+
+    /// Run `make` in the parent of `path`; if the name is taken by a leftover non-directory,
+    /// remove it and retry once.
+    fn create(
+        &self,
+        path: &[u8],
+        what: &str,
+        make: impl Fn(&OwnedFd, &OsStr) -> nix::Result<()>,
+    ) -> Result<()> {
+        let (parent, name) = self.parent(path)?;
+        let result = match make(&parent, name) {
+            Err(nix::errno::Errno::EEXIST) => {
+                remove_non_dir(&parent, name);
+                make(&parent, name)
+            }
+            other => other,
+        };
+        result.with_context(|| format!("cannot create {what} {}", Self::describe(path)))
+    }
+
+    fn link(&self, from: &[u8], to: &[u8]) -> Result<()> {
+        let (from_parent, from_name) = self.parent(from)?;
+        self.create(to, "hard link", |parent, name| {
+            nix::unistd::linkat(
+                Some(from_parent.as_raw_fd()),
+                from_name,
+                Some(parent.as_raw_fd()),
+                name,
+                nix::fcntl::AtFlags::empty(),
+            )
+        })
+    }
+
+    fn symlink(&self, path: &[u8], target: &[u8]) -> Result<()> {
+        self.create(path, "symlink", |parent, name| {
+            nix::unistd::symlinkat(OsStr::from_bytes(target), Some(parent.as_raw_fd()), name)
+        })
+    }
+
+    /// Device nodes only when allowed; fifos always; sockets never (they are not files
+    /// one can create meaningfully).
+    fn mknod(&self, path: &[u8], kind: u32, inode: &Inode, make_devices: bool) -> Result<()> {
+        let allowed = match kind {
+            S_IFIFO => true,
+            S_IFCHR | S_IFBLK => make_devices,
+            _ => false,
+        };
+        if !allowed {
+            return Ok(());
+        }
+        let dev = nix::sys::stat::makedev(u64::from(inode.rdev_major), u64::from(inode.rdev_minor));
+        self.create(path, "node", |parent, name| {
+            nix::sys::stat::mknodat(
+                Some(parent.as_raw_fd()),
+                name,
+                SFlag::from_bits_truncate(kind),
+                Mode::from_bits_truncate(0o600),
+                dev,
+            )
+        })
     }
 }
 

@@ -1,22 +1,22 @@
 //! The initramfs image of each kernel as install/remove see it: where it is, its digest,
 //! a pre-bootkmod backup for `remove`, and the injection step.
 //!
-//! Injection itself belongs to `operations::inject` (issue 6). Until that operation is
-//! part of this build, [`update`] does not touch the image and says so in the
-//! [`ImageRecord`] (`updated: false` with a note) — `status` then reports the kernel's
-//! image as not carrying the driver, which is the truth.
+//! Injection itself belongs to `operations::inject` (issue 6): [`update`] keeps a
+//! backup of the image as it was before bootkmod first changed it, then asks inject to
+//! add the kernel's usable modules *by name from the kernel's own tree* (so the image
+//! gets the file depmod chose: `extra/`, `weak-updates/` or a local fallback), with
+//! early loading, and records the result. Inject is idempotent: an image already
+//! carrying the modules is left byte for byte as it is.
 
+use crate::engines::inject::PlanOptions;
 pub use crate::model::ledger::find_image as find;
 use crate::model::module::sha256_hex;
 use crate::model::root::Root;
 use crate::operations::atomic::AtomicSet;
+use crate::operations::inject::{self, InjectOptions, ModuleArg};
 use crate::operations::ledger::{create_dirs, ImageRecord, STATE_DIR};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-
-/// Why an image was left alone while injection is missing from the build.
-pub const INJECT_MISSING: &str =
-    "not updated: initramfs injection (bootkmod inject, issue 6) is not in this build";
 
 /// sha256 of a file under the root.
 pub fn digest(root: &Root, path: &Path) -> Result<String> {
@@ -59,30 +59,42 @@ pub fn restore(root: &Root, record: &ImageRecord) -> Result<bool> {
     Ok(true)
 }
 
-/// Bring the image of `release` up to date with the modules usable on it.
+/// Bring the image of `release` up to date with the modules usable on it (names).
 /// `previous` is what the ledger knew of the image.
 pub fn update(
     root: &Root,
     release: &str,
-    usable: &[PathBuf],
+    usable: &[String],
     previous: Option<&ImageRecord>,
 ) -> Result<Option<ImageRecord>> {
     let Some(path) = find(root, release) else { return Ok(None) };
     let sha256 = digest(root, &path)?;
-    // An image bootkmod already updated and nobody changed since needs nothing.
-    if let Some(prev) = previous.filter(|p| p.path == path && p.sha256 == sha256 && p.updated) {
-        return Ok(Some(prev.clone()));
+    let mut backup_copy = previous.filter(|p| p.path == path).and_then(|p| p.backup.clone());
+    if usable.is_empty() {
+        let note = "no module of the ledger is usable on this kernel".to_string();
+        return Ok(Some(ImageRecord {
+            path,
+            sha256,
+            updated: false,
+            note: Some(note),
+            backup: backup_copy,
+        }));
     }
-    let note = if usable.is_empty() {
-        Some("no module of the ledger is usable on this kernel".to_string())
-    } else {
-        Some(INJECT_MISSING.to_string())
+    if backup_copy.is_none() {
+        backup_copy = Some(backup(root, &path, &sha256)?);
+    }
+    let opts = InjectOptions {
+        release: Some(release.to_string()),
+        backup: false,
+        plan: PlanOptions { load_early: true, ..PlanOptions::default() },
+        ..InjectOptions::default()
     };
-    Ok(Some(ImageRecord {
-        path,
-        sha256,
-        updated: false,
-        note,
-        backup: previous.and_then(|p| p.backup.clone()),
-    }))
+    let names: Vec<ModuleArg> = usable.iter().map(|n| ModuleArg::Name(n.clone())).collect();
+    let report = inject::inject(root, &root.path(&path), &names, &opts)
+        .with_context(|| format!("injecting into the initramfs of {release}"))?;
+    let (updated, note) = match report.outcome {
+        inject::Outcome::Written | inject::Outcome::Unchanged => (true, None),
+        other => (false, Some(format!("not updated: inject ended {other:?}"))),
+    };
+    Ok(Some(ImageRecord { sha256: digest(root, &path)?, path, updated, note, backup: backup_copy }))
 }

@@ -240,12 +240,16 @@ fn place(state: &StateDir, record: &ModuleRecord) -> Result<()> {
         _ => bail!("{}: not a file path", host.display()),
     };
     create_dirs(&dir)?;
-    AtomicSet::new(dir).file(name, bytes).commit()
+    AtomicSet::new(dir).file(name, bytes).commit().map(drop)
 }
 
 /// Check, link, fall back, depmod and update images for `only` kernels (all when empty).
 /// Records the outcome in the ledger (not saved here).
-fn refresh(root: &Root, ledger: &mut Ledger, only: &[String]) -> Result<Vec<KernelOutcome>> {
+pub(crate) fn refresh(
+    root: &Root,
+    ledger: &mut Ledger,
+    only: &[String],
+) -> Result<Vec<KernelOutcome>> {
     let installed = kernel::releases(root)?;
     ledger.kernels.retain(|k, _| installed.contains(k));
     let releases: Vec<String> =
@@ -310,11 +314,11 @@ fn refresh(root: &Root, ledger: &mut Ledger, only: &[String]) -> Result<Vec<Kern
             depmod::run(root, &release, false)
                 .with_context(|| format!("depmod for kernel {release}"))?;
         }
-        let usable: Vec<PathBuf> = record
+        let usable: Vec<String> = record
             .modules
             .iter()
             .filter(|(_, m)| m.usable_on_boot())
-            .filter_map(|(name, _)| ledger.modules.get(name).map(|r| r.path.clone()))
+            .map(|(name, _)| name.clone())
             .collect();
         let previous = ledger.kernels.get(&release).and_then(|k| k.image.as_ref());
         record.image = images::update(root, &release, &usable, previous)?;

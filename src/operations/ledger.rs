@@ -70,7 +70,7 @@ impl StateDir {
         create_dirs(&dir)?;
         let mut bytes = serde_json::to_vec_pretty(ledger)?;
         bytes.push(b'\n');
-        AtomicSet::new(&dir).file(LEDGER_FILE, bytes).commit()
+        AtomicSet::new(&dir).file(LEDGER_FILE, bytes).commit().map(drop)
     }
 
     /// Take the exclusive lock, waiting for any other run to finish.

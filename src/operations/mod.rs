@@ -5,6 +5,7 @@ pub mod atomic;
 pub mod depmod;
 pub mod extract;
 pub mod images;
+pub mod inject;
 pub mod install;
 pub mod ledger;
 pub mod pack;

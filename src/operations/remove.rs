@@ -91,6 +91,10 @@ pub(crate) fn apply(root: &Root, ledger: &mut Ledger, names: &[String]) -> Resul
             }
         }
     }
+    // What remains installed goes back into the restored images.
+    if !ledger.modules.is_empty() {
+        install::refresh(root, ledger, &[])?;
+    }
     Ok(changed.into_iter().collect())
 }
 

@@ -113,7 +113,8 @@ pub fn patch_version_crc(bytes: &mut [u8], symbol: &str, new_crc: u32) {
     panic!("{symbol} not in __versions");
 }
 
-/// Build `tests/fixtures/bkram` against the installed headers (gcc + make); the `.ko`.
+/// Build `tests/fixtures/bkram` against the installed headers (gcc + make); returns the
+/// path of `bkram.ko` (the RAM disk); `bkns.ko` (a namespace import) is built beside it.
 pub fn build_bkram(kver: &str, into: &Path) -> Option<PathBuf> {
     let build = Path::new("/lib/modules").join(kver).join("build");
     if !build.join("Makefile").is_file() {
@@ -122,7 +123,7 @@ pub fn build_bkram(kver: &str, into: &Path) -> Option<PathBuf> {
     tool("gcc")?;
     let make = tool("make")?;
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bkram");
-    for f in ["bkram.c", "Kbuild"] {
+    for f in ["bkram.c", "bkns.c", "Kbuild"] {
         std::fs::copy(src.join(f), into.join(f)).unwrap();
     }
     let out = run(Command::new(make)
@@ -146,28 +147,40 @@ pub struct SyntheticKernel {
     pub kver: String,
 }
 
-pub const SYNTH_KVER: &str = "6.1.0-99-amd64";
-pub const SYNTH_VERMAGIC: &str = "6.1.0-99-amd64 SMP preempt mod_unload modversions ";
+pub const SYNTH_KVER: &str = "6.8.0-99-amd64";
+pub const SYNTH_VERMAGIC: &str = "6.8.0-99-amd64 SMP preempt mod_unload modversions ";
 pub const SYNTH_LAYOUT: u32 = 0x9060323f;
 
 impl SyntheticKernel {
     /// `reference` is written as `kernel/drivers/ref/ref.ko`; `exports` as the symvers.
     pub fn new(reference_elf: &[u8], exports: &[SymversEntry], config: &str) -> SyntheticKernel {
         let dir = tempfile::tempdir().unwrap();
-        let tree = dir.path().join("lib/modules").join(SYNTH_KVER);
-        std::fs::create_dir_all(tree.join("kernel/drivers/ref")).unwrap();
-        std::fs::write(tree.join("kernel/drivers/ref/ref.ko"), reference_elf).unwrap();
-        std::fs::write(tree.join("modules.order"), "kernel/drivers/ref/ref.ko\n").unwrap();
-        std::fs::create_dir_all(tree.join("build")).unwrap();
-        std::fs::write(tree.join("build/Module.symvers"), symvers::write(exports)).unwrap();
-        std::fs::create_dir_all(dir.path().join("boot")).unwrap();
-        std::fs::write(dir.path().join(format!("boot/config-{SYNTH_KVER}")), config).unwrap();
+        add_kernel(dir.path(), SYNTH_KVER, reference_elf, exports, config);
         SyntheticKernel { dir, kver: SYNTH_KVER.to_string() }
     }
 
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Add kernel `kver` to a synthetic root: a reference module, `modules.order`,
+/// `build/Module.symvers`, `/boot/config-KVER`.
+pub fn add_kernel(
+    root: &Path,
+    kver: &str,
+    reference_elf: &[u8],
+    exports: &[SymversEntry],
+    config: &str,
+) {
+    let tree = root.join("lib/modules").join(kver);
+    std::fs::create_dir_all(tree.join("kernel/drivers/ref")).unwrap();
+    std::fs::write(tree.join("kernel/drivers/ref/ref.ko"), reference_elf).unwrap();
+    std::fs::write(tree.join("modules.order"), "kernel/drivers/ref/ref.ko\n").unwrap();
+    std::fs::create_dir_all(tree.join("build")).unwrap();
+    std::fs::write(tree.join("build/Module.symvers"), symvers::write(exports)).unwrap();
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    std::fs::write(root.join(format!("boot/config-{kver}")), config).unwrap();
 }
 
 /// The default reference module of a synthetic kernel.
@@ -212,4 +225,56 @@ pub fn module_in(root: &Path, kver: &str, file: &str) -> PathBuf {
         .into_iter()
         .find(|p| p.file_name().is_some_and(|f| f == file))
         .unwrap_or_else(|| panic!("{file} not in {kver} under {}", root.display()))
+}
+
+/// The module without its appended signature (an altered signed module fails signature
+/// verification, which the kernel treats as fatal even without enforcement).
+pub fn strip_signature(bytes: &[u8]) -> Vec<u8> {
+    match bootkmod::formats::signature::split(bytes).unwrap() {
+        Some((content, _)) => content.to_vec(),
+        None => bytes.to_vec(),
+    }
+}
+
+/// Replace `from` by `to` (same length) inside `.modinfo`.
+pub fn patch_modinfo(bytes: &mut [u8], from: &str, to: &str) {
+    assert_eq!(from.len(), to.len(), "same-length patches only");
+    let elf = ElfModule::parse(bytes).unwrap();
+    let range = elf.section(".modinfo").unwrap().range.clone();
+    let section = &mut bytes[range];
+    let at = section
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .unwrap_or_else(|| panic!("{from:?} not in .modinfo"));
+    section[at..at + from.len()].copy_from_slice(to.as_bytes());
+}
+
+/// Set `sh_size` of `.gnu.linkonce.this_module` (ELF64 little-endian only).
+pub fn patch_this_module_size(bytes: &mut [u8], size: u64) {
+    let elf = ElfModule::parse(bytes).unwrap();
+    let index = elf.sections.iter().position(|s| s.name == ".gnu.linkonce.this_module").unwrap();
+    let shoff = u64::from_le_bytes(bytes[0x28..0x30].try_into().unwrap()) as usize;
+    let shentsize = u16::from_le_bytes(bytes[0x3a..0x3c].try_into().unwrap()) as usize;
+    let at = shoff + index * shentsize + 0x20;
+    bytes[at..at + 8].copy_from_slice(&size.to_le_bytes());
+}
+
+/// Set the ELF header's `e_machine` (little-endian files).
+pub fn patch_machine(bytes: &mut [u8], machine: u16) {
+    bytes[0x12..0x14].copy_from_slice(&machine.to_le_bytes());
+}
+
+/// Rename a section (same length) in `.shstrtab`: the loader then no longer finds it.
+pub fn rename_section(bytes: &mut [u8], from: &str, to: &str) {
+    assert_eq!(from.len(), to.len(), "same-length renames only");
+    let elf = ElfModule::parse(bytes).unwrap();
+    let range = elf.section(".shstrtab").unwrap().range.clone();
+    let needle = [b"\0", from.as_bytes(), b"\0"].concat();
+    let table = &mut bytes[range];
+    let at = table
+        .windows(needle.len())
+        .position(|w| w == &needle[..])
+        .unwrap_or_else(|| panic!("section {from} not found"))
+        + 1;
+    table[at..at + from.len()].copy_from_slice(to.as_bytes());
 }

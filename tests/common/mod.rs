@@ -86,4 +86,5 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
 pub mod check;
 pub mod depmod;
 pub mod initramfs;
+pub mod inject;
 pub mod keep;

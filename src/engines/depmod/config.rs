@@ -188,6 +188,8 @@ pub struct Candidate {
     pub rel: Option<String>,
     /// Length of `directory/` plus the module name's length: the part kmod compares.
     pub match_len: usize,
+    /// Host path to read, symlinks resolved inside the root.
+    pub host: PathBuf,
 }
 
 /// Lines with backslash continuations joined, numbered from 1 (first physical line).
@@ -331,6 +333,7 @@ mod tests {
             target: PathBuf::from("/lib/modules/k").join(rel),
             rel: Some(rel.into()),
             match_len: rel.rfind('/').map_or(0, |p| p + 1) + 1,
+            host: PathBuf::new(),
         };
         let (upd, ext, kern, weak) = (
             cand("updates/m.ko"),

@@ -187,7 +187,7 @@ fn builtin_alias_bin(g: &Graph) -> Result<Vec<u8>> {
 /// `name devname type major:minor` for modules declaring both a `devname:` alias and
 /// a `char-major-`/`block-major-` alias (the first complete pair wins).
 fn devname_text(g: &Graph) -> String {
-    let mut out = String::from("# Device nodes to trigger on-demand module loading.\n");
+    let mut out = String::new();
     for m in &g.modules {
         let mut devname = None;
         let mut device = None;
@@ -200,6 +200,10 @@ fn devname_text(g: &Graph) -> String {
                 device = Some(('b', n));
             }
             if let (Some(name), Some((kind, (major, minor)))) = (devname, device) {
+                // kmod writes the header with the first line: no devnames, empty file.
+                if out.is_empty() {
+                    out.push_str("# Device nodes to trigger on-demand module loading.\n");
+                }
                 let _ = writeln!(out, "{} {name} {kind}{major}:{minor}", m.name);
                 break;
             }

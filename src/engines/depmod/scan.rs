@@ -27,9 +27,10 @@ pub fn scan(
     let host = root.path(root.resolve(tree)?);
     std::fs::read_dir(&host)
         .with_context(|| format!("cannot read module directory {}", host.display()))?;
-    state.walk(tree, 0)?;
+    state.walk(tree, host, 0)?;
     for ext in &config.externals {
-        state.walk(ext, 0)?;
+        let host = root.path(root.resolve(ext)?);
+        state.walk(ext, host, 0)?;
     }
     Ok(state.chosen)
 }
@@ -44,12 +45,12 @@ struct Scan<'a> {
 }
 
 impl Scan<'_> {
-    fn walk(&mut self, dir: &Path, depth: usize) -> Result<()> {
+    /// Walk target directory `dir`, found on the host at `host` (already resolved).
+    fn walk(&mut self, dir: &Path, host: PathBuf, depth: usize) -> Result<()> {
         if depth > MAX_DEPTH {
             self.warnings.push(format!("{}: directories nested too deep, skipped", dir.display()));
             return Ok(());
         }
-        let host = self.root.path(self.root.resolve(dir)?);
         let entries = match std::fs::read_dir(&host) {
             Ok(e) => e,
             Err(e) => {
@@ -65,33 +66,33 @@ impl Scan<'_> {
             }
             let target = dir.join(&name);
             let kind = entry.file_type()?;
-            let (is_dir, is_file) = if kind.is_symlink() {
+            let (is_dir, is_file, file_host) = if kind.is_symlink() {
                 let resolved = self.root.path(self.root.resolve(&target)?);
                 match std::fs::metadata(&resolved) {
-                    Ok(m) => (m.is_dir(), m.is_file()),
+                    Ok(m) => (m.is_dir(), m.is_file(), resolved),
                     Err(e) => {
                         self.warnings.push(format!("{}: {e}", target.display()));
                         continue;
                     }
                 }
             } else {
-                (kind.is_dir(), kind.is_file())
+                (kind.is_dir(), kind.is_file(), host.join(&name))
             };
             if is_dir {
-                self.walk(&target, depth + 1)?;
+                self.walk(&target, file_host, depth + 1)?;
             } else if is_file && is_module_file(&name) {
-                self.offer(target);
+                self.offer(target, file_host);
             }
         }
         Ok(())
     }
 
-    fn offer(&mut self, target: PathBuf) {
+    fn offer(&mut self, target: PathBuf, host: PathBuf) {
         let name = name_from_path(&target);
         let rel = target.strip_prefix(self.tree).ok().map(|r| r.to_string_lossy().into_owned());
         let match_len =
             rel.as_deref().map_or(0, |r| r.rfind('/').map_or(0, |p| p + 1) + name.len());
-        let candidate = Candidate { name: name.clone(), target, rel, match_len };
+        let candidate = Candidate { name: name.clone(), target, rel, match_len, host };
         match self.by_name.get(&name) {
             Some(&i) => {
                 if !self.config.existing_wins(&self.chosen[i], &candidate) {

@@ -120,6 +120,42 @@ pub struct View {
     /// Hard-link table: (ino, devmajor, devminor, type) -> first path.
     links: HashMap<(u32, u32, u32, u32), Vec<u8>>,
     dropped: Vec<Dropped>,
+    /// When recording, what the last entries did to the tree, in order.
+    effects: Option<Vec<Effect>>,
+}
+
+/// One change the kernel makes to its tree for an entry, in the order it makes them: what
+/// a caller replays to reproduce the tree on disk in a single pass (`operations::extract`).
+/// Paths are resolved view paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A name was removed (`unlink`, or `rmdir` of an empty directory).
+    Remove {
+        path: Vec<u8>,
+        dir: bool,
+    },
+    Mkdir {
+        path: Vec<u8>,
+    },
+    /// The entry's body is written at offset 0 of the file at `path`, created if missing.
+    Write {
+        path: Vec<u8>,
+        truncate: bool,
+    },
+    /// A hard link `to` the name `from`.
+    Link {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    Symlink {
+        path: Vec<u8>,
+        target: Vec<u8>,
+    },
+    /// A device node, fifo or socket.
+    Mknod {
+        path: Vec<u8>,
+        inode: InodeId,
+    },
 }
 
 /// One name of the view with its inode.
@@ -166,7 +202,13 @@ impl View {
         };
         let mut names = BTreeMap::new();
         names.insert(Vec::new(), Name { inode: 0, origin: None });
-        View { inodes: vec![root], names, links: HashMap::new(), dropped: Vec::new() }
+        View {
+            inodes: vec![root],
+            names,
+            links: HashMap::new(),
+            dropped: Vec::new(),
+            effects: None,
+        }
     }
 
     /// Every name, sorted by path bytes; the root first, and only if an entry declared it.
@@ -181,6 +223,22 @@ impl View {
 
     pub fn inode(&self, id: InodeId) -> &Inode {
         &self.inodes[id]
+    }
+
+    /// Start recording [`Effect`]s; [`View::take_effects`] drains them.
+    pub fn record_effects(&mut self) {
+        self.effects.get_or_insert_with(Vec::new);
+    }
+
+    /// The effects recorded since the last call.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        self.effects.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn effect(&mut self, effect: Effect) {
+        if let Some(effects) = self.effects.as_mut() {
+            effects.push(effect);
+        }
     }
 
     /// Entries the kernel would skip, with the reason.
@@ -264,10 +322,12 @@ impl View {
         if (existing.mode ^ fmode) & S_IFMT == 0 {
             return false;
         }
-        if existing.is_dir() && (path.is_empty() || !self.is_empty_dir(path)) {
+        let dir = existing.is_dir();
+        if dir && (path.is_empty() || !self.is_empty_dir(path)) {
             return false;
         }
         self.names.remove(path);
+        self.effect(Effect::Remove { path: path.to_vec(), dir });
         true
     }
 
@@ -287,6 +347,7 @@ impl View {
             Some(n) if !self.inodes[n.inode].is_dir() && !self.names.contains_key(path) => {
                 let inode = n.inode;
                 self.names.insert(path.to_vec(), Name { inode, origin: Some(origin) });
+                self.effect(Effect::Link { from: old, to: path.to_vec() });
                 1
             }
             _ => -1,
@@ -342,7 +403,10 @@ impl View {
                 self.clean_path(&path, S_IFDIR);
                 let id = match self.names.get(&path) {
                     Some(n) => n.inode,
-                    None => self.new_inode(entry),
+                    None => {
+                        self.effect(Effect::Mkdir { path: path.clone() });
+                        self.new_inode(entry)
+                    }
                 };
                 self.set_attrs(id, entry);
                 self.names.insert(path, Name { inode: id, origin: Some(origin) });
@@ -357,6 +421,7 @@ impl View {
                         let id = self.names[&path].inode;
                         self.inodes[id].writes.push(ContentWrite { truncate: false, ..write });
                         self.set_attrs(id, entry);
+                        self.effect(Effect::Write { path, truncate: false });
                     }
                     _ => {
                         let id = match self.names.get(&path) {
@@ -376,6 +441,7 @@ impl View {
                         };
                         self.inodes[id].writes.push(write);
                         self.set_attrs(id, entry);
+                        self.effect(Effect::Write { path: path.clone(), truncate: true });
                         self.names.insert(path, Name { inode: id, origin: Some(origin) });
                     }
                 }
@@ -386,7 +452,8 @@ impl View {
                     return self.drop_entry(entry, origin, "a non-empty directory is in the way");
                 }
                 let id = self.new_inode(entry);
-                self.inodes[id].target = target;
+                self.inodes[id].target = target.clone();
+                self.effect(Effect::Symlink { path: path.clone(), target });
                 self.names.insert(path, Name { inode: id, origin: Some(origin) });
             }
             S_IFCHR | S_IFBLK | S_IFIFO | S_IFSOCK => {
@@ -402,6 +469,7 @@ impl View {
                     }
                     None => {
                         let id = self.new_inode(entry);
+                        self.effect(Effect::Mknod { path: path.clone(), inode: id });
                         self.names.insert(path, Name { inode: id, origin: Some(origin) });
                     }
                 }
