@@ -1,6 +1,6 @@
 //! Helpers for the keep (install/status/remove) tests: a target root holding several
 //! real Debian kernels (each a small subset of its modules, its config, its symvers
-//! where bootkmod and kmod look, a tiny initramfs), kABI copies of a kernel under
+//! where bootkmod and kmod look, a tiny initramfs, indexes by kmod's depmod), kABI copies of a kernel under
 //! another release name, and snapshots of trees to prove what changed and what did not.
 
 use super::check::other_build;
@@ -53,7 +53,8 @@ impl TargetRoot {
     }
 
     /// Add kernel `release` made of `src`'s subset modules, config and `symvers`
-    /// (written as Debian's headers would hold it), with a small initramfs.
+    /// (written as Debian's headers would hold it), with a small initramfs and the
+    /// indexes kmod's depmod writes, as the kernel package leaves them.
     pub fn add_kernel(&self, src: &Source, release: &str, symvers_entries: &[SymversEntry]) {
         let from = src.root.join("lib/modules").join(&src.kver);
         let to = self.at(format!("/lib/modules/{release}"));
@@ -88,6 +89,13 @@ impl TargetRoot {
         .unwrap();
         std::fs::write(self.at(format!("/boot/initrd.img-{release}")), tiny_image(release))
             .unwrap();
+        // The kernel package's postinst runs depmod: every installed tree has indexes.
+        if let Some(depmod) = super::tool("depmod") {
+            let out = super::run(
+                std::process::Command::new(depmod).arg("-b").arg(self.path()).arg(release),
+            );
+            assert!(out.status.success(), "depmod: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 }
 
