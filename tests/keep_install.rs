@@ -206,3 +206,48 @@ fn install_status_kernel_install_remove_on_real_kernels() {
     assert_eq!(snapshot(Path::new("/lib/modules")), host_modules, "host /lib/modules changed");
     assert_eq!(snapshot(Path::new("/boot")), host_boot, "host /boot changed");
 }
+
+/// A module of the same name built locally for a kernel (DKMS puts it in
+/// `updates/dkms/`) is used where the prebuilt one is refused, and install says so.
+/// The local build is simulated by bkram with the breaking kernel's CRC for the symbol,
+/// which is what building against that kernel's headers would record.
+#[test]
+fn local_build_is_the_fallback_where_the_prebuilt_is_refused() {
+    let Some(kver) = installed_kernel() else { return };
+    let Some(newer) = Source::of(&kver, &kver) else { return };
+    let build = tempfile::tempdir().unwrap();
+    let Some(bkram) = build_bkram(&kver, build.path()) else { return };
+    let root = TargetRoot::new();
+    let symvers = newer.symvers();
+    let broken = break_symbol(&symvers, BROKEN_SYMBOL);
+    root.add_kernel(&newer, &kver, &symvers);
+    root.add_kernel(&newer, BREAK, &broken);
+    let crc = broken.iter().find(|e| e.symbol == BROKEN_SYMBOL).unwrap().crc;
+    let mut local = std::fs::read(&bkram).unwrap();
+    common::check::patch_version_crc(&mut local, BROKEN_SYMBOL, crc);
+    let dkms = root.at(format!("/lib/modules/{BREAK}/updates/dkms/bkram.ko"));
+    std::fs::create_dir_all(dkms.parent().unwrap()).unwrap();
+    std::fs::write(&dkms, &local).unwrap();
+
+    let out = run(bootkmod()
+        .arg("--root")
+        .arg(root.path())
+        .args(["install", "--root-critical"])
+        .arg(&bkram));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = text.lines().find(|l| l.starts_with(BREAK) && l.contains("bkram:")).unwrap();
+    assert!(
+        line.contains("using the locally built")
+            && line.contains("updates/dkms/bkram.ko")
+            && line.contains(BROKEN_SYMBOL),
+        "{line}"
+    );
+    assert!(!root.at(format!("/lib/modules/{BREAK}/weak-updates")).exists());
+    let out = run(bootkmod().arg("--root").arg(root.path()).args(["--json", "status"]));
+    let status = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{status:#}");
+    let k = status["kernels"].as_array().unwrap().iter().find(|k| k["release"] == BREAK).unwrap();
+    assert_eq!(k["modules"][0]["placement"], "local-fallback");
+    assert_eq!(k["modules"][0]["in_image"], true);
+}
