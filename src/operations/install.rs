@@ -386,3 +386,21 @@ fn local_fallback(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_defaults_to_refuse_and_rejects_typos() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path());
+        assert_eq!(Policy::read(&root).unwrap(), Policy::Refuse);
+        std::fs::create_dir_all(root.path("/etc/bootkmod")).unwrap();
+        std::fs::write(root.path(CONFIG_FILE), "# comment\npolicy=warn\n").unwrap();
+        assert_eq!(Policy::read(&root).unwrap(), Policy::Warn);
+        std::fs::write(root.path(CONFIG_FILE), "policy=warm\n").unwrap();
+        let err = format!("{:#}", Policy::read(&root).unwrap_err());
+        assert!(err.contains("bootkmod.conf: policy=warm is not warn or refuse"), "{err}");
+    }
+}
