@@ -188,6 +188,19 @@ fn install_status_kernel_install_remove_on_real_kernels() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(text.contains("bkram.ko") && text.contains("changed"), "{text}");
+    // ... and a replaced image (a foreign initramfs rebuild).
+    let kabi_image = root.at(format!("/boot/initrd.img-{KABI}"));
+    std::fs::write(&kabi_image, common::keep::tiny_image(KABI)).unwrap();
+    let out = run(bootkmod().arg("--root").arg(root.path()).arg("verify"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("initramfs of {KABI} was replaced")), "{text}");
+    let out = run(bootkmod().arg("--root").arg(root.path()).args(["--json", "status"]));
+    let k =
+        json(&out)["kernels"].as_array().unwrap().iter().find(|k| k["release"] == KABI).cloned();
+    let k = k.unwrap();
+    assert_eq!(k["image_unchanged"], false);
+    assert_eq!(k["modules"][0]["in_image"], false, "the rebuilt image lost the driver");
+    assert!(k["at_risk"][0].as_str().unwrap().contains("not in the initramfs"), "{k:#}");
 
     // remove: links, file and index entries gone, every image byte for byte as before.
     let out = run(bootkmod().arg("--root").arg(root.path()).args(["remove", "bkram"]));
