@@ -14,7 +14,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-fn args<'a>(image: &'a Path, rebuild: bool, backup: bool) -> Vec<&'a std::ffi::OsStr> {
+fn args(image: &Path, rebuild: bool, backup: bool) -> Vec<&std::ffi::OsStr> {
     let mut v: Vec<&std::ffi::OsStr> =
         vec!["inject".as_ref(), "--image".as_ref(), image.as_os_str()];
     if rebuild {
