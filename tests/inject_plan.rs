@@ -161,3 +161,16 @@ fn usr_merged_dracut_layout_keeps_its_symlink_and_loads_early() {
     assert!(segs.len() >= 2, "{segs:?}");
     assert_eq!(segs.last().unwrap()["offset"].as_u64().unwrap() % 4, 0);
 }
+
+#[test]
+fn the_demo_runs_check_inject_verify_on_generated_data() {
+    let out = run(bootkmod().args(["--json", "demo"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["inject"]["outcome"], "written");
+    assert_eq!(json["inject"]["verification"]["ok"], true);
+    assert_eq!(json["inject"]["plan"]["verdicts"][0]["compatible"], true);
+    assert_eq!(json["again"]["outcome"], "unchanged");
+    let chain = &json["inject"]["verification"]["chains"][0]["load"];
+    assert_eq!(chain[0], "kernel/drivers/scsi/demo_scsi_core.ko", "{chain}");
+}

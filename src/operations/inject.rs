@@ -199,10 +199,11 @@ pub fn inject(
     let mut kernel_opts = opts.kernel.clone();
     let checked: Vec<Module> = requests.iter().map(|r| r.module.clone()).collect();
     kernel_opts.interest = Some(Interest::of(&checked));
+    let mut unreadable_kernel = None;
     let kernel = match Kernel::read(root, &release, &kernel_opts) {
         Ok(k) => Some(k),
         Err(e) if opts.plan.force => {
-            tracing::warn!("cannot read kernel {release}: {e:#}");
+            unreadable_kernel = Some(format!("{e:#}"));
             None
         }
         Err(e) => {
@@ -211,7 +212,7 @@ pub fn inject(
             ))
         }
     };
-    let plan = inject::plan(
+    let mut plan = inject::plan(
         &contents,
         &release,
         &tree,
@@ -220,6 +221,7 @@ pub fn inject(
         &mut sources,
         &opts.plan,
     )?;
+    plan.warnings.extend(unreadable_kernel);
 
     let last = contents.segments.last().map_or(Compression::None, |s| s.compression);
     let mode =
