@@ -45,6 +45,7 @@ impl Setup {
     fn install(&self, module: &Path) -> std::process::Command {
         let mut c = bootkmod();
         c.arg("--root").arg(self.root.path()).arg("install").arg(module);
+        c.stdout(std::process::Stdio::null());
         c
     }
 }
