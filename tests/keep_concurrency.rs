@@ -4,7 +4,7 @@
 mod common;
 
 use common::check::build_bkram;
-use common::keep::{Source, TargetRoot};
+use common::keep::{snapshot, Source, TargetRoot};
 use common::{bootkmod, installed_kernel, run};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -76,6 +76,12 @@ fn concurrent_installs_serialize() {
     let ledger = s.ledger();
     assert!(ledger["journal"].is_null());
     assert_eq!(ledger["modules"]["bkram"]["built_for"], s.kver.as_str());
+    // A re-run with nothing new changes nothing: same files, links, indexes, images.
+    let trees = snapshot(&s.root.at("/lib/modules"));
+    let boot = snapshot(&s.root.at("/boot"));
+    assert!(run(&mut s.install(&s.bkram)).status.success());
+    assert_eq!(snapshot(&s.root.at("/lib/modules")), trees, "idempotent re-run rewrote a tree");
+    assert_eq!(snapshot(&s.root.at("/boot")), boot, "idempotent re-run rewrote an image");
     for d in [dir.clone(), s.placed().parent().unwrap().to_path_buf()] {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
