@@ -5,6 +5,7 @@ mod check;
 mod demo;
 mod depmod;
 mod deps;
+mod dud;
 mod info;
 mod initramfs;
 mod inject;
@@ -57,6 +58,7 @@ pub enum Command {
     Status(status::StatusArgs),
     Verify(verify::VerifyArgs),
     Remove(remove::RemoveArgs),
+    Dud(dud::DudArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
 }
@@ -85,6 +87,7 @@ pub fn main() -> Exit {
         Command::Status(args) => status::run(&ctx, args),
         Command::Verify(args) => verify::run(&ctx, args),
         Command::Remove(args) => remove::run(&ctx, args),
+        Command::Dud(args) => dud::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
     };

@@ -1,5 +1,6 @@
 //! Model: facts read from files (through a [`root::Root`]), never written.
 
+pub mod dud;
 pub mod kernel;
 pub mod ledger;
 pub mod module;

@@ -1,6 +1,7 @@
 //! Shared test support. Each area keeps its helpers in its own file here.
 #![allow(dead_code)]
 
+pub mod dud;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};
