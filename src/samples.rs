@@ -291,6 +291,98 @@ pub fn demo_set(release: &str) -> Vec<SampleModule> {
     vec![core, hba]
 }
 
+/// A generated target system for the demo: a root with a sample kernel tree (its
+/// in-tree library module, `modules.order`, `Module.symvers` for vmlinux's exports,
+/// the HBA's firmware) and an initramfs for it that lacks the HBA driver.
+#[derive(Debug, Clone)]
+pub struct DemoSystem {
+    pub root: std::path::PathBuf,
+    /// gzip initramfs holding a sample filesystem module and its indexes.
+    pub image: std::path::PathBuf,
+    /// The HBA driver to inject, as a vendor would ship it (`.ko.xz`).
+    pub driver: std::path::PathBuf,
+    pub release: String,
+}
+
+/// Write a [`DemoSystem`] under `dir`.
+pub fn demo_system(dir: &std::path::Path, release: &str) -> Result<DemoSystem> {
+    use crate::engines::depmod::{DepModule, Graph, Inputs};
+    use crate::engines::initramfs::write::ArchiveWriter;
+    use crate::formats::compression::{Compression, Encoder, EncoderSettings};
+    use crate::formats::cpio::{EntryMeta, Format, S_IFDIR, S_IFREG};
+    use crate::model::module::{Module, ReadOptions};
+    use std::io::Write;
+
+    let set = demo_set(release);
+    let (core, hba) = (&set[0], &set[1]);
+    let vermagic = format!("{release} SMP preempt mod_unload modversions ");
+    let mut fs_mod = SampleModule::new("demo_fs", &vermagic);
+    fs_mod.import("module_layout", 0x5b1a2c3d).import("_printk", 0x92997ed8).set("intree", "Y");
+
+    let root = dir.join("root");
+    let tree = root.join("lib/modules").join(release);
+    let write = |path: &std::path::Path, bytes: &[u8]| -> Result<()> {
+        std::fs::create_dir_all(path.parent().context("path without parent")?)?;
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+    };
+    let fs_elf = fs_mod.to_elf()?;
+    write(&tree.join("kernel/fs/demo_fs.ko"), &fs_elf)?;
+    write(&tree.join("kernel/drivers/scsi/demo_scsi_core.ko"), &core.to_elf()?)?;
+    write(
+        &tree.join("modules.order"),
+        b"kernel/fs/demo_fs.ko\nkernel/drivers/scsi/demo_scsi_core.ko\n",
+    )?;
+    write(&tree.join("modules.builtin"), b"")?;
+    write(
+        &tree.join("build/Module.symvers"),
+        b"0x5b1a2c3d\tmodule_layout\tvmlinux\tEXPORT_SYMBOL\t\n0x92997ed8\t_printk\tvmlinux\tEXPORT_SYMBOL\t\n\
+          0x1a2b3c4d\tdemo_scsi_host_alloc\tdrivers/scsi/demo_scsi_core\tEXPORT_SYMBOL_GPL\t\n\
+          0x5e6f7a8b\tdemo_scsi_add_host\tdrivers/scsi/demo_scsi_core\tEXPORT_SYMBOL\t\n",
+    )?;
+    write(&root.join("lib/firmware/demo/hba-fw.bin"), b"demo HBA firmware\n")?;
+
+    // The vendor's driver, xz-compressed with the CRC32 check the kernel needs.
+    let driver = dir.join("demo_hba.ko.xz");
+    let mut xz = Encoder::new(EncoderSettings::new(Compression::Xz), Vec::new())?;
+    xz.write_all(&hba.to_elf()?)?;
+    write(&driver, &xz.finish()?)?;
+
+    // The image: the filesystem module and indexes computed for it alone.
+    let mut module = Module::from_bytes(&fs_elf, ReadOptions::default())?;
+    module.path = Some(format!("/lib/modules/{release}/kernel/fs/demo_fs.ko").into());
+    let graph = Graph::build(Inputs {
+        modules: vec![DepModule {
+            name: "demo_fs".into(),
+            target: format!("/lib/modules/{release}/kernel/fs/demo_fs.ko").into(),
+            rel: Some("kernel/fs/demo_fs.ko".into()),
+            module,
+        }],
+        order: Some(b"kernel/fs/demo_fs.ko\n".to_vec()),
+        builtin: Some(Vec::new()),
+        builtin_modinfo: None,
+    })?;
+    let image = dir.join("initrd.img");
+    let mut out = ArchiveWriter::new(
+        std::fs::File::create(&image).with_context(|| format!("creating {}", image.display()))?,
+        EncoderSettings::new(Compression::Gzip),
+        Format::Newc,
+    )?;
+    let t = format!("lib/modules/{release}");
+    for d in ["lib", "lib/modules", &t, &format!("{t}/kernel"), &format!("{t}/kernel/fs")] {
+        out.add(&EntryMeta::new(d, S_IFDIR | 0o755), b"")?;
+    }
+    out.add(&EntryMeta::new(format!("{t}/kernel/fs/demo_fs.ko"), S_IFREG | 0o644), &fs_elf)?;
+    out.add(
+        &EntryMeta::new(format!("{t}/modules.order"), S_IFREG | 0o644),
+        b"kernel/fs/demo_fs.ko\n",
+    )?;
+    for (name, bytes) in graph.files()? {
+        out.add(&EntryMeta::new(format!("{t}/{name}"), S_IFREG | 0o644), &bytes)?;
+    }
+    out.finish()?;
+    Ok(DemoSystem { root, image, driver, release: release.to_string() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,12 @@ mod deps;
 mod dud;
 mod info;
 mod initramfs;
+mod inject;
+mod install;
 mod meta;
+mod remove;
+mod status;
+mod verify;
 
 use crate::exit::Exit;
 use crate::model::root::Root;
@@ -45,9 +50,14 @@ pub enum Command {
     Info(info::InfoArgs),
     Check(check::CheckArgs),
     Initramfs(initramfs::InitramfsArgs),
+    Inject(inject::InjectArgs),
     Demo(demo::DemoArgs),
     Depmod(depmod::DepmodArgs),
     Deps(deps::DepsArgs),
+    Install(install::InstallArgs),
+    Status(status::StatusArgs),
+    Verify(verify::VerifyArgs),
+    Remove(remove::RemoveArgs),
     Dud(dud::DudArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
@@ -69,9 +79,14 @@ pub fn main() -> Exit {
         Command::Info(args) => info::run(&ctx, args),
         Command::Check(args) => check::run(&ctx, args),
         Command::Initramfs(args) => initramfs::run(&ctx, args),
+        Command::Inject(args) => inject::run(&ctx, args),
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Depmod(args) => depmod::run(&ctx, args),
         Command::Deps(args) => deps::run(&ctx, args),
+        Command::Install(args) => install::run(&ctx, args),
+        Command::Status(args) => status::run(&ctx, args),
+        Command::Verify(args) => verify::run(&ctx, args),
+        Command::Remove(args) => remove::run(&ctx, args),
         Command::Dud(args) => dud::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),

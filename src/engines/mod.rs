@@ -6,3 +6,5 @@ pub mod depmod;
 pub mod dud;
 pub mod dud_package;
 pub mod initramfs;
+pub mod inject;
+pub mod status;

@@ -329,6 +329,16 @@ fn read_exports(
         }
     }
     modules.extend(to_read.iter().map(|p| name_from_path(p)));
+    // weak-updates/ links are absolute paths of the target system: read what they
+    // point to inside the root, not on the host.
+    let root = &tree.root;
+    let to_read = to_read
+        .into_iter()
+        .map(|p| match (p.is_symlink(), p.strip_prefix(root.dir())) {
+            (true, Ok(rel)) => root.resolve(Path::new("/").join(rel)).map(|t| root.path(t)),
+            _ => Ok(p),
+        })
+        .collect::<Result<Vec<_>>>()?;
     // Built into the image: present as far as depends= and modprobe are concerned.
     let builtin = read_optional(&tree_dir.join("modules.builtin"))?.unwrap_or_default();
     modules.extend(

@@ -2,6 +2,7 @@
 
 pub mod dud;
 pub mod kernel;
+pub mod ledger;
 pub mod module;
 pub mod root;
 pub mod tree;

@@ -138,6 +138,141 @@ impl AtomicSet {
     }
 }
 
+/// How [`replace_file`] treats the file it replaces.
+#[derive(Debug, Clone, Default)]
+pub struct ReplaceOptions {
+    /// Keep the previous content under this name (same directory): a hard link made
+    /// just before the rename, so the backup is always a complete old file.
+    pub backup: Option<PathBuf>,
+    /// Give the new file the owner, mode and extended attributes (SELinux label
+    /// included) of this file; default: those of the target when it exists.
+    pub like: Option<PathBuf>,
+}
+
+/// Replace one (possibly large) file atomically, streaming its new content: `fill`
+/// writes into a temp file beside `target`; then fsync, owner/mode/xattrs copied,
+/// optional backup link, rename over the target, fsync of the directory. A crash or
+/// kill at any point leaves the target either old or new, whole; an error removes the
+/// temp file and leaves the target untouched.
+pub fn replace_file(
+    target: &Path,
+    opts: &ReplaceOptions,
+    fill: impl FnOnce(&mut File) -> Result<()>,
+) -> Result<()> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .with_context(|| format!("{}: not a file path", target.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let tag = format!("bootkmod-{}", std::process::id());
+    let temp = dir.join(format!(".{name}.{tag}.new"));
+    let like = opts.like.clone().or_else(|| target.exists().then(|| target.to_path_buf()));
+    let result = (|| -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .with_context(|| format!("{}: cannot create", temp.display()))?;
+        fill(&mut f).with_context(|| format!("{}: cannot write", temp.display()))?;
+        if let Some(like) = &like {
+            copy_attributes(like, &f).with_context(|| {
+                format!(
+                    "{}: cannot copy owner, mode and labels of {}",
+                    temp.display(),
+                    like.display()
+                )
+            })?;
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        }
+        f.sync_all().with_context(|| format!("{}: cannot fsync", temp.display()))?;
+        if let (Some(backup), true) = (&opts.backup, target.exists()) {
+            let link = dir.join(format!(".{name}.{tag}.bak"));
+            let _ = std::fs::remove_file(&link);
+            std::fs::hard_link(target, &link)
+                .with_context(|| format!("{}: cannot back up", target.display()))?;
+            std::fs::rename(&link, backup)
+                .with_context(|| format!("{}: cannot create backup", backup.display()))?;
+        }
+        std::fs::rename(&temp, target)
+            .with_context(|| format!("{}: cannot replace", target.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+        return result;
+    }
+    sync_dir(&dir)
+}
+
+/// Owner, permission bits and extended attributes (`security.selinux` among them) of
+/// `from` onto the open file `to`.
+fn copy_attributes(from: &Path, to: &File) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(from)?;
+    std::os::unix::fs::fchown(to, Some(meta.uid()), Some(meta.gid()))?;
+    to.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    for (name, value) in xattrs(from)? {
+        set_xattr(to, &name, &value)?;
+    }
+    Ok(())
+}
+
+/// Every extended attribute of a file (none when the filesystem has no xattrs).
+fn xattrs(path: &Path) -> Result<Vec<(std::ffi::CString, Vec<u8>)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: listxattr/getxattr write at most `len` bytes into buffers we own.
+    let len = unsafe { libc::listxattr(c_path.as_ptr(), std::ptr::null_mut(), 0) };
+    if len <= 0 {
+        return Ok(Vec::new());
+    }
+    let mut names = vec![0u8; len as usize];
+    let len = unsafe { libc::listxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if len < 0 {
+        return Ok(Vec::new());
+    }
+    names.truncate(len as usize);
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let c_name = std::ffi::CString::new(name)?;
+        let size =
+            unsafe { libc::getxattr(c_path.as_ptr(), c_name.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            continue;
+        }
+        let mut value = vec![0u8; size as usize];
+        let size = unsafe {
+            libc::getxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_mut_ptr().cast(), value.len())
+        };
+        if size >= 0 {
+            value.truncate(size as usize);
+            out.push((c_name, value));
+        }
+    }
+    Ok(out)
+}
+
+fn set_xattr(file: &File, name: &std::ffi::CStr, value: &[u8]) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fsetxattr reads `value.len()` bytes from a live slice.
+    let rc = unsafe {
+        libc::fsetxattr(file.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot set attribute {}", name.to_string_lossy()));
+    }
+    Ok(())
+}
+
 fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
@@ -148,6 +283,36 @@ fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     f.write_all(bytes).with_context(|| format!("{}: cannot write", path.display()))?;
     f.sync_all().with_context(|| format!("{}: cannot fsync", path.display()))?;
     Ok(())
+}
+
+/// Point `link` at `target` atomically: a new symlink under a temp name beside it,
+/// renamed over whatever `link` was, then the directory fsynced. Readers see the old
+/// link or the new one, never none (weak-updates links are replaced in place).
+pub fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
+    let dir = link.parent().with_context(|| format!("{}: no parent directory", link.display()))?;
+    let name = link.file_name().with_context(|| format!("{}: no file name", link.display()))?;
+    let temp = dir.join(format!(".{}.bootkmod-{}.new", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(target, &temp)
+        .with_context(|| format!("{}: cannot create symlink", temp.display()))?;
+    if let Err(e) = std::fs::rename(&temp, link) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e).with_context(|| format!("{}: cannot replace", link.display()));
+    }
+    sync_dir(dir)
+}
+
+/// Remove a file or symlink (absent is fine) and fsync its directory.
+pub fn remove_synced(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot remove", path.display())),
+    }
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
 }
 
 /// fsync a directory so renames inside it survive a crash.

@@ -87,4 +87,6 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
 pub mod check;
 pub mod depmod;
 pub mod initramfs;
+pub mod inject;
+pub mod keep;
 pub mod kmod;

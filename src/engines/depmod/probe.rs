@@ -58,6 +58,15 @@ impl TreeIndexes {
                 Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
             }
         };
+        TreeIndexes::from_files(dir.clone(), read)
+    }
+
+    /// Build from index files read by `read` (missing ones as empty bytes): the same
+    /// resolution over a tree that is not a directory, e.g. one inside an initramfs.
+    pub fn from_files(
+        dir: PathBuf,
+        mut read: impl FnMut(&str) -> Result<Vec<u8>>,
+    ) -> Result<TreeIndexes> {
         let softdep_text = String::from_utf8_lossy(&read("modules.softdep")?).into_owned();
         Ok(TreeIndexes {
             dep: read("modules.dep.bin")?,

@@ -1,0 +1,209 @@
+//! `bootkmod inject [--image IMAGE | --kver KVER] MODULE... [-o OUT]`: put verified
+//! modules into an existing initramfs and prove it from the written bytes. Calls
+//! `operations::inject`; renders the plan, the write and the verification as text or
+//! `--json`. Exit 0 written/unchanged/planned, 3 refused by the check, 1 on errors.
+
+use super::{print_json, Context};
+use crate::engines::inject::{Action, Why};
+use crate::exit::Exit;
+use crate::model::kernel::{KernelOptions, SecureBootMode};
+use crate::operations::inject::{self, InjectOptions, ModuleArg, Outcome, Report};
+use anyhow::Result;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Put a storage driver (and what it needs) into an existing initramfs image.
+///
+/// Checks each module against the image's kernel, adds its dependencies, soft
+/// dependencies, firmware and the disk-class driver its disks need, regenerates the
+/// image's module indexes natively, writes (one appended segment by default), and
+/// verifies the written image. Running it again changes nothing.
+///
+/// Examples:
+///   bootkmod inject --kver 6.1.0-56-amd64 megaraid_sas
+///   bootkmod inject --image /boot/initrd.img-6.1.0-56-amd64 ./vendor_hba.ko.xz --load-early
+///   bootkmod inject --root /mnt/sysimage --kver 5.14.0-362.el9.x86_64 ./hba.ko --json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct InjectArgs {
+    /// Module files (.ko, .ko.xz, .ko.zst, .ko.gz) or module names from the target
+    /// kernel's tree (ROOT/lib/modules/KVER).
+    #[arg(required = true, value_name = "MODULE")]
+    pub modules: Vec<String>,
+
+    /// The initramfs image to change.
+    #[arg(long, value_name = "IMAGE", required_unless_present = "kver")]
+    pub image: Option<PathBuf>,
+
+    /// The kernel release; without --image, its image is found under ROOT/boot
+    /// (initramfs-KVER.img, initrd.img-KVER).
+    #[arg(long, value_name = "KVER")]
+    pub kver: Option<String>,
+
+    /// Write the result here instead of replacing the image.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: Option<PathBuf>,
+
+    /// Print the plan; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Inject even if the check refuses a module.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Write one fresh image instead of appending an overlay segment.
+    #[arg(long)]
+    pub rebuild: bool,
+
+    /// Do not keep IMAGE.bootkmod.bak when replacing in place.
+    #[arg(long)]
+    pub no_backup: bool,
+
+    /// Load the modules early through the image's own mechanism (dracut rd.driver.pre,
+    /// initramfs-tools conf/modules, or modules-load.d).
+    #[arg(long)]
+    pub load_early: bool,
+
+    /// Firmware a module names but ROOT/lib/firmware lacks is a warning, not an error.
+    #[arg(long)]
+    pub allow_missing_firmware: bool,
+
+    /// The kernel's Module.symvers or symvers.gz (default: searched under ROOT).
+    #[arg(long, value_name = "FILE")]
+    pub symvers: Option<PathBuf>,
+
+    /// A certificate (DER or PEM) the kernel trusts besides its build key. Repeatable.
+    #[arg(long = "trusted-key", value_name = "CERT")]
+    pub trusted_keys: Vec<PathBuf>,
+}
+
+pub fn run(ctx: &Context, args: InjectArgs) -> Result<Exit> {
+    let image = match (&args.image, &args.kver) {
+        (Some(i), _) => i.clone(),
+        (None, Some(k)) => inject::find_image(&ctx.root, k)?,
+        (None, None) => unreachable!("clap requires --image or --kver"),
+    };
+    let modules: Vec<ModuleArg> = args.modules.iter().map(|m| ModuleArg::parse(m)).collect();
+    let opts = InjectOptions {
+        release: args.kver.clone(),
+        output: args.output.clone(),
+        dry_run: args.dry_run,
+        rebuild: args.rebuild,
+        backup: !args.no_backup,
+        plan: crate::engines::inject::PlanOptions {
+            force: args.force,
+            load_early: args.load_early,
+            allow_missing_firmware: args.allow_missing_firmware,
+        },
+        kernel: KernelOptions {
+            symvers: args.symvers.clone(),
+            trusted_keys: args.trusted_keys.clone(),
+            secure_boot: SecureBootMode::Auto,
+            ..KernelOptions::default()
+        },
+    };
+    let report = inject::inject(&ctx.root, &image, &modules, &opts)?;
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        write_report(&mut std::io::stdout().lock(), &report)?;
+    }
+    Ok(exit_of(&report))
+}
+
+/// The exit code of a report.
+pub fn exit_of(report: &Report) -> Exit {
+    match report.outcome {
+        Outcome::Refused => Exit::Negative,
+        Outcome::Written if !report.verification.as_ref().is_some_and(|v| v.ok) => Exit::Error,
+        _ => Exit::Ok,
+    }
+}
+
+/// Render a report as text.
+pub fn write_report(out: &mut dyn Write, r: &Report) -> std::io::Result<()> {
+    let p = &r.plan;
+    writeln!(out, "image:   {} (kernel {}, tree {})", r.image.display(), p.release, p.tree)?;
+    for v in &p.verdicts {
+        let state = if v.compatible { "compatible" } else { "REFUSED" };
+        writeln!(out, "check:   {} {state}", v.module)?;
+        for reason in &v.reasons {
+            writeln!(out, "           {reason}")?;
+        }
+    }
+    if r.outcome == Outcome::Refused {
+        writeln!(out, "refused: nothing written (use --force to inject anyway)")?;
+        return Ok(());
+    }
+    for m in &p.modules {
+        let why = match &m.why {
+            Why::Requested => "requested".to_string(),
+            Why::Dependency { of } => format!("needed by {of}"),
+            Why::Softdep { of } => format!("soft dependency of {of}"),
+            Why::DiskClass { of } => format!("disk driver for {of}"),
+        };
+        let action = match m.action {
+            Action::Add => "add",
+            Action::Replace => "replace",
+            Action::Present => "present",
+            Action::Builtin => "built-in",
+        };
+        writeln!(out, "module:  {action:<8} {:<20} {} ({why})", m.name, m.path)?;
+        if let Some(s) = &m.shadows {
+            writeln!(out, "           wins over {s}")?;
+        }
+    }
+    for f in &p.firmware {
+        writeln!(out, "firmware: {:<8} {} (for {})", f.action, f.path, f.needed_by)?;
+    }
+    if !p.indexes.is_empty() {
+        writeln!(out, "indexes: {}", p.indexes.join(" "))?;
+    }
+    if let Some(e) = &p.early_load {
+        let state = if e.changed { "write" } else { "present" };
+        writeln!(out, "early:   {state} {} ({}): {}", e.path, e.mechanism, e.modules.join(" "))?;
+    }
+    for w in &p.warnings {
+        writeln!(out, "warning: {w}")?;
+    }
+    match r.outcome {
+        Outcome::Unchanged => writeln!(out, "unchanged: everything is already in the image")?,
+        Outcome::Planned => writeln!(
+            out,
+            "dry run: would write {} entries ({}) to {}",
+            p.entries.len(),
+            mode_name(r),
+            r.output.display()
+        )?,
+        Outcome::Written => {
+            writeln!(out, "written: {} ({})", r.output.display(), mode_name(r))?;
+            if let Some(b) = &r.backup {
+                writeln!(out, "backup:  {}", b.display())?;
+            }
+            if let Some(v) = &r.verification {
+                for c in &v.chains {
+                    let state = if c.complete { "ok" } else { "INCOMPLETE" };
+                    writeln!(out, "verify:  {} {state}: {}", c.module, c.load.join(" -> "))?;
+                    for m in &c.missing {
+                        writeln!(out, "           missing {m}")?;
+                    }
+                }
+                for m in &v.mismatched {
+                    writeln!(out, "verify:  {m} does not hold the planned content")?;
+                }
+                let state = if v.ok { "verified" } else { "VERIFICATION FAILED" };
+                writeln!(out, "{state}: {} segments decode", v.segments)?;
+            }
+        }
+        Outcome::Refused => {}
+    }
+    Ok(())
+}
+
+fn mode_name(r: &Report) -> &'static str {
+    match r.mode {
+        inject::Mode::Append => "appended one segment",
+        inject::Mode::Rebuild => "rebuilt",
+    }
+}

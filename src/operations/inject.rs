@@ -1,0 +1,500 @@
+//! `inject` as an operation: put modules into an existing initramfs image, then prove
+//! from the bytes on disk that it worked.
+//!
+//! Flow of [`inject`]:
+//!
+//! 1. read the image once ([`ImageContents::read`]) and pick its kernel tree;
+//! 2. read the modules asked for (files, or names from `ROOT/lib/modules/KVER`) and the
+//!    target kernel ([`Kernel`]), and compute the [`Plan`] (`engines::inject`);
+//! 3. stop there when the check refuses (exit 3 for the CLI), when nothing would change
+//!    (idempotent re-runs), or for a dry run;
+//! 4. write, through [`replace_file`] (temp file beside the target, fsync, backup link,
+//!    rename, fsync directory; owner, mode and xattrs kept): by default the original
+//!    bytes plus one overlay segment compressed like the image's last one
+//!    ([`Mode::Append`]); with `rebuild` (or when the last segment is lz4 legacy, which
+//!    the kernel requires to be last) the leading uncompressed early cpio kept as is and
+//!    everything else merged into one fresh segment ([`Mode::Rebuild`]);
+//! 5. verify ([`Verification`]): re-read the written file; every segment decodes, every
+//!    written module has its planned sha256, and every requested module resolves
+//!    through the image's own `modules.dep.bin` to a chain whose files are all there.
+//!
+//! Issue 7 (`install`/`status`/`remove`) builds on [`inject`] and [`Report`].
+
+use crate::engines::depmod::config::Config;
+use crate::engines::depmod::scan;
+use crate::engines::initramfs::view::View;
+use crate::engines::initramfs::walk::{self, Entry, Visitor};
+use crate::engines::initramfs::write::{padding_before_raw, ArchiveWriter};
+use crate::engines::inject::{
+    self, Chain, ImageContents, NewEntry, Origin, Plan, PlanOptions, Request, Sources,
+};
+use crate::formats::compression::{Compression, EncoderSettings};
+use crate::formats::cpio::{EntryMeta, Format, S_IFREG};
+use crate::model::kernel::{Interest, Kernel, KernelOptions};
+use crate::model::module::{sha256_hex, Module, ReadOptions};
+use crate::model::root::Root;
+use crate::operations::atomic::{replace_file, ReplaceOptions};
+use anyhow::{bail, Context, Result};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// A module as the user names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleArg {
+    /// A module file on the host.
+    File(PathBuf),
+    /// A module of the target kernel's tree under the root.
+    Name(String),
+}
+
+impl ModuleArg {
+    /// A path (has a `/`, or is an existing `.ko*` file) is a file; anything else a name.
+    pub fn parse(arg: &str) -> ModuleArg {
+        let p = Path::new(arg);
+        if arg.contains('/') || (crate::model::tree::is_module_file(arg) && p.is_file()) {
+            ModuleArg::File(p.to_path_buf())
+        } else {
+            ModuleArg::Name(arg.to_string())
+        }
+    }
+}
+
+/// Everything [`inject`] can be told.
+#[derive(Debug, Clone)]
+pub struct InjectOptions {
+    /// The kernel release; default: the image's only tree.
+    pub release: Option<String>,
+    /// Write here instead of replacing the image.
+    pub output: Option<PathBuf>,
+    pub dry_run: bool,
+    pub rebuild: bool,
+    /// Keep `IMAGE.bootkmod.bak` when replacing in place.
+    pub backup: bool,
+    pub plan: PlanOptions,
+    pub kernel: KernelOptions,
+}
+
+impl Default for InjectOptions {
+    fn default() -> Self {
+        InjectOptions {
+            release: None,
+            output: None,
+            dry_run: false,
+            rebuild: false,
+            backup: true,
+            plan: PlanOptions::default(),
+            kernel: KernelOptions::default(),
+        }
+    }
+}
+
+/// How the new image is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Original bytes, then one overlay segment.
+    Append,
+    /// Early cpio kept, the rest merged into one fresh segment.
+    Rebuild,
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The check refused a module; nothing written.
+    Refused,
+    /// Everything was already in place; nothing written.
+    Unchanged,
+    /// Dry run: the plan only.
+    Planned,
+    /// Written and verified.
+    Written,
+}
+
+/// What the re-read of the written image found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verification {
+    pub segments: usize,
+    /// Written files whose sha256 in the image differs from the plan (or are missing).
+    pub mismatched: Vec<String>,
+    pub chains: Vec<Chain>,
+    pub ok: bool,
+}
+
+/// What an injection did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub image: PathBuf,
+    /// Where the result was (or would be) written.
+    pub output: PathBuf,
+    pub outcome: Outcome,
+    pub mode: Mode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<PathBuf>,
+    pub plan: Plan,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+/// Where the distribution keeps the initramfs of `release` (under `root`): Fedora/RHEL
+/// `/boot/initramfs-KVER.img`, Debian/Ubuntu `/boot/initrd.img-KVER`.
+pub fn find_image(root: &Root, release: &str) -> Result<PathBuf> {
+    let names = [format!("/boot/initramfs-{release}.img"), format!("/boot/initrd.img-{release}")];
+    for name in &names {
+        let host = root.path(root.resolve(name)?);
+        if host.is_file() {
+            return Ok(host);
+        }
+    }
+    bail!(
+        "no initramfs for kernel {release} under {}: looked for {} (name the image with --image)",
+        root.dir().display(),
+        names.join(" and ")
+    )
+}
+
+/// The name of the backup kept beside an image replaced in place.
+pub fn backup_path(image: &Path) -> PathBuf {
+    let mut name = image.as_os_str().to_os_string();
+    name.push(".bootkmod.bak");
+    PathBuf::from(name)
+}
+
+/// Inject `modules` into `image`. See the module overview.
+pub fn inject(
+    root: &Root,
+    image: &Path,
+    modules: &[ModuleArg],
+    opts: &InjectOptions,
+) -> Result<Report> {
+    if modules.is_empty() {
+        bail!("no module to inject");
+    }
+    let contents = read_image(image)?;
+    let (release, tree) = inject::choose_tree(&contents, opts.release.as_deref())
+        .with_context(|| image.display().to_string())?;
+    let mut sources = TreeSources::new(root, &release);
+    let mut requests = Vec::new();
+    for arg in modules {
+        requests.push(match arg {
+            ModuleArg::File(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
+                let mut module = Module::from_bytes(&bytes, ReadOptions::default())
+                    .with_context(|| path.display().to_string())?;
+                module.path = Some(path.clone());
+                Request { module, bytes, origin: Origin::File { path: path.clone() } }
+            }
+            ModuleArg::Name(name) => sources.tree_module(name)?.with_context(|| {
+                format!(
+                    "no module {name} in {}",
+                    root.path(format!("/lib/modules/{release}")).display()
+                )
+            })?,
+        });
+    }
+    let mut kernel_opts = opts.kernel.clone();
+    let checked: Vec<Module> = requests.iter().map(|r| r.module.clone()).collect();
+    kernel_opts.interest = Some(Interest::of(&checked));
+    let mut unreadable_kernel = None;
+    let kernel = match Kernel::read(root, &release, &kernel_opts) {
+        Ok(k) => Some(k),
+        Err(e) if opts.plan.force => {
+            unreadable_kernel = Some(format!("{e:#}"));
+            None
+        }
+        Err(e) => {
+            return Err(e).context(format!(
+                "cannot check the modules against kernel {release} (give --root the system the image boots, or --force)"
+            ))
+        }
+    };
+    let mut plan = inject::plan(
+        &contents,
+        &release,
+        &tree,
+        kernel.as_ref(),
+        requests,
+        &mut sources,
+        &opts.plan,
+    )?;
+    plan.warnings.extend(unreadable_kernel);
+
+    let last = contents.segments.last().map_or(Compression::None, |s| s.compression);
+    let mode =
+        if opts.rebuild || last == Compression::Lz4Legacy { Mode::Rebuild } else { Mode::Append };
+    let output = opts.output.clone().unwrap_or_else(|| image.to_path_buf());
+    let mut report = Report {
+        image: image.to_path_buf(),
+        output: output.clone(),
+        outcome: Outcome::Planned,
+        mode,
+        backup: None,
+        plan,
+        verification: None,
+    };
+    if report.plan.refused {
+        report.outcome = Outcome::Refused;
+        return Ok(report);
+    }
+    if !report.plan.changes() {
+        report.outcome = Outcome::Unchanged;
+        return Ok(report);
+    }
+    if opts.dry_run {
+        return Ok(report);
+    }
+
+    let in_place = output == image;
+    let backup = (in_place && opts.backup).then(|| backup_path(image));
+    let replace = ReplaceOptions {
+        backup: backup.clone(),
+        like: (!in_place && !output.exists()).then(|| image.to_path_buf()),
+    };
+    replace_file(&output, &replace, |out| {
+        let mut out = BufWriter::with_capacity(1 << 20, out);
+        match mode {
+            Mode::Append => write_append(image, &contents, &report.plan.entries, &mut out)?,
+            Mode::Rebuild => write_rebuild(image, &contents, &report.plan.entries, &mut out)?,
+        }
+        out.flush()?;
+        Ok(())
+    })?;
+    report.backup = backup;
+    report.verification = Some(verify(&output, &report.plan)?);
+    report.outcome = Outcome::Written;
+    Ok(report)
+}
+
+fn open(image: &Path) -> Result<BufReader<File>> {
+    let f = File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
+    Ok(BufReader::with_capacity(1 << 20, f))
+}
+
+fn read_image(image: &Path) -> Result<ImageContents> {
+    ImageContents::read(open(image)?, &image.display().to_string())
+}
+
+fn meta(entry: &NewEntry) -> EntryMeta {
+    // mtime 0: the overlay depends only on its content, so re-runs are reproducible.
+    EntryMeta::new(entry.path.clone(), entry.mode)
+}
+
+/// Original bytes, alignment padding when the overlay is raw, one overlay segment.
+fn write_append(
+    image: &Path,
+    contents: &ImageContents,
+    entries: &[NewEntry],
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut src = File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
+    let len = std::io::copy(&mut src, out)?;
+    let kind = contents.segments.last().map_or(Compression::None, |s| s.compression);
+    if kind == Compression::None {
+        out.write_all(&vec![0u8; padding_before_raw(len)])?;
+    }
+    let mut archive = ArchiveWriter::new(out, EncoderSettings::new(kind), Format::Newc)?;
+    for e in entries {
+        archive.add(&meta(e), &e.body)?;
+    }
+    archive.finish()?;
+    Ok(())
+}
+
+/// Leading uncompressed segments (the early cpio) byte for byte, then one segment with
+/// every later entry in image order (minus the files the plan replaces) and the plan's
+/// entries, compressed like the image's last compressed segment.
+fn write_rebuild(
+    image: &Path,
+    contents: &ImageContents,
+    entries: &[NewEntry],
+    out: &mut dyn Write,
+) -> Result<()> {
+    let segs = &contents.segments;
+    let first = segs.iter().position(|s| s.compression != Compression::None);
+    let (keep_bytes, from_segment) = match first {
+        Some(i) => (segs[i].offset, i),
+        None => (0, 0),
+    };
+    let kind = segs
+        .iter()
+        .rev()
+        .map(|s| s.compression)
+        .find(|&c| c != Compression::None)
+        .unwrap_or(Compression::None);
+    let mut src = open(image)?;
+    let copied = std::io::copy(&mut (&mut src).take(keep_bytes), out)?;
+    if copied != keep_bytes {
+        bail!("{}: shorter than its segments", image.display());
+    }
+    if kind == Compression::None {
+        out.write_all(&vec![0u8; padding_before_raw(copied)])?;
+    }
+    let archive = ArchiveWriter::new(out, EncoderSettings::new(kind), Format::Newc)?;
+    let replaced: HashSet<&[u8]> = entries.iter().map(|e| e.path.as_slice()).collect();
+    let mut copier = Copier {
+        archive,
+        from_segment,
+        replaced,
+        view: &contents.view,
+        links: HashMap::new(),
+        body: Vec::new(),
+    };
+    walk::walk(open(image)?, &image.display().to_string(), &mut copier)?;
+    let mut archive = copier.archive;
+    for e in entries {
+        archive.add(&meta(e), &e.body)?;
+    }
+    archive.finish()?;
+    Ok(())
+}
+
+/// Copies the entries of a walk into one archive (see [`write_rebuild`]).
+struct Copier<'a, W: Write> {
+    archive: ArchiveWriter<W>,
+    from_segment: usize,
+    replaced: HashSet<&'a [u8]>,
+    view: &'a View,
+    /// (segment, ino, devmajor, devminor) → link group, for hard links.
+    links: HashMap<(usize, u32, u32, u32), u64>,
+    body: Vec<u8>,
+}
+
+impl<W: Write> Visitor for Copier<'_, W> {
+    fn entry(&mut self, entry: &Entry, body: &mut dyn Read) -> Result<()> {
+        if entry.segment < self.from_segment || entry.is_trailer() {
+            return Ok(());
+        }
+        let h = &entry.header;
+        if h.file_type() == S_IFREG {
+            if let Some(found) = self.view.lookup(&entry.name, false) {
+                if self.replaced.contains(found.path) {
+                    return Ok(());
+                }
+            }
+        }
+        self.body.clear();
+        body.read_to_end(&mut self.body)?;
+        let mut meta = EntryMeta::new(entry.name.clone(), h.mode);
+        meta.uid = h.uid;
+        meta.gid = h.gid;
+        meta.mtime = h.mtime;
+        meta.rdev_major = h.rdevmajor;
+        meta.rdev_minor = h.rdevminor;
+        meta.nlink = h.nlink;
+        if h.nlink >= 2 && h.file_type() != crate::formats::cpio::S_IFDIR {
+            let next = self.links.len() as u64 + 1;
+            meta.link_id =
+                *self.links.entry((entry.segment, h.ino, h.devmajor, h.devminor)).or_insert(next);
+        }
+        self.archive.add(&meta, &self.body)?;
+        Ok(())
+    }
+}
+
+/// Re-read the written image and check it against the plan.
+pub fn verify(image: &Path, plan: &Plan) -> Result<Verification> {
+    let contents = read_image(image).context("verifying the written image")?;
+    let mut mismatched = Vec::new();
+    for m in plan.written_modules() {
+        let sha = contents
+            .view
+            .lookup(m.path.as_bytes(), true)
+            .map(|e| String::from_utf8_lossy(e.path).into_owned())
+            .and_then(|p| contents.modules.get(&p).map(|im| im.sha256.clone()));
+        if sha.as_deref() != Some(m.sha256.as_str()) {
+            mismatched.push(m.path.clone());
+        }
+    }
+    let names: Vec<String> = plan
+        .modules
+        .iter()
+        .filter(|m| m.why == inject::Why::Requested && m.action != inject::Action::Builtin)
+        .map(|m| m.name.clone())
+        .collect();
+    let chains = inject::chains(&contents, &plan.tree, &names)?;
+    let ok = mismatched.is_empty() && chains.iter().all(|c| c.complete);
+    Ok(Verification { segments: contents.segments.len(), mismatched, chains, ok })
+}
+
+/// The target system's files the plan may need: modules of `ROOT/lib/modules/KVER`
+/// (chosen as depmod would choose among copies) and `ROOT/lib/firmware`.
+struct TreeSources<'a> {
+    root: &'a Root,
+    release: String,
+    by_name: Option<HashMap<String, (PathBuf, String)>>,
+}
+
+impl<'a> TreeSources<'a> {
+    fn new(root: &'a Root, release: &str) -> TreeSources<'a> {
+        TreeSources { root, release: release.to_string(), by_name: None }
+    }
+
+    fn index(&mut self) -> Result<&HashMap<String, (PathBuf, String)>> {
+        if self.by_name.is_none() {
+            let tree = crate::engines::depmod::tree_dir(&self.release);
+            let mut map = HashMap::new();
+            if self.root.path(&tree).is_dir() {
+                let config = Config::load(self.root, &self.release)?;
+                let mut warnings = Vec::new();
+                for c in scan::scan(self.root, &tree, &config, &mut warnings)? {
+                    if let Some(rel) = c.rel {
+                        map.insert(c.name, (c.target, rel));
+                    }
+                }
+            }
+            self.by_name = Some(map);
+        }
+        Ok(self.by_name.get_or_insert_with(HashMap::new))
+    }
+}
+
+impl Sources for TreeSources<'_> {
+    fn tree_module(&mut self, name: &str) -> Result<Option<Request>> {
+        let wanted = name.replace('-', "_");
+        let Some((target, rel)) = self.index()?.get(&wanted).cloned() else { return Ok(None) };
+        let host = self.root.path(self.root.resolve(&target)?);
+        let bytes =
+            std::fs::read(&host).with_context(|| format!("{}: cannot read", host.display()))?;
+        let mut module = Module::from_bytes(&bytes, ReadOptions::default())
+            .with_context(|| host.display().to_string())?;
+        module.path = Some(host.clone());
+        Ok(Some(Request { module, bytes, origin: Origin::Tree { path: host, rel } }))
+    }
+
+    fn tree_file(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = crate::engines::depmod::tree_dir(&self.release).join(name);
+        let host = self.root.path(self.root.resolve(&path)?);
+        match std::fs::read(&host) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot read", host.display())),
+        }
+    }
+
+    fn firmware(&mut self, name: &str) -> Result<Option<(String, Vec<u8>)>> {
+        if name.split('/').any(|p| p == "..") {
+            bail!("firmware name {name:?} leaves lib/firmware");
+        }
+        for suffix in ["", ".xz", ".zst"] {
+            let found = format!("{name}{suffix}");
+            let host = self.root.path(self.root.resolve(format!("/lib/firmware/{found}"))?);
+            if host.is_file() {
+                let bytes = std::fs::read(&host)
+                    .with_context(|| format!("{}: cannot read", host.display()))?;
+                return Ok(Some((found, bytes)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// sha256 of a file, for reports and tests.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    Ok(sha256_hex(
+        &std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?,
+    ))
+}
