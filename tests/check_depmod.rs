@@ -30,7 +30,8 @@ fn as_depmod_warnings(verdicts: &[compat::Verdict]) -> BTreeSet<DepmodWarning> {
         for r in &v.reasons {
             let symbol = r.symbol.clone().unwrap_or_default();
             match r.rule {
-                Rule::SymbolCrc => {
+                // depmod reads symbol CRCs from __versions, module_layout included.
+                Rule::SymbolCrc | Rule::ModuleLayout => {
                     out.insert(DepmodWarning::Disagrees { file: file.clone(), symbol });
                 }
                 Rule::UnknownSymbol => {
@@ -161,4 +162,52 @@ fn every_in_tree_module_is_compatible_like_depmod_says() {
     let mut k = k;
     k.enforcement.enforced = true;
     assert!(compat::check_set(&k, &modules[..50]).iter().all(|v| v.reasons.is_empty()));
+}
+
+/// Across builds: leaf storage drivers (no exports of their own) of the rt flavour and of
+/// the older ABI, dropped into the target's tree, draw exactly the CRC and unknown-symbol
+/// warnings from depmod that bootkmod's refusals name — thousands for rt, none for -55.
+#[test]
+fn other_builds_drivers_agree_with_depmod_on_the_target() {
+    let Some(kver) = common::installed_kernel() else { return };
+    let Some(symvers) = ck::installed_symvers(&kver) else { return };
+    let k = kernel(&kver, false, None);
+    for (other, expect_warnings) in [("6.1.0-56-rt-amd64", true), ("6.1.0-55-amd64", false)] {
+        let Some(root) = ck::other_build(other) else { return };
+        let tree = ck::ScratchTree::new(&kver);
+        let files =
+            bootkmod::model::tree::ModuleTree::new(Root::new(&root), other).module_files().unwrap();
+        let mut extras = Vec::new();
+        for f in files {
+            let p = f.to_string_lossy();
+            if !(p.contains("/drivers/scsi/") || p.contains("/drivers/block/")) {
+                continue;
+            }
+            let m = Module::read(&f, ReadOptions::default()).unwrap();
+            if !m.exports.is_empty() {
+                continue;
+            }
+            // A distinct file name: depmod names modules by file, and must not see them
+            // as duplicates of the target's own.
+            let dest = tree.extra(&format!("x_{}", f.file_name().unwrap().to_string_lossy()));
+            std::fs::copy(&f, &dest).unwrap();
+            extras.push(Module::read(&dest, ReadOptions::default()).unwrap());
+        }
+        assert!(extras.len() > 20, "only {} leaf drivers in {other}", extras.len());
+        let Some(depmod) = tree.depmod_warnings(&symvers) else { return };
+        assert_eq!(!depmod.is_empty(), expect_warnings, "{other}: {} warnings", depmod.len());
+        let verdicts: Vec<_> = extras.iter().map(|m| compat::check(&k, m)).collect();
+        let ours = as_depmod_warnings(&verdicts);
+        let only_ours: Vec<_> = ours.difference(&depmod).take(5).collect();
+        let only_depmod: Vec<_> = depmod.difference(&ours).take(5).collect();
+        assert!(
+            only_ours.is_empty() && only_depmod.is_empty(),
+            "{other}: bootkmod only {only_ours:?}, depmod only {only_depmod:?}"
+        );
+        eprintln!(
+            "{other}: {} leaf drivers, {} depmod warnings, all matched",
+            extras.len(),
+            depmod.len()
+        );
+    }
 }

@@ -273,6 +273,14 @@ fn a_set_passes_or_fails_together() {
     assert_refused_only_by(&both[0], Rule::StructModuleSize);
     assert_refused_only_by(&both[1], Rule::SetMember);
     assert_eq!(both[1].first_refusal().unwrap().symbol.as_deref(), Some("setlib"));
+
+    // A dependency by name alone (no symbol drawn from it) fails the group as well.
+    let mut by_name = good("byname");
+    by_name.set("depends", "setlib");
+    let both = compat::check_set(&kernel, &[read(&broken_lib), read(&by_name)]);
+    assert_refused_only_by(&both[1], Rule::SetMember);
+    let both = compat::check_set(&kernel, &[read(&lib), read(&by_name)]);
+    assert!(both.iter().all(|v| v.compatible), "{both:?}");
 }
 
 #[test]

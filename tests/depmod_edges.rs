@@ -93,6 +93,19 @@ fn synthetic_edges_match_kmod() {
 }
 
 #[test]
+fn tree_without_kernel_package_inputs_matches_kmod() {
+    let Some(kmod_depmod) = common::tool("depmod") else { return };
+    let root = empty_root();
+    // No modules.order, modules.builtin or modules.builtin.modinfo; no devnames.
+    let mut m = sample("bare_mod");
+    m.modinfo.push("alias", "bare-alias");
+    write(&root, "kernel/bare_mod.ko", &m);
+    let mine = depmod::compute(&Root::new(root.root()), KVER).unwrap().files().unwrap();
+    root.run_depmod(&kmod_depmod);
+    assert_same_indexes(&root, &mine);
+}
+
+#[test]
 fn weakdeps_get_their_own_file() {
     let root = empty_root();
     let mut m = sample("edge_weak");

@@ -153,11 +153,14 @@ fn rhel_layout_with_weak_updates_and_search_order_is_byte_identical() {
     }
     // A symlinked directory inside the tree is walked too.
     root.symlink("weak-updates/linked-dir", "../../0.0.0-other/extra");
+    // An `exclude`d directory is not walked at all.
+    root.place("skipme/mptbase.ko", &find("mptbase.ko"));
     let conf = root.root().join("etc/depmod.d");
     std::fs::create_dir_all(&conf).unwrap();
     std::fs::write(
         conf.join("dist.conf"),
-        "# RHEL\nsearch updates extra built-in weak-updates\noverride sd_mod * weak-updates\n",
+        "# RHEL\nsearch updates extra built-in weak-updates\noverride sd_mod * weak-updates\n\
+         exclude skipme\n",
     )
     .unwrap();
 
@@ -168,7 +171,32 @@ fn rhel_layout_with_weak_updates_and_search_order_is_byte_identical() {
     assert_eq!(path_of("nvme_core"), "updates/nvme-core.ko");
     assert_eq!(path_of("sd_mod"), "weak-updates/sd_mod.ko");
     assert!(path_of("vmw_pvscsi").starts_with("weak-updates/"));
+    assert!(graph.find("mptbase").is_none(), "excluded directory was scanned");
     let mine = graph.files().unwrap();
+    root.run_depmod(&kmod_depmod);
+    assert_same_indexes(&root, &mine);
+}
+
+#[test]
+fn dracut_image_module_set_is_byte_identical() {
+    let Some(kver) = common::installed_kernel() else { return };
+    let Some(kmod_depmod) = common::tool("depmod") else { return };
+    let Some(image) = common::initramfs::dracut_image(&kver, "gzip") else { return };
+    // The module set dracut put into the image, as tree-relative paths.
+    let file = std::io::BufReader::new(std::fs::File::open(&image).unwrap());
+    let (view, _) = bootkmod::engines::initramfs::read_view(file, "image").unwrap();
+    let prefix = format!("usr/lib/modules/{kver}/");
+    let set: std::collections::BTreeSet<String> = view
+        .entries()
+        .map(|e| e.display_path())
+        .filter_map(|p| p.strip_prefix(&prefix).map(str::to_string))
+        .filter(|rel| bootkmod::model::tree::is_module_file(rel))
+        .collect();
+    assert!(set.len() >= 5, "{} modules in {}", set.len(), image.display());
+    let root = TreeRoot::copy_installed(&kver, |rel| set.contains(rel));
+    let copied = dep_names(&String::from_utf8_lossy(&ours(&root)[0].1)).len();
+    assert_eq!(copied, set.len(), "every module of the image is in the installed tree");
+    let mine = ours(&root);
     root.run_depmod(&kmod_depmod);
     assert_same_indexes(&root, &mine);
 }

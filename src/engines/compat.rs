@@ -16,6 +16,7 @@
 //! together: members' exports resolve each other's symbols, and a member needing a
 //! symbol from a refused member is refused too. Pure computation: no I/O.
 
+use crate::formats::signature::key_id_hex;
 use crate::model::kernel::Kernel;
 use crate::model::module::Module;
 use std::collections::{HashMap, HashSet};
@@ -36,7 +37,8 @@ pub enum Rule {
     SymbolCrc,
     Namespace,
     Depends,
-    /// Needs a symbol from another member of the set, which is itself refused.
+    /// Needs a symbol from (or `depends=` on) another member of the set, which is itself
+    /// refused.
     SetMember,
 }
 
@@ -119,36 +121,11 @@ fn hex(crc: u64) -> String {
     format!("0x{crc:08x}")
 }
 
-struct Builder {
-    reasons: Vec<Reason>,
-}
-
-impl Builder {
-    fn add(
-        &mut self,
-        rule: Rule,
-        outcome: Outcome,
-        symbol: Option<&str>,
-        expected: Option<String>,
-        found: Option<String>,
-        message: String,
-    ) {
-        self.reasons.push(Reason {
-            rule,
-            outcome,
-            symbol: symbol.map(str::to_string),
-            expected,
-            found,
-            message,
-        });
-    }
-}
-
 /// Check a set of modules together against one kernel; one verdict per module, in the
 /// order given.
 pub fn check_set(kernel: &Kernel, modules: &[Module]) -> Vec<Verdict> {
     let names: Vec<String> = modules.iter().map(Module::name).collect();
-    // Exports of the set, by symbol: (member index, crc, gpl, namespace).
+    // Which member exports each symbol (the first, when several do).
     let mut set_exports: HashMap<&str, usize> = HashMap::new();
     for (i, m) in modules.iter().enumerate() {
         for e in &m.exports {
@@ -158,7 +135,10 @@ pub fn check_set(kernel: &Kernel, modules: &[Module]) -> Vec<Verdict> {
     let mut verdicts: Vec<Verdict> = modules
         .iter()
         .enumerate()
-        .map(|(i, m)| check_one(kernel, m, i, modules, &names, &set_exports))
+        .map(|(i, m)| {
+            let set = SetView { modules, names: &names, exports: &set_exports };
+            check_one(kernel, m, i, &set)
+        })
         .collect();
 
     // A member needing a refused member's symbols is refused with it, until stable.
@@ -166,11 +146,13 @@ pub fn check_set(kernel: &Kernel, modules: &[Module]) -> Vec<Verdict> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            m.undefined
-                .iter()
-                .filter_map(|s| set_exports.get(s.as_str()).copied())
-                .filter(|&p| p != i)
-                .collect()
+            let by_symbol = m.undefined.iter().filter_map(|s| set_exports.get(s.as_str()).copied());
+            // depends= on a member counts too: modprobe loads it first and stops if it fails.
+            let by_name = m.modinfo.depends().into_iter().filter_map(|d| {
+                let d = d.replace('-', "_");
+                names.iter().position(|n| *n == d)
+            });
+            by_symbol.chain(by_name).filter(|&p| p != i).collect()
         })
         .collect();
     loop {
@@ -228,26 +210,92 @@ fn forced(kernel: &Kernel) -> (Outcome, &'static str) {
     }
 }
 
-fn check_one(
-    kernel: &Kernel,
-    m: &Module,
-    me: usize,
-    set: &[Module],
-    names: &[String],
-    set_exports: &HashMap<&str, usize>,
-) -> Verdict {
-    let name = &names[me];
-    let mut b = Builder { reasons: Vec::new() };
-    let mut unchecked = Vec::new();
-    let enforced = kernel.enforcement.enforced;
-    let refused_if = |enforced: bool| if enforced { Outcome::Refused } else { Outcome::Taint };
+/// The set a module is checked within: every member, their names, and which member
+/// exports each symbol.
+struct SetView<'a> {
+    modules: &'a [Module],
+    names: &'a [String],
+    exports: &'a HashMap<&'a str, usize>,
+}
 
-    // 1. Signature.
-    if kernel.sig_supported {
-        match &m.signature {
-            None => b.add(
+fn check_one(kernel: &Kernel, m: &Module, me: usize, set: &SetView) -> Verdict {
+    let mut c = Checker {
+        kernel,
+        m,
+        name: &set.names[me],
+        versions: m.versions.iter().map(|v| (v.symbol.as_str(), v.crc)).collect(),
+        has_versions: m.versions_layout.is_some(),
+        reasons: Vec::new(),
+        unchecked: Vec::new(),
+    };
+    c.signature();
+    c.elf_identity();
+    c.struct_module_size();
+    if let Some(layout) = kernel.exports.get("module_layout") {
+        c.crc("module_layout", layout.crc, Rule::ModuleLayout);
+    }
+    c.vermagic();
+    c.symbols(me, set);
+    c.depends(set.names);
+
+    let compatible = !c.reasons.iter().any(|r| r.outcome == Outcome::Refused);
+    let mut reasons = c.reasons;
+    sort_reasons(&mut reasons);
+    Verdict {
+        module: c.name.clone(),
+        path: m.path.clone(),
+        kernel: kernel.release.clone(),
+        compatible,
+        reasons,
+        unchecked: c.unchecked,
+    }
+}
+
+/// One module against one kernel: each method applies one of the loader's rules and
+/// records a [`Reason`] when it fails.
+struct Checker<'a> {
+    kernel: &'a Kernel,
+    m: &'a Module,
+    name: &'a String,
+    /// The module's CRCs by symbol, from the layout the kernel reads.
+    versions: HashMap<&'a str, u64>,
+    has_versions: bool,
+    reasons: Vec<Reason>,
+    unchecked: Vec<String>,
+}
+
+impl Checker<'_> {
+    fn add(
+        &mut self,
+        rule: Rule,
+        outcome: Outcome,
+        symbol: Option<&str>,
+        expected: Option<String>,
+        found: Option<String>,
+        message: String,
+    ) {
+        self.reasons.push(Reason {
+            rule,
+            outcome,
+            symbol: symbol.map(str::to_string),
+            expected,
+            found,
+            message,
+        });
+    }
+
+    /// Unsigned or untrusted: refused under enforcement, a taint otherwise.
+    fn signature(&mut self) {
+        let (kernel, name) = (self.kernel, self.name);
+        if !kernel.sig_supported {
+            return;
+        }
+        let enforced = kernel.enforcement.enforced;
+        let outcome = if enforced { Outcome::Refused } else { Outcome::Taint };
+        match &self.m.signature {
+            None => self.add(
                 Rule::Signature,
-                refused_if(enforced),
+                outcome,
                 None,
                 Some("a signature by a trusted key".into()),
                 Some("unsigned".into()),
@@ -260,98 +308,102 @@ fn check_one(
             Some(sig) if !kernel.trusts(sig.signer.as_deref(), &sig.key_id) => {
                 let key = format!(
                     "{} ({})",
-                    crate::formats::signature::key_id_hex(&sig.key_id),
+                    key_id_hex(&sig.key_id),
                     sig.signer.as_deref().unwrap_or("unknown signer")
                 );
                 let expected = kernel
                     .trusted_keys
                     .iter()
-                    .map(|k| crate::formats::signature::key_id_hex(&k.identity.serial))
+                    .map(|k| key_id_hex(&k.identity.serial))
                     .collect::<Vec<_>>()
                     .join(", ");
-                b.add(
+                let message = if enforced {
+                    format!(
+                        "{name}: signed with key {key} the kernel does not trust: refused ({})",
+                        kernel.enforcement.because
+                    )
+                } else {
+                    format!(
+                        "{name}: signed with key {key} the kernel does not trust: loads but taints the kernel"
+                    )
+                };
+                self.add(
                     Rule::Signature,
-                    refused_if(enforced),
+                    outcome,
                     None,
                     Some(if expected.is_empty() { "a trusted key".into() } else { expected }),
-                    Some(key.clone()),
-                    if enforced {
-                        format!(
-                            "{name}: signed with key {key} the kernel does not trust: refused ({})",
-                            kernel.enforcement.because
-                        )
-                    } else {
-                        format!("{name}: signed with key {key} the kernel does not trust: loads but taints the kernel")
-                    },
+                    Some(key),
+                    message,
                 )
             }
             Some(_) => {}
         }
     }
 
-    // 2. ELF identity.
-    match kernel.class {
-        Some(class) if class != m.class => b.add(
-            Rule::ElfClass,
-            Outcome::Refused,
-            None,
-            Some(format!("{class:?}")),
-            Some(format!("{:?}", m.class)),
-            format!("{name}: ELF class {:?}, the kernel's modules are {class:?}", m.class),
-        ),
-        Some(_) => {}
-        None => unchecked.push("elf-class".to_string()),
-    }
-    if let Some(machine) = kernel.machine {
-        if machine != m.machine {
-            let (want, got) = (kernel.arch().unwrap_or_default(), m.machine_name());
-            b.add(
-                Rule::Machine,
+    /// ELF class and machine must be the kernel's.
+    fn elf_identity(&mut self) {
+        let (kernel, m, name) = (self.kernel, self.m, self.name);
+        match kernel.class {
+            Some(class) if class != m.class => self.add(
+                Rule::ElfClass,
                 Outcome::Refused,
                 None,
-                Some(want.clone()),
-                Some(got.clone()),
-                format!("{name}: built for {got}, the kernel is {want}"),
-            );
-        }
-    } else {
-        unchecked.push("machine".to_string());
-    }
-
-    // 3. struct module size.
-    // Kernels before 6.4 do not compare the size (the booted 6.1 loads such a module);
-    // there a mismatch with a matching module_layout means a damaged file: a warning.
-    match (kernel.this_module_size, m.this_module_size) {
-        (Some(want), got) if got != Some(want) => b.add(
-            Rule::StructModuleSize,
-            if kernel.checks_struct_module_size { Outcome::Refused } else { Outcome::Taint },
-            None,
-            Some(want.to_string()),
-            Some(got.map_or("no .gnu.linkonce.this_module".into(), |g| g.to_string())),
-            format!(
-                "{name}: .gnu.linkonce.this_module is {} bytes, the kernel's struct module is {want}{}",
-                got.map_or("missing, not".into(), |g| g.to_string()),
-                if kernel.checks_struct_module_size {
-                    ""
-                } else {
-                    " (this kernel does not check it and loads the module anyway)"
-                }
+                Some(format!("{class:?}")),
+                Some(format!("{:?}", m.class)),
+                format!("{name}: ELF class {:?}, the kernel's modules are {class:?}", m.class),
             ),
-        ),
-        (None, _) => unchecked.push("struct-module-size".to_string()),
-        _ => {}
+            Some(_) => {}
+            None => self.unchecked.push("elf-class".to_string()),
+        }
+        match kernel.machine {
+            Some(machine) if machine != m.machine => {
+                let (want, got) = (kernel.arch().unwrap_or_default(), m.machine_name());
+                self.add(
+                    Rule::Machine,
+                    Outcome::Refused,
+                    None,
+                    Some(want.clone()),
+                    Some(got.clone()),
+                    format!("{name}: built for {got}, the kernel is {want}"),
+                );
+            }
+            Some(_) => {}
+            None => self.unchecked.push("machine".to_string()),
+        }
     }
 
-    // 4./6. helpers for CRCs.
-    let versions: HashMap<&str, u64> =
-        m.versions.iter().map(|v| (v.symbol.as_str(), v.crc)).collect();
-    let has_versions = m.versions_layout.is_some();
-    let crc_check = |b: &mut Builder, symbol: &str, want: Option<u32>, rule: Rule| {
+    /// Kernels before 6.4 do not compare the size (the booted 6.1 loads such a module);
+    /// there a mismatch with a matching module_layout means a damaged file: a warning.
+    fn struct_module_size(&mut self) {
+        let (kernel, name) = (self.kernel, self.name);
+        let checks = kernel.checks_struct_module_size;
+        match (kernel.this_module_size, self.m.this_module_size) {
+            (Some(want), got) if got != Some(want) => self.add(
+                Rule::StructModuleSize,
+                if checks { Outcome::Refused } else { Outcome::Taint },
+                None,
+                Some(want.to_string()),
+                Some(got.map_or("no .gnu.linkonce.this_module".into(), |g| g.to_string())),
+                format!(
+                    "{name}: .gnu.linkonce.this_module is {} bytes, the kernel's struct module is {want}{}",
+                    got.map_or("missing, not".into(), |g| g.to_string()),
+                    if checks { "" } else { " (this kernel does not check it and loads the module anyway)" }
+                ),
+            ),
+            (None, _) => self.unchecked.push("struct-module-size".to_string()),
+            _ => {}
+        }
+    }
+
+    /// The loader's `check_version`: the module's `__versions` CRC for `symbol` against
+    /// the exporter's `want`.
+    fn crc(&mut self, symbol: &str, want: Option<u32>, rule: Rule) {
+        let (kernel, name) = (self.kernel, self.name);
         let Some(want) = want.filter(|_| kernel.modversions) else { return };
-        if !has_versions {
+        if !self.has_versions {
             // try_to_force_load: a taint where the kernel allows forced loads.
             let (outcome, what) = forced(kernel);
-            b.add(
+            self.add(
                 rule,
                 outcome,
                 Some(symbol),
@@ -361,8 +413,8 @@ fn check_one(
             );
             return;
         }
-        match versions.get(symbol) {
-            Some(&got) if got as u32 != want => b.add(
+        match self.versions.get(symbol).copied() {
+            Some(got) if got as u32 != want => self.add(
                 rule,
                 Outcome::Refused,
                 Some(symbol),
@@ -375,7 +427,7 @@ fn check_one(
                 ),
             ),
             Some(_) => {}
-            None => b.add(
+            None => self.add(
                 rule,
                 Outcome::Taint,
                 Some(symbol),
@@ -384,102 +436,101 @@ fn check_one(
                 format!("{name}: no symbol version for {symbol} (warning only)"),
             ),
         }
-    };
-
-    // 4. module_layout.
-    if let Some(layout) = kernel.exports.get("module_layout") {
-        crc_check(&mut b, "module_layout", layout.crc, Rule::ModuleLayout);
     }
 
-    // 5. vermagic.
-    match (kernel.vermagic.as_deref(), m.vermagic()) {
-        (Some(want), Some(got)) => {
-            let strip = |s: &str| s.find(' ').map_or("", |i| &s[i..]).to_string();
-            let (w, g) = if has_versions && kernel.modversions {
-                (strip(want), strip(got))
-            } else {
-                (want.to_string(), got.to_string())
-            };
-            if w != g {
-                b.add(
+    /// The loader's `same_magic`: with modversions only the flags after the release count.
+    fn vermagic(&mut self) {
+        let (kernel, name) = (self.kernel, self.name);
+        match (kernel.vermagic.as_deref(), self.m.vermagic()) {
+            (Some(want), Some(got)) => {
+                let strip = |s: &str| s.find(' ').map_or("", |i| &s[i..]).to_string();
+                let (w, g) = if self.has_versions && kernel.modversions {
+                    (strip(want), strip(got))
+                } else {
+                    (want.to_string(), got.to_string())
+                };
+                if w != g {
+                    self.add(
+                        Rule::Vermagic,
+                        Outcome::Refused,
+                        None,
+                        Some(want.to_string()),
+                        Some(got.to_string()),
+                        format!("{name}: version magic '{got}' should be '{want}'"),
+                    );
+                }
+            }
+            (Some(want), None) => {
+                let (outcome, what) = forced(kernel);
+                self.add(
                     Rule::Vermagic,
-                    Outcome::Refused,
+                    outcome,
                     None,
                     Some(want.to_string()),
-                    Some(got.to_string()),
-                    format!("{name}: version magic '{got}' should be '{want}'"),
-                );
+                    None,
+                    format!("{name}: has no vermagic; {what}"),
+                )
             }
+            (None, _) => self.unchecked.push("vermagic".to_string()),
         }
-        (Some(want), None) => {
-            let (outcome, what) = forced(kernel);
-            b.add(
-                Rule::Vermagic,
-                outcome,
-                None,
-                Some(want.to_string()),
-                None,
-                format!("{name}: has no vermagic; {what}"),
-            )
-        }
-        (None, _) => unchecked.push("vermagic".to_string()),
     }
 
-    // 6. Symbols.
-    let license = m.modinfo.get("license").unwrap_or("");
-    let gpl_ok = GPL_COMPATIBLE.contains(&license);
-    let imports: HashSet<&str> = m.modinfo.values("import_ns").collect();
-    for symbol in &m.undefined {
-        // Checked above in its own place; a real module never references it anyway.
-        if symbol == "module_layout" {
-            continue;
-        }
-        // The set replaces in-tree modules of the same name; its exports come first.
-        let from_set = set_exports.get(symbol.as_str()).filter(|&&p| p != me).map(|&p| {
-            let e = set[p].exports.iter().find(|e| &e.name == symbol);
-            (
-                e.and_then(|e| e.crc),
-                e.is_some_and(|e| e.gpl),
-                e.and_then(|e| e.namespace.clone()),
-                names[p].clone(),
-            )
-        });
-        let from_kernel = || {
-            kernel
-                .exports
-                .get(symbol)
-                .filter(|e| e.owner == "vmlinux" || !names.contains(&e.owner))
-                .map(|e| (e.crc, e.gpl, e.namespace.clone(), e.owner.clone()))
-        };
-        let Some((crc, gpl, namespace, owner)) = from_set.or_else(from_kernel) else {
-            b.add(
-                Rule::UnknownSymbol,
-                Outcome::Refused,
-                Some(symbol),
-                Some("an export of the kernel, its modules or the set".into()),
-                Some("none".into()),
-                format!("{name}: unknown symbol {symbol} (nobody exports it)"),
-            );
-            continue;
-        };
-        if gpl && !gpl_ok {
-            b.add(
-                Rule::GplOnly,
-                Outcome::Refused,
-                Some(symbol),
-                Some("a GPL-compatible license".into()),
-                Some(if license.is_empty() { "no license".into() } else { license.into() }),
-                format!(
-                    "{name}: {symbol} is a GPL-only export of {owner} and the module's license is {:?}",
-                    license
-                ),
-            );
-            continue;
-        }
-        crc_check(&mut b, symbol, crc, Rule::SymbolCrc);
-        if let Some(ns) = namespace {
-            if !imports.contains(ns.as_str()) {
-                b.add(
+    /// Each undefined symbol: exported at all (GPL-only exports are invisible to non-GPL
+    /// modules), its CRC, its namespace imported.
+    fn symbols(&mut self, me: usize, set: &SetView) {
+        let (kernel, m, name) = (self.kernel, self.m, self.name);
+        let license = m.modinfo.get("license").unwrap_or("");
+        let gpl_ok = GPL_COMPATIBLE.contains(&license);
+        let imports: HashSet<&str> = m.modinfo.values("import_ns").collect();
+        for symbol in &m.undefined {
+            // Checked in its own place; a real module never references it anyway.
+            if symbol == "module_layout" {
+                continue;
+            }
+            // The set replaces in-tree modules of the same name; its exports come first.
+            let from_set = set.exports.get(symbol.as_str()).filter(|&&p| p != me).map(|&p| {
+                let e = set.modules[p].exports.iter().find(|e| &e.name == symbol);
+                (
+                    e.and_then(|e| e.crc),
+                    e.is_some_and(|e| e.gpl),
+                    e.and_then(|e| e.namespace.clone()),
+                    set.names[p].clone(),
+                )
+            });
+            let from_kernel = || {
+                kernel
+                    .exports
+                    .get(symbol)
+                    .filter(|e| e.owner == "vmlinux" || !set.names.contains(&e.owner))
+                    .map(|e| (e.crc, e.gpl, e.namespace.clone(), e.owner.clone()))
+            };
+            let Some((crc, gpl, namespace, owner)) = from_set.or_else(from_kernel) else {
+                self.add(
+                    Rule::UnknownSymbol,
+                    Outcome::Refused,
+                    Some(symbol),
+                    Some("an export of the kernel, its modules or the set".into()),
+                    Some("none".into()),
+                    format!("{name}: unknown symbol {symbol} (nobody exports it)"),
+                );
+                continue;
+            };
+            if gpl && !gpl_ok {
+                self.add(
+                    Rule::GplOnly,
+                    Outcome::Refused,
+                    Some(symbol),
+                    Some("a GPL-compatible license".into()),
+                    Some(if license.is_empty() { "no license".into() } else { license.into() }),
+                    format!(
+                        "{name}: {symbol} is a GPL-only export of {owner} and the module's license is {license:?}"
+                    ),
+                );
+                continue;
+            }
+            self.crc(symbol, crc, Rule::SymbolCrc);
+            if let Some(ns) = namespace.filter(|ns| !imports.contains(ns.as_str())) {
+                self.add(
                     Rule::Namespace,
                     if kernel.allow_missing_namespace_imports {
                         Outcome::Taint
@@ -497,31 +548,22 @@ fn check_one(
         }
     }
 
-    // 7. depends=.
-    for dep in m.modinfo.depends() {
-        let dep = dep.replace('-', "_");
-        if !kernel.modules.contains(&dep) && !names.contains(&dep) {
-            b.add(
-                Rule::Depends,
-                Outcome::Refused,
-                Some(&dep),
-                Some(format!("module {dep}")),
-                Some("absent".into()),
-                format!("{name}: depends on {dep}, which is neither in the kernel's tree nor in the set"),
-            );
+    /// `depends=` modules must be in the tree, built in, or in the set (modprobe's rule).
+    fn depends(&mut self, set_names: &[String]) {
+        let name = self.name;
+        for dep in self.m.modinfo.depends() {
+            let dep = dep.replace('-', "_");
+            if !self.kernel.modules.contains(&dep) && !set_names.contains(&dep) {
+                self.add(
+                    Rule::Depends,
+                    Outcome::Refused,
+                    Some(&dep),
+                    Some(format!("module {dep}")),
+                    Some("absent".into()),
+                    format!("{name}: depends on {dep}, which is neither in the kernel's tree nor in the set"),
+                );
+            }
         }
-    }
-
-    let compatible = !b.reasons.iter().any(|r| r.outcome == Outcome::Refused);
-    let mut reasons = b.reasons;
-    sort_reasons(&mut reasons);
-    Verdict {
-        module: name.clone(),
-        path: m.path.clone(),
-        kernel: kernel.release.clone(),
-        compatible,
-        reasons,
-        unchecked,
     }
 }
 

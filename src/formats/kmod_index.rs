@@ -187,15 +187,16 @@ pub struct Index<'a> {
     root: u32,
 }
 
-/// Called with each key and its values during a walk.
-type Visit<'v> = dyn FnMut(&[u8], Vec<Value>) -> Result<()> + 'v;
+/// Called during a walk with each key that has values and the position of those values.
+type Visit<'v> = dyn FnMut(&[u8], usize) -> Result<()> + 'v;
 
 /// A decoded node.
 struct NodeView<'a> {
     prefix: &'a [u8],
     first: u8,
     children: Vec<u32>,
-    values: Vec<Value>,
+    /// Where the value count is, when the node has values (decoded on demand).
+    values_at: Option<usize>,
 }
 
 impl<'a> Index<'a> {
@@ -245,22 +246,26 @@ impl<'a> Index<'a> {
                 pos += 4;
             }
         }
-        let mut values = Vec::new();
-        if offset & FLAG_VALUES != 0 {
-            let count = be32(self.bytes, pos)? as usize;
-            pos += 4;
-            // Each value takes at least 5 bytes: a count beyond that is a lie.
-            if count > (self.bytes.len() - pos.min(self.bytes.len())) / 5 {
-                bail!("corrupt index: {count} values at {pos} cannot fit in the file");
-            }
-            for _ in 0..count {
-                let priority = be32(self.bytes, pos)?;
-                let (s, next) = cstr(self.bytes, pos + 4)?;
-                pos = next;
-                values.push(Value { priority, value: String::from_utf8_lossy(s).into_owned() });
-            }
+        let values_at = (offset & FLAG_VALUES != 0).then_some(pos);
+        Ok(NodeView { prefix, first, children, values_at })
+    }
+
+    /// Decode the values whose count is at `pos`.
+    fn values(&self, pos: usize) -> Result<Vec<Value>> {
+        let count = be32(self.bytes, pos)? as usize;
+        let mut pos = pos + 4;
+        // Each value takes at least 5 bytes: a count beyond that is a lie.
+        if count > (self.bytes.len() - pos.min(self.bytes.len())) / 5 {
+            bail!("corrupt index: {count} values at {pos} cannot fit in the file");
         }
-        Ok(NodeView { prefix, first, children, values })
+        let mut values = Vec::with_capacity(count);
+        for _ in 0..count {
+            let priority = be32(self.bytes, pos)?;
+            let (s, next) = cstr(self.bytes, pos + 4)?;
+            pos = next;
+            values.push(Value { priority, value: String::from_utf8_lossy(s).into_owned() });
+        }
+        Ok(values)
     }
 
     /// The values stored under exactly `key` (empty when absent).
@@ -275,7 +280,12 @@ impl<'a> Index<'a> {
                 return Ok(Vec::new());
             }
             i += node.prefix.len();
-            let Some(&ch) = key.get(i) else { return Ok(node.values) };
+            let Some(&ch) = key.get(i) else {
+                return match node.values_at {
+                    Some(at) => self.values(at),
+                    None => Ok(Vec::new()),
+                };
+            };
             let child = ch
                 .checked_sub(node.first)
                 .and_then(|d| node.children.get(d as usize))
@@ -293,31 +303,37 @@ impl<'a> Index<'a> {
     /// Every key with its values, in key order.
     pub fn entries(&self) -> Result<Vec<(String, Vec<Value>)>> {
         let mut out = Vec::new();
-        self.walk(self.root, None, &mut Vec::new(), &mut |key, values| {
-            out.push((String::from_utf8_lossy(key).into_owned(), values));
+        self.walk(self.root, None, &mut Vec::new(), &|_| true, &mut |key, at| {
+            out.push((String::from_utf8_lossy(key).into_owned(), self.values(at)?));
             Ok(())
         })?;
         Ok(out)
     }
 
+    /// Depth-first walk in key order, entering only nodes whose key passes `enter`.
     fn walk(
         &self,
         offset: u32,
         parent: Option<usize>,
         key: &mut Vec<u8>,
+        enter: &dyn Fn(&[u8]) -> bool,
         visit: &mut Visit<'_>,
     ) -> Result<()> {
         let node = self.node(offset, parent)?;
         let len = key.len();
         key.extend_from_slice(node.prefix);
-        if !node.values.is_empty() {
-            visit(key, node.values)?;
-        }
-        for (d, &child) in node.children.iter().enumerate() {
-            if child != 0 {
-                key.push(node.first + d as u8);
-                self.walk(child, Some((offset & OFFSET_MASK) as usize), key, visit)?;
-                key.pop();
+        if enter(key) {
+            if let Some(at) = node.values_at {
+                visit(key, at)?;
+            }
+            for (d, &child) in node.children.iter().enumerate() {
+                if child != 0 {
+                    key.push(node.first + d as u8);
+                    if enter(key) {
+                        self.walk(child, Some((offset & OFFSET_MASK) as usize), key, enter, visit)?;
+                    }
+                    key.pop();
+                }
             }
         }
         key.truncate(len);
@@ -326,12 +342,17 @@ impl<'a> Index<'a> {
 
     /// Values of every stored key that, read as a shell wildcard pattern (`*`, `?`,
     /// `[...]`), matches `name` — how libkmod resolves `modules.alias.bin`. Sorted by
-    /// priority (stable).
+    /// priority (stable). Subtrees whose literal start differs from `name` are skipped.
     pub fn search_wild(&self, name: &str) -> Result<Vec<Value>> {
+        let name = name.as_bytes();
+        let enter = |key: &[u8]| {
+            let literal = key.iter().position(|b| b"*?[\\".contains(b)).unwrap_or(key.len());
+            name.starts_with(&key[..literal])
+        };
         let mut out = Vec::new();
-        self.walk(self.root, None, &mut Vec::new(), &mut |key, values| {
-            if fnmatch(key, name.as_bytes()) {
-                out.extend(values);
+        self.walk(self.root, None, &mut Vec::new(), &enter, &mut |key, at| {
+            if fnmatch(key, name) {
+                out.extend(self.values(at)?);
             }
             Ok(())
         })?;

@@ -174,114 +174,7 @@ impl Kernel {
                 tree_dir.display()
             );
         }
-        let symvers_text = match &symvers_path {
-            Some(path) => read_symvers_text(path)?,
-            None => Vec::new(),
-        };
-        let interest = opts.interest.as_ref();
-        let wanted_symbol = |s: &str| interest.map_or(true, |i| i.symbols.contains(s));
-        let named = |module_path: &str| {
-            let base = module_path.rsplit('/').next().unwrap_or(module_path);
-            interest.is_some_and(|i| i.modules.iter().any(|m| same_module_name(m, base)))
-        };
-        // One pass over symvers: keep the lines of wanted symbols, note every exporting
-        // module only when module names matter, and whether modules appear at all.
-        let mut entries = Vec::new();
-        let mut all_owners: HashSet<&str> = HashSet::new();
-        let mut symvers_covers_modules = false;
-        for line in symvers::lines(&symvers_text) {
-            let line = line.with_context(|| {
-                format!("{}", symvers_path.as_deref().unwrap_or(Path::new("")).display())
-            })?;
-            if !line.is_vmlinux() {
-                symvers_covers_modules = true;
-                if interest.is_none() || named(line.module) {
-                    all_owners.insert(line.module);
-                }
-            }
-            if wanted_symbol(line.symbol) {
-                entries.push(line);
-            }
-        }
-        let scan_all = opts.scan_modules || !symvers_covers_modules;
-
-        // Which module files to read for their exports, and which modules are present.
-        // Fast path: `kernel/` is the build's own tree, which symvers describes; only the
-        // presence of the files that matter is checked. Everything else (extra/,
-        // updates/) is read, as depmod would.
-        let mut modules: HashSet<String> = HashSet::new();
-        let mut present_paths: HashSet<&str> = HashSet::new();
-        let mut to_read = Vec::new();
-        if scan_all {
-            if tree_dir.is_dir() {
-                to_read = tree.module_files()?;
-            }
-        } else {
-            let mut owners: HashSet<&str> =
-                entries.iter().filter(|e| !e.is_vmlinux()).map(|e| e.module).collect();
-            owners.extend(all_owners);
-            for path in owners {
-                let base = tree_dir.join("kernel").join(path);
-                let exists = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().any(|ext| {
-                    let mut p = base.clone().into_os_string();
-                    p.push(ext);
-                    Path::new(&p).is_file()
-                });
-                if exists {
-                    present_paths.insert(path);
-                    modules.insert(name_from_path(Path::new(path)));
-                }
-            }
-            for entry in std::fs::read_dir(&tree_dir).into_iter().flatten().flatten() {
-                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-                if is_dir && entry.file_name() != "kernel" {
-                    walk(&entry.path(), &mut to_read)
-                        .with_context(|| format!("reading {}", entry.path().display()))?;
-                }
-            }
-        }
-        modules.extend(to_read.iter().map(|p| name_from_path(p)));
-        // Built into the image: present as far as depends= and modprobe are concerned.
-        let builtin = read_optional(&tree_dir.join("modules.builtin"))?.unwrap_or_default();
-        modules.extend(
-            String::from_utf8_lossy(&builtin).lines().map(|l| name_from_path(Path::new(l.trim()))),
-        );
-
-        let mut exports = HashMap::new();
-        for e in &entries {
-            if !wanted_symbol(e.symbol) {
-                continue;
-            }
-            let owner = if e.is_vmlinux() {
-                "vmlinux".to_string()
-            } else if scan_all || !present_paths.contains(e.module) {
-                // Read from the .ko files below, or absent from the tree: not exported.
-                continue;
-            } else {
-                name_from_path(Path::new(e.module))
-            };
-            let export = KernelExport {
-                crc: Some(e.crc),
-                gpl: e.gpl,
-                namespace: e.namespace.map(str::to_string),
-                owner,
-            };
-            exports.insert(e.symbol.to_string(), export);
-        }
-        for m in read_all(&to_read)? {
-            let owner = m.name();
-            for e in m.exports {
-                exports.insert(
-                    e.name,
-                    KernelExport {
-                        crc: e.crc,
-                        gpl: e.gpl,
-                        namespace: e.namespace,
-                        owner: owner.clone(),
-                    },
-                );
-            }
-        }
+        let (exports, modules) = read_exports(&tree, symvers_path.as_deref(), opts)?;
 
         let reference = reference_module(&tree)?;
         let config = read_optional(&root.path(format!("/boot/config-{release}")))?
@@ -295,30 +188,7 @@ impl Kernel {
         let allow_missing_namespace_imports =
             enabled("CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS").unwrap_or(false);
 
-        let mut trusted_keys = Vec::new();
-        if let Some(sig) = reference.as_ref().and_then(|m| m.signature.as_ref()) {
-            if !sig.key_id.is_empty() {
-                trusted_keys.push(TrustedKey {
-                    identity: CertIdentity {
-                        issuer: sig.signer.clone(),
-                        serial: sig.key_id.clone(),
-                    },
-                    source: reference
-                        .as_ref()
-                        .and_then(|m| m.path.as_ref())
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                });
-            }
-        }
-        for cert in &opts.trusted_keys {
-            let bytes = std::fs::read(cert)
-                .with_context(|| format!("{}: cannot read certificate", cert.display()))?;
-            let identity = der::cert_identity(&bytes)
-                .with_context(|| format!("{}: not an X.509 certificate", cert.display()))?;
-            trusted_keys.push(TrustedKey { identity, source: cert.display().to_string() });
-        }
-
+        let trusted_keys = trusted_keys(reference.as_ref(), &opts.trusted_keys)?;
         let enforcement = if sig_force {
             Enforcement { enforced: true, because: "CONFIG_MODULE_SIG_FORCE=y".into() }
         } else {
@@ -383,6 +253,148 @@ const CONFIG_OPTIONS: &[&str] = &[
 fn same_module_name(name: &str, base: &str) -> bool {
     name.len() == base.len()
         && name.bytes().zip(base.bytes()).all(|(n, b)| n == b || (n == b'_' && b == b'-'))
+}
+
+/// The exports the kernel offers (vmlinux's and its present modules') and the names of
+/// its present modules, from symvers and, where needed, the module files themselves.
+fn read_exports(
+    tree: &ModuleTree,
+    symvers_path: Option<&Path>,
+    opts: &KernelOptions,
+) -> Result<(HashMap<String, KernelExport>, HashSet<String>)> {
+    let tree_dir = tree.host_dir();
+    let symvers_text = match symvers_path {
+        Some(path) => read_symvers_text(path)?,
+        None => Vec::new(),
+    };
+    let interest = opts.interest.as_ref();
+    let wanted_symbol = |s: &str| interest.map_or(true, |i| i.symbols.contains(s));
+    let named = |module_path: &str| {
+        let base = module_path.rsplit('/').next().unwrap_or(module_path);
+        interest.is_some_and(|i| i.modules.iter().any(|m| same_module_name(m, base)))
+    };
+    // One pass over symvers: keep the lines of wanted symbols, note every exporting
+    // module only when module names matter, and whether modules appear at all.
+    let mut entries = Vec::new();
+    let mut all_owners: HashSet<&str> = HashSet::new();
+    let mut symvers_covers_modules = false;
+    for line in symvers::lines(&symvers_text) {
+        let line =
+            line.with_context(|| format!("{}", symvers_path.unwrap_or(Path::new("")).display()))?;
+        if !line.is_vmlinux() {
+            symvers_covers_modules = true;
+            if interest.is_none() || named(line.module) {
+                all_owners.insert(line.module);
+            }
+        }
+        if wanted_symbol(line.symbol) {
+            entries.push(line);
+        }
+    }
+    let scan_all = opts.scan_modules || !symvers_covers_modules;
+
+    // Which module files to read for their exports, and which modules are present.
+    // Fast path: `kernel/` is the build's own tree, which symvers describes; only the
+    // presence of the files that matter is checked. Everything else (extra/,
+    // updates/) is read, as depmod would.
+    let mut modules: HashSet<String> = HashSet::new();
+    let mut present_paths: HashSet<&str> = HashSet::new();
+    let mut to_read = Vec::new();
+    if scan_all {
+        if tree_dir.is_dir() {
+            to_read = tree.module_files()?;
+        }
+    } else {
+        let mut owners: HashSet<&str> =
+            entries.iter().filter(|e| !e.is_vmlinux()).map(|e| e.module).collect();
+        owners.extend(all_owners);
+        for path in owners {
+            let base = tree_dir.join("kernel").join(path);
+            let exists = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().any(|ext| {
+                let mut p = base.clone().into_os_string();
+                p.push(ext);
+                Path::new(&p).is_file()
+            });
+            if exists {
+                present_paths.insert(path);
+                modules.insert(name_from_path(Path::new(path)));
+            }
+        }
+        for entry in std::fs::read_dir(&tree_dir).into_iter().flatten().flatten() {
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && entry.file_name() != "kernel" {
+                walk(&entry.path(), &mut to_read)
+                    .with_context(|| format!("reading {}", entry.path().display()))?;
+            }
+        }
+    }
+    modules.extend(to_read.iter().map(|p| name_from_path(p)));
+    // Built into the image: present as far as depends= and modprobe are concerned.
+    let builtin = read_optional(&tree_dir.join("modules.builtin"))?.unwrap_or_default();
+    modules.extend(
+        String::from_utf8_lossy(&builtin).lines().map(|l| name_from_path(Path::new(l.trim()))),
+    );
+
+    let mut exports = HashMap::new();
+    for e in &entries {
+        if !wanted_symbol(e.symbol) {
+            continue;
+        }
+        let owner = if e.is_vmlinux() {
+            "vmlinux".to_string()
+        } else if scan_all || !present_paths.contains(e.module) {
+            // Read from the .ko files below, or absent from the tree: not exported.
+            continue;
+        } else {
+            name_from_path(Path::new(e.module))
+        };
+        let export = KernelExport {
+            crc: Some(e.crc),
+            gpl: e.gpl,
+            namespace: e.namespace.map(str::to_string),
+            owner,
+        };
+        exports.insert(e.symbol.to_string(), export);
+    }
+    for m in read_all(&to_read)? {
+        let owner = m.name();
+        for e in m.exports {
+            exports.insert(
+                e.name,
+                KernelExport {
+                    crc: e.crc,
+                    gpl: e.gpl,
+                    namespace: e.namespace,
+                    owner: owner.clone(),
+                },
+            );
+        }
+    }
+    Ok((exports, modules))
+}
+
+/// The build's own key (from the reference module's signature) and each certificate given.
+fn trusted_keys(reference: Option<&Module>, certs: &[PathBuf]) -> Result<Vec<TrustedKey>> {
+    let mut trusted_keys = Vec::new();
+    if let Some(sig) = reference.and_then(|m| m.signature.as_ref()) {
+        if !sig.key_id.is_empty() {
+            trusted_keys.push(TrustedKey {
+                identity: CertIdentity { issuer: sig.signer.clone(), serial: sig.key_id.clone() },
+                source: reference
+                    .and_then(|m| m.path.as_ref())
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    for cert in certs {
+        let bytes = std::fs::read(cert)
+            .with_context(|| format!("{}: cannot read certificate", cert.display()))?;
+        let identity = der::cert_identity(&bytes)
+            .with_context(|| format!("{}: not an X.509 certificate", cert.display()))?;
+        trusted_keys.push(TrustedKey { identity, source: cert.display().to_string() });
+    }
+    Ok(trusted_keys)
 }
 
 /// `(major, minor)` of a kernel release string (`6.1.0-56-amd64` → `(6, 1)`).

@@ -7,6 +7,13 @@ use crate::operations::atomic::AtomicSet;
 use anyhow::Result;
 use std::path::PathBuf;
 
+/// One generated index file.
+#[derive(Debug, serde::Serialize)]
+pub struct IndexFile {
+    pub name: String,
+    pub bytes: usize,
+}
+
 /// What a depmod run did.
 #[derive(Debug, serde::Serialize)]
 pub struct DepmodReport {
@@ -15,8 +22,8 @@ pub struct DepmodReport {
     pub dir: PathBuf,
     pub modules: usize,
     pub symbols: usize,
-    /// Files written (or that would be written), with their sizes.
-    pub files: Vec<(String, usize)>,
+    /// Every index file of the tree, with its size.
+    pub files: Vec<IndexFile>,
     /// Files replaced on disk (unchanged ones are left alone); empty on a dry run.
     pub written: Vec<String>,
     pub dry_run: bool,
@@ -33,7 +40,8 @@ pub fn run(root: &Root, release: &str, dry_run: bool) -> Result<DepmodReport> {
 pub fn write(root: &Root, release: &str, graph: &Graph, dry_run: bool) -> Result<DepmodReport> {
     let dir = root.path(root.resolve(depmod::tree_dir(release))?);
     let files = graph.files()?;
-    let sizes = files.iter().map(|(n, b)| (n.to_string(), b.len())).collect();
+    let sizes =
+        files.iter().map(|(n, b)| IndexFile { name: n.to_string(), bytes: b.len() }).collect();
     let mut written = Vec::new();
     if !dry_run {
         let mut set = AtomicSet::new(&dir);

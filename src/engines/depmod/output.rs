@@ -147,9 +147,11 @@ fn symbols_bin(g: &Graph) -> Result<Vec<u8>> {
 }
 
 /// From `modules.builtin` (one path per line): key = module name, empty value.
+/// Without `modules.builtin` kmod leaves the file empty (not even a header).
 fn builtin_bin(g: &Graph) -> Result<Vec<u8>> {
     let mut idx = IndexBuilder::new();
-    if let Some(text) = &g.builtin {
+    let Some(text) = &g.builtin else { return Ok(Vec::new()) };
+    {
         for line in text.split_inclusive(|&b| b == b'\n') {
             if !line.first().is_some_and(|b| b.is_ascii_alphabetic()) {
                 continue;
@@ -168,9 +170,11 @@ fn builtin_bin(g: &Graph) -> Result<Vec<u8>> {
 }
 
 /// From `modules.builtin.modinfo` (`name.alias=value` strings): alias → name.
+/// Without `modules.builtin.modinfo` kmod leaves the file empty.
 fn builtin_alias_bin(g: &Graph) -> Result<Vec<u8>> {
     let mut idx = IndexBuilder::new();
-    if let Some(bytes) = &g.builtin_modinfo {
+    let Some(bytes) = &g.builtin_modinfo else { return Ok(Vec::new()) };
+    {
         for (key, value) in ModInfo::parse(bytes).entries() {
             let Some((module, "alias")) = key.split_once('.') else { continue };
             if module.is_empty() || value.is_empty() {
@@ -186,6 +190,7 @@ fn builtin_alias_bin(g: &Graph) -> Result<Vec<u8>> {
 
 /// `name devname type major:minor` for modules declaring both a `devname:` alias and
 /// a `char-major-`/`block-major-` alias (the first complete pair wins).
+/// kmod writes the header only before the first line: no devnames, empty file.
 fn devname_text(g: &Graph) -> String {
     let mut out = String::new();
     for m in &g.modules {
@@ -200,7 +205,6 @@ fn devname_text(g: &Graph) -> String {
                 device = Some(('b', n));
             }
             if let (Some(name), Some((kind, (major, minor)))) = (devname, device) {
-                // kmod writes the header with the first line: no devnames, empty file.
                 if out.is_empty() {
                     out.push_str("# Device nodes to trigger on-demand module loading.\n");
                 }
