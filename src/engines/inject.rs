@@ -98,16 +98,11 @@ fn tree_of(path: &str) -> Option<(&str, &str)> {
     None
 }
 
-/// A module body handed to the parsing thread: (resolved path, entry seq, bytes).
-type ModuleJob = (String, u64, Vec<u8>);
-/// What the parsing thread returns for one body.
-type ModuleResult = (String, std::result::Result<ImageModule, String>);
-
 struct Collector {
     view: View,
-    /// Module bodies go to a second thread (parse + sha256) while the walk decompresses.
-    jobs: std::sync::mpsc::SyncSender<ModuleJob>,
+    modules: BTreeMap<String, ImageModule>,
     files: BTreeMap<String, (u64, Vec<u8>)>,
+    warnings: Vec<String>,
 }
 
 impl Visitor for Collector {
@@ -121,7 +116,14 @@ impl Visitor for Collector {
         let Some(found) = self.view.lookup(&entry.name, false) else { return Ok(()) };
         let path = String::from_utf8_lossy(found.path).into_owned();
         if is_module_file(&path) && tree_of(&path).is_some() {
-            self.jobs.send((path, entry.seq, bytes)).context("module reader thread stopped")?;
+            match Module::from_bytes(&bytes, ReadOptions::default()) {
+                Ok(mut module) => {
+                    module.path = Some(PathBuf::from(&path));
+                    let sha256 = sha256_hex(&bytes);
+                    self.modules.insert(path, ImageModule { module, sha256, seq: entry.seq });
+                }
+                Err(e) => self.warnings.push(format!("{path} in the image: {e:#}")),
+            }
         } else if kept_file(&path) {
             self.files.insert(path, (entry.seq, bytes));
         }
@@ -129,44 +131,16 @@ impl Visitor for Collector {
     }
 }
 
-fn read_module((path, seq, bytes): ModuleJob) -> ModuleResult {
-    let result = match Module::from_bytes(&bytes, ReadOptions::default()) {
-        Ok(mut module) => {
-            module.path = Some(PathBuf::from(&path));
-            Ok(ImageModule { module, sha256: sha256_hex(&bytes), seq })
-        }
-        Err(e) => Err(format!("{path} in the image: {e:#}")),
-    };
-    (path, result)
-}
-
 impl ImageContents {
     /// Walk an image once. `source` names it in errors.
     pub fn read<R: BufRead>(image: R, source: &str) -> Result<ImageContents> {
-        // A bounded queue keeps memory flat when parsing falls behind decompression.
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<ModuleJob>(64);
-        let mut c = Collector { view: View::new(), jobs, files: BTreeMap::new() };
-        let (walked, parsed) = std::thread::scope(|s| {
-            let worker = s.spawn(move || queue.into_iter().map(read_module).collect::<Vec<_>>());
-            let walked = walk::walk(image, source, &mut c);
-            // Closing the queue ends the worker.
-            let (dummy, _) = std::sync::mpsc::sync_channel(0);
-            drop(std::mem::replace(&mut c.jobs, dummy));
-            (walked, worker.join())
-        });
-        let segments = walked?;
-        let parsed =
-            parsed.map_err(|_| anyhow::anyhow!("{source}: module reader thread panicked"))?;
-        let mut modules = BTreeMap::new();
-        let mut warnings = Vec::new();
-        for (path, result) in parsed {
-            match result {
-                Ok(m) => {
-                    modules.insert(path, m);
-                }
-                Err(e) => warnings.push(e),
-            }
-        }
+        let mut c = Collector {
+            view: View::new(),
+            modules: BTreeMap::new(),
+            files: BTreeMap::new(),
+            warnings: Vec::new(),
+        };
+        let segments = walk::walk(image, source, &mut c)?;
         // Keep only what is still there: a later entry may have replaced a file.
         let last_write = |view: &View, path: &str| {
             view.lookup(path.as_bytes(), false)
@@ -175,14 +149,14 @@ impl ImageContents {
         };
         let view = c.view;
         let modules =
-            modules.into_iter().filter(|(p, m)| last_write(&view, p) == Some(m.seq)).collect();
+            c.modules.into_iter().filter(|(p, m)| last_write(&view, p) == Some(m.seq)).collect();
         let files = c
             .files
             .into_iter()
             .filter(|(p, (seq, _))| last_write(&view, p) == Some(*seq))
             .map(|(p, (_, b))| (p, b))
             .collect();
-        Ok(ImageContents { view, segments, modules, files, warnings })
+        Ok(ImageContents { view, segments, modules, files, warnings: c.warnings })
     }
 
     /// The kernel trees the image holds.
