@@ -13,6 +13,24 @@ pub enum Exit {
     Negative = 3,
 }
 
+impl Exit {
+    /// The more serious of two outcomes (an error outranks a negative finding), for
+    /// commands that go on after one item fails.
+    pub fn worst(self, other: Exit) -> Exit {
+        let rank = |e: Exit| match e {
+            Exit::Ok => 0,
+            Exit::Negative => 1,
+            Exit::Error => 2,
+            Exit::Usage => 3,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 impl From<Exit> for std::process::ExitCode {
     fn from(e: Exit) -> Self {
         std::process::ExitCode::from(e as u8)

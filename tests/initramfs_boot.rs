@@ -113,7 +113,9 @@ fn the_kernel_builds_what_bootkmod_lists() {
         assert_eq!(ours.contains(path), present, "{path}: {ours:?}");
     }
 
-    let Some(log) = qemu::Boot::new(&kernel, &img).append("quiet loglevel=1").run() else { return };
+    let Some(log) = qemu::Boot::new(&kernel, &img).append("quiet loglevel=1").run() else {
+        return;
+    };
     let serial = log.serial.replace('\r', "");
     let (Some(b), Some(e)) = (serial.find(BEGIN), serial.find(END)) else {
         panic!("no find output from the guest:\n{}", log.tail());

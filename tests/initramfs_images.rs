@@ -344,3 +344,48 @@ fn a_symlink_already_in_the_directory_is_not_followed() {
     assert!(err.contains("refusing to follow") && err.lines().count() == 1, "{err}");
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever files the writer is given, in whatever compression, the walker reads
+        /// back the same names and contents, and the segment ends where the stream ends.
+        #[test]
+        fn writer_and_reader_agree(
+            files in proptest::collection::btree_map("[a-z]{1,8}(/[a-z]{1,8})?", proptest::collection::vec(any::<u8>(), 0..300), 1..12),
+            kind in prop_oneof![Just(Compression::None), Just(Compression::Gzip), Just(Compression::Zstd), Just(Compression::Xz), Just(Compression::Lz4Legacy)],
+        ) {
+            let mut w = ArchiveWriter::new(Vec::new(), EncoderSettings::new(kind), Format::Crc).unwrap();
+            let mut expected = BTreeSet::new();
+            for (name, body) in &files {
+                if let Some((dir, _)) = name.split_once('/') {
+                    if files.contains_key(dir) {
+                        continue; // a file where the directory would be: not this property
+                    }
+                    if expected.insert(dir.to_string()) {
+                        w.add(&EntryMeta::new(dir, S_IFDIR | 0o755), b"").unwrap();
+                    }
+                }
+                w.add(&EntryMeta::new(name.as_str(), S_IFREG | 0o644), body).unwrap();
+                expected.insert(name.clone());
+            }
+            let image = w.finish().unwrap();
+            let (view, segments) = read_view(&image[..], "prop").unwrap();
+            prop_assert_eq!(segments.len(), 1);
+            prop_assert_eq!(segments[0].length, image.len() as u64);
+            let names: BTreeSet<_> = view.entries().map(|e| e.display_path()).collect();
+            prop_assert_eq!(names, expected);
+            for (name, body) in &files {
+                if let Some(found) = view.lookup(name.as_bytes(), false) {
+                    if found.inode.file_type() == S_IFREG {
+                        prop_assert_eq!(found.inode.size(), body.len() as u64);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -92,3 +92,32 @@ fn listing_matches_cpio_for_dracut_and_mkinitramfs_images() {
         assert_eq!(mkinitramfs.len(), MKINITRAMFS_COMPRESSIONS.len());
     }
 }
+
+#[test]
+fn lzo_images_of_both_tools_are_refused_with_the_offset() {
+    let Some(kver) = common::installed_kernel() else { return };
+    if common::tool("lzop").is_none() {
+        return;
+    }
+    let (dracut, mkinitramfs) = std::thread::scope(|s| {
+        let k = kver.clone();
+        let d = s.spawn(move || dracut_image(&k, "lzop"));
+        (d.join().unwrap(), mkinitramfs_image(&kver, "lzop"))
+    });
+    for (image, early) in [(dracut, true), (mkinitramfs, false)] {
+        let Some(image) = image else { continue };
+        // A valid image (the oracle lists it) ...
+        assert!(oracle_names(&image, "lzop", early).len() > 10);
+        // ... that bootkmod names precisely instead of misreading.
+        let offset = if early {
+            std::fs::metadata(&image).unwrap().len() as usize - skipcpio(&image).unwrap().len()
+        } else {
+            0
+        };
+        let out = common::run(common::bootkmod().args(["initramfs", "ls"]).arg(&image));
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("unsupported compression lzo at offset {offset}")), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}

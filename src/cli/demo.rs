@@ -52,7 +52,7 @@ pub fn run(ctx: &Context, args: DemoArgs) -> Result<Exit> {
         );
         std::io::Write::write_all(&mut xz, &elf)?;
         std::fs::write(&path, xz.finish()?)?;
-        modules.push(Module::read(&path, ReadOptions { digests: true })?);
+        modules.push(Module::read(&path, ReadOptions { digests: true, ..ReadOptions::default() })?);
     }
     let system = samples::demo_system(&dir, &args.release)?;
     let root = crate::model::root::Root::new(&system.root);

@@ -1,11 +1,12 @@
 //! `bootkmod info MODULE...`: what a module file says about itself.
 
-use super::{print_json, Context};
+use super::Context;
 use crate::exit::Exit;
-use crate::model::module::{Module, ReadOptions};
+use crate::formats::compression::Compression;
+use crate::model::module::{Module, ReadOptions, VersionsLayout};
 use crate::model::root::running_release;
 use crate::model::tree::ModuleTree;
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -34,33 +35,60 @@ pub struct InfoArgs {
     #[arg(short = 'F', long, value_name = "FIELD", conflicts_with = "modversions")]
     pub field: Option<String>,
 
-    /// Print the CRC and name of each symbol version, like `modprobe --dump-modversions`.
+    /// Print the CRC and name of each symbol version, like `modprobe --dump-modversions`
+    /// (which dumps only its first file; bootkmod dumps each in turn).
     #[arg(long)]
     pub modversions: bool,
+
+    /// Also show the sha256 of each file and of its uncompressed ELF (always in --json).
+    #[arg(long)]
+    pub digests: bool,
+
+    /// Refuse modules not built for ARCH (`x86_64`, `amd64`, `aarch64`, `arm64`, ...).
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
 }
 
 pub fn run(ctx: &Context, args: InfoArgs) -> Result<Exit> {
     let quick = args.field.is_some() || args.modversions;
-    let opts = ReadOptions { digests: !quick };
+    // Hashing is most of the cost of a full read: only when it will be shown.
+    let opts = ReadOptions { digests: ctx.json || args.digests, skip_symbols: quick };
     let tree = ModuleTree::new(ctx.root.clone(), args.kver.clone().unwrap_or_else(running_release));
-    let mut modules = Vec::new();
+    // Like modinfo, a module that cannot be found or read is reported (one line on
+    // stderr) and the others are still shown; the exit status says something failed.
+    let mut status = Exit::Ok;
+    let mut paths = Vec::new();
     for arg in &args.modules {
         let path = PathBuf::from(arg);
-        let path = if path.exists() || arg.contains('/') {
-            path
+        if path.exists() || arg.contains('/') {
+            paths.push(path);
+        } else if let Some(found) = tree.find(arg)? {
+            paths.push(found);
         } else {
-            match tree.find(arg)? {
-                Some(p) => p,
-                None => {
-                    eprintln!("bootkmod: module {arg} not found in {}", tree.host_dir().display());
-                    return Ok(Exit::Negative);
-                }
+            eprintln!("bootkmod: module {arg} not found in {}", tree.host_dir().display());
+            status = status.worst(Exit::Negative);
+        }
+    }
+    let mut modules = Vec::with_capacity(paths.len());
+    for (path, read) in paths.iter().zip(Module::read_many(&paths, opts)) {
+        let checked = read.and_then(|m| match &args.arch {
+            Some(arch) => {
+                m.expect_arch(arch).map(|()| m).with_context(|| path.display().to_string())
             }
-        };
-        modules.push(Module::read(&path, opts)?);
+            None => Ok(m),
+        });
+        match checked {
+            Ok(m) => modules.push(m),
+            Err(e) => {
+                eprintln!("bootkmod: {e:#}");
+                status = status.worst(Exit::Error);
+            }
+        }
     }
 
-    let mut out = std::io::stdout().lock();
+    // Block-buffered: over a kernel tree, a write per line (stdout's default line
+    // buffering) costs more than parsing.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
     if let Some(field) = &args.field {
         for m in &modules {
             for v in m.field(field) {
@@ -74,8 +102,8 @@ pub fn run(ctx: &Context, args: InfoArgs) -> Result<Exit> {
             }
         }
     } else if ctx.json {
-        drop(out);
-        print_json(&modules)?;
+        serde_json::to_writer_pretty(&mut out, &modules)?;
+        writeln!(out)?;
     } else {
         for (i, m) in modules.iter().enumerate() {
             if i > 0 {
@@ -84,7 +112,8 @@ pub fn run(ctx: &Context, args: InfoArgs) -> Result<Exit> {
             write_report(&mut out, m)?;
         }
     }
-    Ok(Exit::Ok)
+    out.flush()?;
+    Ok(status)
 }
 
 /// The human-readable report of one module.
@@ -96,11 +125,14 @@ pub fn write_report(out: &mut impl Write, m: &Module) -> std::io::Result<()> {
         out,
         "format",
         &format!(
-            "{:?} {:?}-endian {} ({} compression)",
-            m.class,
-            m.endian,
-            m.machine_name(),
-            m.compression
+            "{} {} {}, {}",
+            m.class.name(),
+            m.endian.name(),
+            m.arch(),
+            match m.compression {
+                Compression::None => "uncompressed".to_string(),
+                c => format!("{c}-compressed"),
+            }
         ),
     )?;
     for key in [
@@ -126,7 +158,10 @@ pub fn write_report(out: &mut impl Write, m: &Module) -> std::io::Result<()> {
         row(out, "firmware", fw)?;
     }
     let versions = match m.versions_layout {
-        Some(layout) => format!("{} symbol CRCs ({layout:?} layout)", m.versions.len()),
+        Some(VersionsLayout::Classic) => format!("{} symbol CRCs in __versions", m.versions.len()),
+        Some(VersionsLayout::Extended) => {
+            format!("{} symbol CRCs in __version_ext_crcs (extended)", m.versions.len())
+        }
         None => "none (built without CONFIG_MODVERSIONS)".into(),
     };
     row(out, "modversions", &versions)?;
@@ -142,9 +177,9 @@ pub fn write_report(out: &mut impl Write, m: &Module) -> std::io::Result<()> {
             out,
             "signature",
             &format!(
-                "{} {} by {:?} key {}",
+                "{} ({}), signer {:?}, key {}",
                 s.id_type.name(),
-                s.hash.as_deref().unwrap_or("?"),
+                s.hash.as_deref().unwrap_or("unknown hash"),
                 s.signer.as_deref().unwrap_or("?"),
                 crate::formats::signature::key_id_hex(&s.key_id)
             ),

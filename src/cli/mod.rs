@@ -5,10 +5,15 @@ mod check;
 mod demo;
 mod depmod;
 mod deps;
+mod dud;
 mod info;
 mod initramfs;
 mod inject;
+mod install;
 mod meta;
+mod remove;
+mod status;
+mod verify;
 
 use crate::exit::Exit;
 use crate::model::root::Root;
@@ -49,6 +54,11 @@ pub enum Command {
     Demo(demo::DemoArgs),
     Depmod(depmod::DepmodArgs),
     Deps(deps::DepsArgs),
+    Install(install::InstallArgs),
+    Status(status::StatusArgs),
+    Verify(verify::VerifyArgs),
+    Remove(remove::RemoveArgs),
+    Dud(dud::DudArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
 }
@@ -73,6 +83,11 @@ pub fn main() -> Exit {
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Depmod(args) => depmod::run(&ctx, args),
         Command::Deps(args) => deps::run(&ctx, args),
+        Command::Install(args) => install::run(&ctx, args),
+        Command::Status(args) => status::run(&ctx, args),
+        Command::Verify(args) => verify::run(&ctx, args),
+        Command::Remove(args) => remove::run(&ctx, args),
+        Command::Dud(args) => dud::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
     };
@@ -109,9 +124,10 @@ fn init_logging(verbose: u8) {
 
 /// Print a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     serde_json::to_writer_pretty(&mut out, value)?;
     use std::io::Write;
     writeln!(out)?;
+    out.flush()?;
     Ok(())
 }

@@ -133,7 +133,7 @@ impl Visitor for Collector {
 
 impl ImageContents {
     /// Walk an image once. `source` names it in errors.
-    pub fn read<R: BufRead>(image: R, source: &str) -> Result<ImageContents> {
+    pub fn read<R: BufRead + Send>(image: R, source: &str) -> Result<ImageContents> {
         let mut c = Collector {
             view: View::new(),
             modules: BTreeMap::new(),

@@ -3,5 +3,8 @@
 
 pub mod compat;
 pub mod depmod;
+pub mod dud;
+pub mod dud_package;
 pub mod initramfs;
 pub mod inject;
+pub mod status;

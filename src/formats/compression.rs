@@ -152,7 +152,16 @@ impl<'a> StreamDecoder<'a> {
         let consumed = input.counter();
         let inner: Box<dyn Read + 'a> = match kind {
             Compression::Gzip => Box::new(flate2::bufread::GzDecoder::new(input)),
-            Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new(input)),
+            // Multi-threaded across the stream's blocks (dracut and bootkmod write several);
+            // like the single-threaded decoder it stops at the end of this one stream.
+            Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_stream(
+                input,
+                liblzma::stream::MtStreamBuilder::new()
+                    .threads(cores())
+                    .memlimit_threading(512 << 20)
+                    .memlimit_stop(u64::MAX)
+                    .decoder()?,
+            )),
             Compression::Zstd => {
                 Box::new(zstd::stream::read::Decoder::with_buffer(input)?.single_frame())
             }
@@ -274,6 +283,19 @@ impl EncoderSettings {
     }
 }
 
+fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Worker threads for a setting where 0 means one per core.
+fn threads(setting: u32) -> u32 {
+    if setting == 0 {
+        cores()
+    } else {
+        setting
+    }
+}
+
 /// A compressing [`Write`]; call [`Encoder::finish`] to end the stream and get the inner
 /// writer back (dropping it without `finish` leaves a truncated stream).
 pub struct Encoder<W: Write> {
@@ -299,9 +321,15 @@ impl<W: Write> Encoder<W> {
                 out,
                 flate2::Compression::new(level.unwrap_or(6).min(9)),
             )),
+            // The kernel's xz decoder knows only CRC32 (and none) as check; several
+            // blocks, as the multi-threaded encoder writes, are fine for it.
             Compression::Xz => EncoderState::Xz(liblzma::write::XzEncoder::new_stream(
                 out,
-                Stream::new_easy_encoder(level.unwrap_or(6).min(9), Check::Crc32)?,
+                liblzma::stream::MtStreamBuilder::new()
+                    .threads(threads(settings.threads))
+                    .preset(level.unwrap_or(6).min(9))
+                    .check(Check::Crc32)
+                    .encoder()?,
             )),
             Compression::Lzma => EncoderState::Xz(liblzma::write::XzEncoder::new_stream(
                 out,
@@ -309,10 +337,7 @@ impl<W: Write> Encoder<W> {
             )),
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(out, level.unwrap_or(3) as i32)?;
-                let threads = match settings.threads {
-                    0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-                    n => n,
-                };
+                let threads = threads(settings.threads);
                 if threads > 1 {
                     enc.multithread(threads)?;
                 }
@@ -465,6 +490,31 @@ mod tests {
             assert_eq!(out, data, "{kind}");
             assert_eq!(dec.consumed(), len, "{kind} stopped at the wrong byte");
         }
+    }
+
+    #[test]
+    fn multi_block_xz_stops_at_its_stream_end() {
+        // Many blocks, decoded by several threads: the next segment must still start
+        // right after the stream footer.
+        let data: Vec<u8> =
+            (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 29) as u8).collect();
+        let stream = liblzma::stream::MtStreamBuilder::new()
+            .threads(2)
+            .block_size(256 << 10)
+            .preset(1)
+            .check(liblzma::stream::Check::Crc32)
+            .encoder()
+            .unwrap();
+        let mut enc = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        enc.write_all(&data).unwrap();
+        let mut image = enc.finish().unwrap();
+        let len = image.len() as u64;
+        image.extend_from_slice(b"\x00\x00\x00\x00070701");
+        let mut dec = StreamDecoder::new(Compression::Xz, &image[..]).unwrap();
+        let mut out = Vec::new();
+        dec.read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(dec.consumed(), len);
     }
 
     #[test]

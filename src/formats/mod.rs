@@ -4,10 +4,12 @@
 pub mod compression;
 pub mod cpio;
 pub mod der;
+pub mod dud;
 pub mod elf;
 pub mod kconfig;
 pub mod kmod_index;
 pub mod modinfo;
 pub mod modversions;
+pub mod rpmvercmp;
 pub mod signature;
 pub mod symvers;

@@ -22,7 +22,7 @@ pub struct VersionEntry {
 
 /// Decode `__versions`.
 pub fn parse_classic(section: &[u8], class: Class, endian: Endian) -> Result<Vec<VersionEntry>> {
-    if section.len() % RECORD_SIZE != 0 {
+    if !section.len().is_multiple_of(RECORD_SIZE) {
         bail!(
             "__versions is {} bytes, not a multiple of the {RECORD_SIZE}-byte record",
             section.len()
@@ -69,7 +69,7 @@ pub fn encode_classic(entries: &[VersionEntry], class: Class, endian: Endian) ->
 
 /// Decode the extended pair of sections.
 pub fn parse_extended(crcs: &[u8], names: &[u8], endian: Endian) -> Result<Vec<VersionEntry>> {
-    if crcs.len() % 4 != 0 {
+    if !crcs.len().is_multiple_of(4) {
         bail!("__version_ext_crcs is {} bytes, not a multiple of 4", crcs.len());
     }
     let mut name_iter = names.split(|&b| b == 0);

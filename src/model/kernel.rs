@@ -214,7 +214,7 @@ impl Kernel {
             exports,
             modules,
             modversions,
-            checks_struct_module_size: release_version(release).map_or(true, |v| v >= (6, 4)),
+            checks_struct_module_size: release_version(release).is_none_or(|v| v >= (6, 4)),
             force_load: enabled("CONFIG_MODULE_FORCE_LOAD").unwrap_or(false),
             sig_supported,
             allow_missing_namespace_imports,
@@ -268,7 +268,7 @@ fn read_exports(
         None => Vec::new(),
     };
     let interest = opts.interest.as_ref();
-    let wanted_symbol = |s: &str| interest.map_or(true, |i| i.symbols.contains(s));
+    let wanted_symbol = |s: &str| interest.is_none_or(|i| i.symbols.contains(s));
     let named = |module_path: &str| {
         let base = module_path.rsplit('/').next().unwrap_or(module_path);
         interest.is_some_and(|i| i.modules.iter().any(|m| same_module_name(m, base)))
@@ -329,6 +329,16 @@ fn read_exports(
         }
     }
     modules.extend(to_read.iter().map(|p| name_from_path(p)));
+    // weak-updates/ links are absolute paths of the target system: read what they
+    // point to inside the root, not on the host.
+    let root = &tree.root;
+    let to_read = to_read
+        .into_iter()
+        .map(|p| match (p.is_symlink(), p.strip_prefix(root.dir())) {
+            (true, Ok(rel)) => root.resolve(Path::new("/").join(rel)).map(|t| root.path(t)),
+            _ => Ok(p),
+        })
+        .collect::<Result<Vec<_>>>()?;
     // Built into the image: present as far as depends= and modprobe are concerned.
     let builtin = read_optional(&tree_dir.join("modules.builtin"))?.unwrap_or_default();
     modules.extend(

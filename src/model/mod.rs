@@ -1,6 +1,8 @@
 //! Model: facts read from files (through a [`root::Root`]), never written.
 
+pub mod dud;
 pub mod kernel;
+pub mod ledger;
 pub mod module;
 pub mod root;
 pub mod tree;

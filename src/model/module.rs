@@ -6,7 +6,7 @@
 //! naming the file, never a panic.
 
 use crate::formats::compression::{self, Compression};
-use crate::formats::elf::{self, Class, ElfModule, Endian, SymbolPlace};
+use crate::formats::elf::{self, Class, ElfModule, Endian, Symbol, SymbolPlace};
 use crate::formats::modinfo::ModInfo;
 use crate::formats::modversions::{self, VersionEntry};
 use crate::formats::signature::{self, Signature};
@@ -57,6 +57,7 @@ pub struct Module {
     pub versions_layout: Option<VersionsLayout>,
     /// The CRCs the module expects, from the layout the kernel would read.
     pub versions: Vec<VersionEntry>,
+    /// Empty when read with [`ReadOptions::skip_symbols`].
     pub exports: Vec<Export>,
     /// Global symbols the module needs from the kernel or other modules, in symbol-table
     /// order (first occurrence), without duplicates.
@@ -73,6 +74,9 @@ pub struct Module {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadOptions {
     pub digests: bool,
+    /// Leave `exports` and `undefined` empty: the symbol table is the largest part of a
+    /// module, and `info -F` / `--modversions` over a whole tree never look at it.
+    pub skip_symbols: bool,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -83,11 +87,59 @@ impl Module {
     /// Read and parse a module file. Errors name the file.
     pub fn read(path: &Path, opts: ReadOptions) -> Result<Module> {
         let bytes =
-            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+            FileBytes::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let mut module =
             Module::from_bytes(&bytes, opts).with_context(|| format!("{}", path.display()))?;
         module.path = Some(path.to_path_buf());
         Ok(module)
+    }
+
+    /// Read many module files, in parallel on the available cores; results in the
+    /// order of `paths`. Parsing, decompression and hashing dominate reading a kernel
+    /// tree, and each file is independent. Workers take the next file from a shared
+    /// counter, so a few large modules do not leave the other cores idle.
+    pub fn read_many(paths: &[PathBuf], opts: ReadOptions) -> Vec<Result<Module>> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
+        if workers < 2 || paths.len() < 2 {
+            return paths.iter().map(|p| Module::read(p, opts)).collect();
+        }
+        let next = AtomicUsize::new(0);
+        let mut slots: Vec<Option<Result<Module>>> = (0..paths.len()).map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers.min(paths.len()))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(path) = paths.get(i) else { break };
+                            out.push((i, Module::read(path, opts)));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            for handle in handles {
+                match handle.join() {
+                    Ok(results) => {
+                        for (i, r) in results {
+                            slots[i] = Some(r);
+                        }
+                    }
+                    // Reading never panics (tests/info_proptest.rs); if it ever does,
+                    // keep the panic rather than hide it.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+        });
+        slots
+            .into_iter()
+            .zip(paths)
+            .map(|(slot, path)| {
+                slot.unwrap_or_else(|| Err(anyhow::anyhow!("{}: not read", path.display())))
+            })
+            .collect()
     }
 
     /// Parse module bytes as stored on disk (possibly compressed).
@@ -120,20 +172,27 @@ impl Module {
             _ => (None, Vec::new()),
         };
 
-        let exports = exports(&elf, content);
+        let symbols = if opts.skip_symbols { Vec::new() } else { elf.symbols(content)? };
+        let exports = exports(&elf, &symbols, content);
         // Symbol-table order, first occurrence kept: depmod's dependency order depends on
         // the order in which a module first needs each provider.
         let mut seen = std::collections::HashSet::new();
-        let undefined: Vec<String> = elf
-            .symbols
+        let undefined: Vec<String> = symbols
             .iter()
             .filter(|s| s.place == SymbolPlace::Undefined && s.global && !s.name.is_empty())
-            .filter(|s| seen.insert(s.name.as_str()))
-            .map(|s| s.name.clone())
+            .filter(|s| seen.insert(s.name.as_ref()))
+            .map(|s| s.name.to_string())
             .collect();
 
-        let digests =
-            opts.digests.then(|| Digests { file: sha256_hex(file), elf: sha256_hex(&decoded) });
+        let digests = opts.digests.then(|| {
+            let file_digest = sha256_hex(file);
+            // Uncompressed: the ELF is the file; hashing is most of a full read's time.
+            let elf = match compression {
+                Compression::None => file_digest.clone(),
+                _ => sha256_hex(&decoded),
+            };
+            Digests { file: file_digest, elf }
+        });
         Ok(Module {
             path: None,
             compression,
@@ -165,8 +224,23 @@ impl Module {
         self.modinfo.get("vermagic")
     }
 
+    /// The name of the module's `e_machine` alone (see [`elf::machine_name`]).
     pub fn machine_name(&self) -> String {
         elf::machine_name(self.machine)
+    }
+
+    /// The architecture the module is built for, as `uname -m` names it (`x86_64`).
+    pub fn arch(&self) -> String {
+        elf::arch_name(self.machine, self.class, self.endian)
+    }
+
+    /// Refuse a module not built for `arch` (any common name: `amd64`, `x86_64`, ...).
+    pub fn expect_arch(&self, arch: &str) -> Result<()> {
+        let (ours, wanted) = (self.arch(), elf::canonical_arch(arch));
+        if ours != wanted {
+            anyhow::bail!("wrong architecture: built for {ours}, not {wanted}");
+        }
+        Ok(())
     }
 
     /// Values of a `modinfo -F` field, including the signature pseudo-fields kmod adds.
@@ -187,6 +261,68 @@ impl Module {
     }
 }
 
+/// The bytes of a module file: mapped when it is a non-empty regular file, read
+/// otherwise (pipes, `/dev/stdin`, filesystems without mmap). Readers touch only the ELF
+/// headers, a few sections and the signature trailer: mapping saves copying a whole
+/// kernel tree (hundreds of MiB) through the kernel. The one owner of file mapping.
+enum FileBytes {
+    Mapped { ptr: std::ptr::NonNull<std::ffi::c_void>, len: usize },
+    Read(Vec<u8>),
+}
+
+impl FileBytes {
+    fn open(path: &Path) -> std::io::Result<FileBytes> {
+        let file = std::fs::File::open(path)?;
+        let meta = file.metadata()?;
+        let len = usize::try_from(meta.len()).ok().and_then(std::num::NonZeroUsize::new);
+        if let (true, Some(len)) = (meta.is_file(), len) {
+            // SAFETY: a private read-only mapping of a regular file, only read while
+            // `self` lives. Module files are replaced by rename (package managers,
+            // bootkmod's operations), not rewritten in place; a concurrent writer
+            // truncating the file would fault the process (SIGBUS) rather than corrupt a
+            // result: the accepted trade-off of mmap, as in kmod itself.
+            let mapped = unsafe {
+                nix::sys::mman::mmap(
+                    None,
+                    len,
+                    nix::sys::mman::ProtFlags::PROT_READ,
+                    nix::sys::mman::MapFlags::MAP_PRIVATE,
+                    &file,
+                    0,
+                )
+            };
+            if let Ok(ptr) = mapped {
+                return Ok(FileBytes::Mapped { ptr, len: len.get() });
+            }
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut bytes)?;
+        Ok(FileBytes::Read(bytes))
+    }
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            // SAFETY: the mapping is `len` readable bytes until `drop`.
+            FileBytes::Mapped { ptr, len } => unsafe {
+                std::slice::from_raw_parts(ptr.as_ptr() as *const u8, *len)
+            },
+            FileBytes::Read(v) => v,
+        }
+    }
+}
+
+impl Drop for FileBytes {
+    fn drop(&mut self) {
+        if let FileBytes::Mapped { ptr, len } = *self {
+            // SAFETY: unmapping exactly what `open` mapped, once.
+            let _ = unsafe { nix::sys::mman::munmap(ptr, len) };
+        }
+    }
+}
+
 /// `megaraid_sas.ko.xz` → `megaraid_sas`; `foo-bar.ko` → `foo_bar`. Like kmod and the
 /// kernel, the name ends at the first `.` of the file name.
 pub fn name_from_path(path: &Path) -> String {
@@ -198,11 +334,11 @@ pub fn name_from_path(path: &Path) -> String {
 /// Exported symbols: `__ksymtab_<sym>` symbols; GPL-ness from the section they live in,
 /// CRC from `__crc_<sym>` (an absolute symbol on old kernels, a u32 in `__kcrctab*` on
 /// new ones), namespace from `__kstrtabns_<sym>` (a string in `__ksymtab_strings`).
-fn exports(elf: &ElfModule, content: &[u8]) -> Vec<Export> {
+fn exports(elf: &ElfModule, symbols: &[Symbol<'_>], content: &[u8]) -> Vec<Export> {
     use std::collections::HashMap;
     let mut crcs: HashMap<&str, u32> = HashMap::new();
     let mut namespaces: HashMap<&str, String> = HashMap::new();
-    for s in &elf.symbols {
+    for s in symbols {
         if let Some(sym) = s.name.strip_prefix("__crc_") {
             let crc = match s.place {
                 SymbolPlace::Absolute => Some(s.value as u32),
@@ -226,8 +362,7 @@ fn exports(elf: &ElfModule, content: &[u8]) -> Vec<Export> {
             }
         }
     }
-    let mut out: Vec<Export> = elf
-        .symbols
+    let mut out: Vec<Export> = symbols
         .iter()
         .filter_map(|s| {
             let name = s.name.strip_prefix("__ksymtab_")?;

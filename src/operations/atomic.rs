@@ -285,6 +285,36 @@ fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// Point `link` at `target` atomically: a new symlink under a temp name beside it,
+/// renamed over whatever `link` was, then the directory fsynced. Readers see the old
+/// link or the new one, never none (weak-updates links are replaced in place).
+pub fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
+    let dir = link.parent().with_context(|| format!("{}: no parent directory", link.display()))?;
+    let name = link.file_name().with_context(|| format!("{}: no file name", link.display()))?;
+    let temp = dir.join(format!(".{}.bootkmod-{}.new", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(target, &temp)
+        .with_context(|| format!("{}: cannot create symlink", temp.display()))?;
+    if let Err(e) = std::fs::rename(&temp, link) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e).with_context(|| format!("{}: cannot replace", link.display()));
+    }
+    sync_dir(dir)
+}
+
+/// Remove a file or symlink (absent is fine) and fsync its directory.
+pub fn remove_synced(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot remove", path.display())),
+    }
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
 /// fsync a directory so renames inside it survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

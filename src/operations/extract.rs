@@ -20,6 +20,7 @@ use crate::formats::cpio::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, 
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{Mode, SFlag};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
@@ -27,6 +28,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::rc::Rc;
 
 /// What to extract and how.
 #[derive(Debug, Clone, Default)]
@@ -60,7 +62,7 @@ pub fn extract(image: &Path, dir: &Path, options: &ExtractOptions) -> Result<Ext
         // One pass: replay on disk what the kernel does, entry by entry.
         let mut view = View::new();
         view.record_effects();
-        let mut replay = Replay { view, root: &root, make_devices, dir };
+        let mut replay = Replay { view, root: &root, make_devices, dir, buf: Vec::new() };
         walk::walk(BufReader::with_capacity(1 << 20, open(image)?), &source, &mut replay)?;
         (replay.view, None)
     } else {
@@ -69,7 +71,7 @@ pub fn extract(image: &Path, dir: &Path, options: &ExtractOptions) -> Result<Ext
         create_selected(&view, &selected, &root, make_devices, image, &source, dir)?;
         (view, Some(selected))
     };
-    let in_selection = |path: &[u8]| selected.as_ref().map_or(true, |s| s.contains(path));
+    let in_selection = |path: &[u8]| selected.as_ref().is_none_or(|s| s.contains(path));
     let mut report = ExtractReport::default();
     let mut seen = HashSet::new();
     for e in view.entries().filter(|e| !e.path.is_empty() && in_selection(e.path)) {
@@ -180,6 +182,7 @@ struct Replay<'a> {
     root: &'a SafeDir,
     make_devices: bool,
     dir: &'a Path,
+    buf: Vec<u8>,
 }
 
 impl Visitor for Replay<'_> {
@@ -198,7 +201,7 @@ impl Visitor for Replay<'_> {
                 Effect::Mkdir { path } => self.root.mkdir(&path)?,
                 Effect::Write { path, truncate } => {
                     let mut file = self.root.open_file(&path, truncate)?;
-                    io::copy(body, &mut file).with_context(at)?;
+                    copy_body(body, &mut file, &mut self.buf).with_context(at)?;
                 }
                 Effect::Link { from, to } => self.root.link(&from, &to)?,
                 Effect::Symlink { path, target } => self.root.symlink(&path, &target)?,
@@ -209,6 +212,18 @@ impl Visitor for Replay<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Copy a body with a buffer sized for module files rather than `io::copy`'s 8 KiB.
+fn copy_body(body: &mut dyn Read, out: &mut File, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.resize(256 << 10, 0);
+    loop {
+        let n = body.read(buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.write_all(&buf[..n])?;
     }
 }
 
@@ -302,7 +317,11 @@ fn remove_non_dir(parent: &OwnedFd, name: &OsStr) {
 
 /// The extraction directory, reached only through descriptors.
 struct SafeDir {
-    fd: OwnedFd,
+    fd: Rc<OwnedFd>,
+    /// The last parent directory opened: consecutive entries mostly share one, and
+    /// opening it component by component costs a syscall per level. Dropped whenever a
+    /// name is removed, so it never points at a replaced directory.
+    last_parent: RefCell<Option<(Vec<u8>, Rc<OwnedFd>)>>,
 }
 
 impl SafeDir {
@@ -313,17 +332,30 @@ impl SafeDir {
             Mode::empty(),
         )
         .with_context(|| format!("cannot open directory {}", dir.display()))?;
-        Ok(SafeDir { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(SafeDir {
+            fd: Rc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
+            last_parent: RefCell::new(None),
+        })
     }
 
     /// The directory holding `path` (opened without following any symlink) and the last
     /// component's name.
-    fn parent<'p>(&self, path: &'p [u8]) -> Result<(OwnedFd, &'p OsStr)> {
+    fn parent<'p>(&self, path: &'p [u8]) -> Result<(Rc<OwnedFd>, &'p OsStr)> {
         let mut parts: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
         let name = parts.pop().unwrap_or_default();
         for part in parts.iter().chain(std::iter::once(&name)) {
             if part.is_empty() || *part == b"." || *part == b".." {
                 bail!("refusing unsafe path {:?}", String::from_utf8_lossy(path));
+            }
+        }
+        let name = OsStr::from_bytes(name);
+        if parts.is_empty() {
+            return Ok((self.fd.clone(), name));
+        }
+        let parent_path = &path[..path.len() - name.len() - 1];
+        if let Some((cached, fd)) = self.last_parent.borrow().as_ref() {
+            if cached == parent_path {
+                return Ok((fd.clone(), name));
             }
         }
         let mut fd = self.fd.try_clone()?;
@@ -342,7 +374,9 @@ impl SafeDir {
             })?;
             fd = unsafe { OwnedFd::from_raw_fd(next) };
         }
-        Ok((fd, OsStr::from_bytes(name)))
+        let fd = Rc::new(fd);
+        *self.last_parent.borrow_mut() = Some((parent_path.to_vec(), fd.clone()));
+        Ok((fd, name))
     }
 }
 
@@ -388,6 +422,7 @@ impl SafeDir {
 
     fn remove(&self, path: &[u8], dir: bool) -> Result<()> {
         let (parent, name) = self.parent(path)?;
+        self.last_parent.borrow_mut().take();
         let how = if dir {
             nix::unistd::UnlinkatFlags::RemoveDir
         } else {

@@ -3,6 +3,12 @@
 
 pub mod atomic;
 pub mod depmod;
+pub mod dud;
 pub mod extract;
+pub mod images;
 pub mod inject;
+pub mod install;
+pub mod ledger;
 pub mod pack;
+pub mod remove;
+pub mod weak_updates;

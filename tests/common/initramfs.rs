@@ -37,10 +37,10 @@ fn fake_firmware_dir() -> PathBuf {
     dir
 }
 
-/// Compressions dracut offers with the tools installed here (`cat` = none; lzo needs
-/// lzop, which dracut replaces by its default when missing).
+/// Compressions dracut offers that bootkmod reads (`cat` = none). lzo is tested apart:
+/// the kernel can decode it, bootkmod refuses it with a clear error.
 pub const DRACUT_COMPRESSIONS: &[&str] = &["gzip", "xz", "zstd", "lz4", "bzip2", "lzma", "cat"];
-/// Compressions mkinitramfs offers (lzop is not installed, see above).
+/// Compressions mkinitramfs offers that bootkmod reads (lzop apart, as above).
 pub const MKINITRAMFS_COMPRESSIONS: &[&str] = &["gzip", "xz", "zstd", "lz4", "bzip2", "lzma"];
 
 /// A small dracut image (base module, two storage drivers, an early microcode cpio),
@@ -119,6 +119,7 @@ pub fn decompressor(compress: &str) -> Option<Vec<String>> {
         "lz4" => &["lz4", "-dc"],
         "bzip2" => &["bzip2", "-dc"],
         "lzma" => &["xz", "--format=lzma", "-dc"],
+        "lzop" | "lzo" => &["lzop", "-dc"],
         "cat" | "none" => &["cat"],
         _ => return None,
     };
@@ -236,7 +237,7 @@ pub fn compress_with(tool_argv: &[&str], data: &[u8]) -> Vec<u8> {
 
 /// Append `segment` to `image` after zero padding to a 4-byte boundary.
 pub fn append_aligned(image: &mut Vec<u8>, segment: &[u8]) {
-    while image.len() % 4 != 0 {
+    while !image.len().is_multiple_of(4) {
         image.push(0);
     }
     image.extend_from_slice(segment);

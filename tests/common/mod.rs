@@ -1,6 +1,7 @@
 //! Shared test support. Each area keeps its helpers in its own file here.
 #![allow(dead_code)]
 
+pub mod dud;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};
@@ -87,3 +88,5 @@ pub mod check;
 pub mod depmod;
 pub mod initramfs;
 pub mod inject;
+pub mod keep;
+pub mod kmod;

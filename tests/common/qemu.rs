@@ -111,7 +111,9 @@ impl Controller {
 pub struct Boot {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
-    /// Extra kernel command line (after `console=ttyS0 panic=-1`).
+    /// Extra kernel command line (after `console=ttyS0 panic=-1 no_timer_check`:
+    /// under software emulation on a busy host the IO-APIC timer check can fail and
+    /// panic the guest before /init, "IO-APIC + timer doesn't work").
     pub append: String,
     pub disks: Vec<(PathBuf, Controller)>,
     pub timeout: Duration,
@@ -185,7 +187,7 @@ impl Boot {
             .arg("-initrd")
             .arg(&self.initrd)
             .arg("-append")
-            .arg(format!("console=ttyS0 panic=-1 loglevel=7 {}", self.append));
+            .arg(format!("console=ttyS0 panic=-1 no_timer_check loglevel=7 {}", self.append));
         for (n, (disk, ctrl)) in self.disks.iter().enumerate() {
             cmd.args(ctrl.args(n, disk));
         }

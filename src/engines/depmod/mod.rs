@@ -134,97 +134,16 @@ pub fn read_tree(root: &Root, release: &str) -> Result<(Inputs, Vec<String>)> {
     Ok((inputs, warnings))
 }
 
-/// Read the chosen files on every core: parsing thousands of modules dominates depmod.
+/// Read the chosen files on every core ([`Module::read_many`]): parsing thousands of
+/// modules dominates depmod.
 fn read_modules(candidates: Vec<Candidate>) -> Result<Vec<DepModule>> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
-    let next = AtomicUsize::new(0);
-    let read_one = |c: &Candidate| -> Result<Module> {
-        let host = c.host.clone();
-        let file = MappedFile::open(&host)?;
-        let mut module = Module::from_bytes(file.bytes(), ReadOptions::default())
-            .with_context(|| format!("{}", host.display()))?;
-        module.path = Some(host);
-        Ok(module)
-    };
-    let mut results: Vec<(usize, Result<Module>)> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(c) = candidates.get(i) else { break };
-                        out.push((i, read_one(c)));
-                    }
-                    out
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
-    });
-    if results.len() != candidates.len() {
-        bail!("a module reader thread failed");
-    }
-    results.sort_by_key(|(i, _)| *i);
+    let hosts: Vec<PathBuf> = candidates.iter().map(|c| c.host.clone()).collect();
+    let modules = Module::read_many(&hosts, ReadOptions::default());
     candidates
         .into_iter()
-        .zip(results)
-        .map(|(c, (_, m))| Ok(DepModule { name: c.name, target: c.target, rel: c.rel, module: m? }))
+        .zip(modules)
+        .map(|(c, m)| Ok(DepModule { name: c.name, target: c.target, rel: c.rel, module: m? }))
         .collect()
-}
-
-/// A module file mapped read-only. depmod touches only the ELF headers, symbol table
-/// and `.modinfo` of each file: mapping instead of reading saves copying the whole
-/// tree (hundreds of MiB) through the kernel.
-struct MappedFile {
-    map: Option<(std::ptr::NonNull<std::ffi::c_void>, usize)>,
-}
-
-impl MappedFile {
-    fn open(path: &Path) -> Result<MappedFile> {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("{}: cannot open", path.display()))?;
-        let len =
-            file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?.len();
-        let Some(len) = std::num::NonZeroUsize::new(len as usize) else {
-            return Ok(MappedFile { map: None });
-        };
-        // SAFETY: a private read-only mapping of a regular file; the bytes are only read
-        // while `self` lives. A concurrent writer truncating the file could fault the
-        // process (SIGBUS), the accepted trade-off of mmap, as in kmod itself.
-        let ptr = unsafe {
-            nix::sys::mman::mmap(
-                None,
-                len,
-                nix::sys::mman::ProtFlags::PROT_READ,
-                nix::sys::mman::MapFlags::MAP_PRIVATE,
-                &file,
-                0,
-            )
-        }
-        .with_context(|| format!("{}: cannot map", path.display()))?;
-        Ok(MappedFile { map: Some((ptr, len.get())) })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self.map {
-            // SAFETY: the mapping is `len` readable bytes until `drop`.
-            Some((ptr, len)) => unsafe {
-                std::slice::from_raw_parts(ptr.as_ptr() as *const u8, len)
-            },
-            None => &[],
-        }
-    }
-}
-
-impl Drop for MappedFile {
-    fn drop(&mut self) {
-        if let Some((ptr, len)) = self.map {
-            // SAFETY: unmapping exactly what `open` mapped, once.
-            let _ = unsafe { nix::sys::mman::munmap(ptr, len) };
-        }
-    }
 }
 
 impl Graph {

@@ -21,7 +21,7 @@ use view::View;
 use walk::Segment;
 
 /// Read a whole image into its merged view (bodies are skipped, not stored).
-pub fn read_view<R: BufRead>(image: R, source: &str) -> Result<(View, Vec<Segment>)> {
+pub fn read_view<R: BufRead + Send>(image: R, source: &str) -> Result<(View, Vec<Segment>)> {
     let mut view = View::new();
     let segments = walk::walk(image, source, &mut view)?;
     Ok((view, segments))

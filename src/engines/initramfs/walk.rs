@@ -17,7 +17,7 @@
 use crate::formats::compression::{Compression, StreamDecoder};
 use crate::formats::cpio::{self, Format, Header, HEADER_LEN};
 use anyhow::{bail, Context, Result};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, Read};
 
 /// One segment: a run of raw cpio entries, or one compressed stream.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -87,7 +87,11 @@ impl Visitor for Ignore {
 }
 
 /// Walk an image. Returns its segments; `source` names the image in errors.
-pub fn walk<R: BufRead>(image: R, source: &str, visitor: &mut dyn Visitor) -> Result<Vec<Segment>> {
+pub fn walk<R: BufRead + Send>(
+    image: R,
+    source: &str,
+    visitor: &mut dyn Visitor,
+) -> Result<Vec<Segment>> {
     Walker { image: Positioned { inner: image, pos: 0 }, segments: Vec::new(), seq: 0 }
         .run(visitor)
         .with_context(|| source.to_string())
@@ -158,12 +162,12 @@ struct Walker<R> {
     seq: u64,
 }
 
-impl<R: BufRead> Walker<R> {
+impl<R: BufRead + Send> Walker<R> {
     fn run(mut self, visitor: &mut dyn Visitor) -> Result<Vec<Segment>> {
         while let Some(byte) = self.image.skip_zeros()? {
             let offset = self.image.pos;
             let index = self.segments.len();
-            if byte == b'0' && offset % 4 == 0 {
+            if byte == b'0' && offset.is_multiple_of(4) {
                 let mut segment = new_segment(index, offset, Compression::None);
                 let mut parser = Parser { input: &mut self.image, seq: &mut self.seq };
                 // Raw entries: the kernel goes back to its outer loop after each one,
@@ -177,8 +181,8 @@ impl<R: BufRead> Walker<R> {
                         break;
                     }
                     match parser.input.skip_zeros()? {
-                        Some(b'0') if parser.input.pos % 4 == 0 => continue,
-                        Some(_) if parser.input.pos % 4 != 0 => {
+                        Some(b'0') if parser.input.pos.is_multiple_of(4) => continue,
+                        Some(_) if !parser.input.pos.is_multiple_of(4) => {
                             bail!("broken padding: data at unaligned offset {} after a raw cpio entry", parser.input.pos)
                         }
                         _ => break,
@@ -192,28 +196,42 @@ impl<R: BufRead> Walker<R> {
             }
             let kind = self.compressed(byte, offset)?;
             let mut segment = new_segment(index, offset, kind);
-            let decoder = StreamDecoder::new(kind, &mut self.image.inner)?;
-            let mut decoded =
-                Positioned { inner: BufReader::with_capacity(1 << 16, decoder), pos: 0 };
-            let mut parser = Parser { input: &mut decoded, seq: &mut self.seq };
             let what = || format!("{kind} segment at offset {offset}");
-            loop {
-                match parser.input.skip_zeros().with_context(what)? {
-                    None => break,
-                    Some(b'0') => {}
-                    Some(_) => bail!(
-                        "{}: junk within compressed archive at decompressed offset {}",
-                        what(),
-                        parser.input.pos
-                    ),
+            // The decoder runs on its own thread, a few chunks ahead of the parser: the two
+            // halves of the work overlap, as in a `zstd -d | cpio -t` pipeline.
+            let inner = &mut self.image.inner;
+            let seq = &mut self.seq;
+            let (cpio_size, consumed) = std::thread::scope(|scope| -> Result<(u64, u64)> {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+                // Spent chunks go back to the decoder: no fresh pages per chunk.
+                let (spent_tx, spent_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
+                let decoding = scope.spawn(move || decode_into(kind, inner, tx, spent_rx));
+                let mut decoded = Positioned { inner: ChunkReader::new(rx, spent_tx), pos: 0 };
+                let mut parser = Parser { input: &mut decoded, seq };
+                loop {
+                    match parser.input.skip_zeros().with_context(what)? {
+                        None => break,
+                        Some(b'0') => {}
+                        Some(_) => bail!(
+                            "{}: junk within compressed archive at decompressed offset {}",
+                            what(),
+                            parser.input.pos
+                        ),
+                    }
+                    let entry = parser.entry(index, visitor).with_context(what)?;
+                    segment.entries += 1;
+                    segment.format.get_or_insert(entry.header.format);
+                    segment.trailer |= entry.is_trailer();
                 }
-                let entry = parser.entry(index, visitor).with_context(what)?;
-                segment.entries += 1;
-                segment.format.get_or_insert(entry.header.format);
-                segment.trailer |= entry.is_trailer();
-            }
-            segment.cpio_size = decoded.pos;
-            let consumed = decoded.inner.into_inner().consumed();
+                let cpio_size = decoded.pos;
+                drop(decoded);
+                let consumed = decoding
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("{}: decoder thread panicked", what()))?
+                    .with_context(what)?;
+                Ok((cpio_size, consumed))
+            })?;
+            segment.cpio_size = cpio_size;
             self.image.pos += consumed;
             segment.length = consumed;
             if segment.entries == 0 {
@@ -239,6 +257,89 @@ impl<R: BufRead> Walker<R> {
             Compression::Lzo => bail!("unsupported compression lzo at offset {offset}"),
             kind => Ok(kind),
         }
+    }
+}
+
+/// Decoder thread: decode one stream of `kind` from `input` in chunks sent to the parser;
+/// returns the compressed bytes consumed. Stops early when the parser hangs up.
+fn decode_into<R: BufRead>(
+    kind: Compression,
+    input: &mut R,
+    tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<u64> {
+    let mut decoder = StreamDecoder::new(kind, input)?;
+    loop {
+        let mut chunk = spent.try_recv().unwrap_or_default();
+        chunk.resize(256 << 10, 0);
+        let mut filled = 0;
+        while filled < chunk.len() {
+            match decoder.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let message = e.to_string();
+                    let _ = tx.send(Err(e));
+                    bail!("corrupt data: {message}");
+                }
+            }
+        }
+        if filled == 0 {
+            return Ok(decoder.consumed());
+        }
+        chunk.truncate(filled);
+        if tx.send(Ok(chunk)).is_err() {
+            return Ok(decoder.consumed());
+        }
+    }
+}
+
+/// The parser's side of the decoder thread: chunks as a `BufRead`.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    spent: std::sync::mpsc::SyncSender<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl ChunkReader {
+    fn new(
+        rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+        spent: std::sync::mpsc::SyncSender<Vec<u8>>,
+    ) -> Self {
+        ChunkReader { rx, spent, chunk: Vec::new(), pos: 0 }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for ChunkReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    let spent = std::mem::replace(&mut self.chunk, chunk);
+                    let _ = self.spent.try_send(spent);
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The decoder finished: end of the decompressed stream.
+                Err(_) => return Ok(&[]),
+            }
+        }
+        Ok(&self.chunk[self.pos..])
+    }
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.chunk.len());
     }
 }
 
@@ -291,13 +392,21 @@ impl<R: BufRead> Parser<'_, R> {
             .with_context(here)?;
         let entry = Entry { seq: *self.seq, segment, offset, header, name };
         *self.seq += 1;
-        let mut body =
-            Body { input: &mut *self.input, left: u64::from(entry.header.filesize), sum: 0 };
-        visitor.entry(&entry, &mut body)?;
-        io::copy(&mut body, &mut io::sink()).map_err(truncated).with_context(here)?;
-        let sum = body.sum;
         let h = &entry.header;
-        if h.format == Format::Crc && h.file_type() == cpio::S_IFREG && sum != h.check {
+        // Only crc-format regular files carry a sum the kernel checks.
+        let summed = h.format == Format::Crc && h.file_type() == cpio::S_IFREG;
+        let mut body =
+            Body { input: &mut *self.input, left: u64::from(h.filesize), sum: summed.then_some(0) };
+        visitor.entry(&entry, &mut body)?;
+        if summed {
+            io::copy(&mut body, &mut io::sink()).map_err(truncated).with_context(here)?;
+        } else {
+            // What the visitor did not read is skipped in place, without copying.
+            let left = body.left;
+            body.input.skip(left).map_err(truncated).with_context(here)?;
+        }
+        let sum = body.sum.unwrap_or(0);
+        if summed && sum != h.check {
             bail!("{}: bad data checksum (header {:#010x}, data {:#010x})", here(), h.check, sum);
         }
         let end = offset + h.name_span() + h.body_span();
@@ -314,11 +423,11 @@ fn truncated(e: io::Error) -> anyhow::Error {
     }
 }
 
-/// The body of one entry: at most `left` bytes, summed as they pass.
+/// The body of one entry: at most `left` bytes, summed as they pass when `sum` is set.
 struct Body<'a, R> {
     input: &'a mut Positioned<R>,
     left: u64,
-    sum: u32,
+    sum: Option<u32>,
 }
 
 impl<R: BufRead> Read for Body<'_, R> {
@@ -331,7 +440,9 @@ impl<R: BufRead> Read for Body<'_, R> {
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        self.sum = cpio::checksum(&buf[..n], self.sum);
+        if let Some(sum) = self.sum.as_mut() {
+            *sum = cpio::checksum(&buf[..n], *sum);
+        }
         self.left -= n as u64;
         Ok(n)
     }

@@ -1,0 +1,330 @@
+//! `bootkmod dud build|inspect|apply`: Driver Update Disks for Anaconda.
+
+use super::{print_json, Context};
+use crate::engines::dud::{inspect, Inspection};
+use crate::engines::dud_package::{plan_package, read_modules, FirmwareFile, PackageOptions};
+use crate::exit::Exit;
+use crate::model::dud::Medium;
+use crate::model::kernel::{Interest, Kernel, KernelOptions};
+use crate::model::root::Root;
+use crate::operations::dud::{self as ops, BuildOptions, DudFormat, PayloadCompression};
+use anyhow::{Context as _, Result};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Build, inspect and apply Driver Update Disks (Anaconda's `inst.dd=`, kickstart
+/// `driverdisk`, a volume labelled OEMDRV).
+#[derive(Debug, clap::Args)]
+pub struct DudArgs {
+    #[command(subcommand)]
+    pub command: DudCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DudCommand {
+    Build(BuildArgs),
+    Inspect(InspectArgs),
+    Apply(ApplyArgs),
+}
+
+/// Build a Driver Update Disk from prebuilt modules, with no toolchain.
+///
+/// One kmod RPM per invocation (Name: kmod-NAME, Provides: kernel-modules >= the
+/// modules' vermagic release), on an ISO9660 disk labelled OEMDRV (or as a directory
+/// tree, or the bare RPM). Set SOURCE_DATE_EPOCH for byte-identical rebuilds.
+///
+/// Examples:
+///   bootkmod dud build ./megaraid_sas.ko -o dd.iso
+///   bootkmod dud build a.ko b.ko --firmware fw.bin --name vendor-hba --version 1.2 -o dd.iso
+///   bootkmod dud build ./x.ko --format rpm -o . --sign-key key.asc
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment, disable_version_flag = true)]
+pub struct BuildArgs {
+    /// Module files (.ko, .ko.xz, .ko.zst, .ko.gz); shipped as plain .ko.
+    #[arg(required = true, value_name = "MODULE")]
+    pub modules: Vec<PathBuf>,
+    /// Firmware files to ship under /lib/firmware (sub-directory from the module's
+    /// firmware= entry when one names the file).
+    #[arg(long, value_name = "FILE")]
+    pub firmware: Vec<PathBuf>,
+    /// Output: the ISO file, the directory, or the RPM file (a directory for --format
+    /// rpm puts the RPM in it under rpm's own file name).
+    #[arg(short, long, value_name = "PATH")]
+    pub output: PathBuf,
+    #[arg(long, value_enum, default_value = "iso")]
+    pub format: DudFormat,
+    /// Package name after `kmod-` (default: the first module's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Package version (default: the first module's version=).
+    #[arg(long)]
+    pub version: Option<String>,
+    #[arg(long, default_value = "1")]
+    pub release: String,
+    /// Target architecture (uname -m); modules built for another are refused.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Add `Requires: kernel(SYM) = CRC` for every symbol version the modules need
+    /// from outside the package; dnf must find them in the target kernel's Provides.
+    #[arg(long)]
+    pub kabi_requires: bool,
+    /// Volume label of the ISO (Anaconda auto-detects OEMDRV).
+    #[arg(long, default_value = crate::formats::dud::AUTO_LABEL)]
+    pub label: String,
+    #[arg(long, value_enum, default_value = "xz")]
+    pub payload: PayloadCompression,
+    /// Sign the RPM with this ASCII-armoured OpenPGP secret key (no passphrase).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    /// Refuse modules that would not load on the kernel tree under DIR (the full
+    /// `bootkmod check` rules: module_layout, vermagic, symbol CRCs, signatures...).
+    #[arg(long, value_name = "DIR")]
+    pub check_root: Option<PathBuf>,
+    /// Kernel release to check against under --check-root (default: the modules'
+    /// vermagic release).
+    #[arg(long, value_name = "K", requires = "check_root")]
+    pub check_kver: Option<String>,
+    /// Compute and show the package, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Show what Anaconda would take from a driver disk for a kernel, and why not the rest.
+///
+/// DUD is an ISO image, a directory, or a bare .rpm. Exit 0 when something would be
+/// taken, 3 when nothing would.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The driver disk: an ISO image, a directory, or a bare .rpm.
+    #[arg(value_name = "DUD")]
+    pub dud: PathBuf,
+    /// The installer kernel's release, exactly as `uname -r` prints it.
+    #[arg(long, value_name = "K")]
+    pub kver: String,
+    /// Architecture (uname -m) whose rpms/ directory Anaconda reads.
+    #[arg(long, value_name = "A", default_value = std::env::consts::ARCH)]
+    pub arch: String,
+    /// Installer version, for installer-enhancement packages.
+    #[arg(long, value_name = "V")]
+    pub installer_version: Option<String>,
+}
+
+/// Do to a root what Anaconda's driver-update step does.
+///
+/// Copies the modules and firmware Anaconda would take into ROOT/lib/modules/K/updates/
+/// and ROOT/lib/firmware/updates/, then regenerates K's module indexes. For %pre/%post
+/// scripts and tests. Exit 3 when nothing on the disk is for K.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The driver disk: an ISO image, a directory, or a bare .rpm.
+    #[arg(value_name = "DUD")]
+    pub dud: PathBuf,
+    /// Kernel release of the root whose updates/ directory receives the modules.
+    #[arg(long, value_name = "K")]
+    pub kver: String,
+    /// Architecture (uname -m) whose rpms/ directory is read.
+    #[arg(long, value_name = "A", default_value = std::env::consts::ARCH)]
+    pub arch: String,
+    /// Show what would be written, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn run(ctx: &Context, args: DudArgs) -> Result<Exit> {
+    match args.command {
+        DudCommand::Build(a) => build(ctx, a),
+        DudCommand::Inspect(a) => run_inspect(ctx, a),
+        DudCommand::Apply(a) => apply(ctx, a),
+    }
+}
+
+fn source_date_epoch() -> Result<Option<u32>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v
+            .trim()
+            .parse::<u32>()
+            .map(Some)
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        _ => Ok(None),
+    }
+}
+
+fn build(ctx: &Context, args: BuildArgs) -> Result<Exit> {
+    let modules = read_modules(&args.modules)?;
+    let firmware = args
+        .firmware
+        .iter()
+        .map(|p| {
+            let content =
+                std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            Ok(FirmwareFile { path: p.clone(), content })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let target = match &args.check_root {
+        Some(dir) => {
+            let release = match &args.check_kver {
+                Some(k) => k.clone(),
+                None => modules
+                    .first()
+                    .and_then(|m| m.module.vermagic())
+                    .and_then(|v| v.split_whitespace().next())
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            let set: Vec<_> = modules.iter().map(|m| m.module.clone()).collect();
+            let opts = KernelOptions { interest: Some(Interest::of(&set)), ..Default::default() };
+            Some(Kernel::read(&Root::new(dir), &release, &opts)?)
+        }
+        None => None,
+    };
+    let plan = plan_package(
+        &modules,
+        &firmware,
+        &PackageOptions {
+            name: args.name,
+            version: args.version,
+            release: args.release,
+            arch: args.arch,
+            kabi_requires: args.kabi_requires,
+        },
+        target.as_ref(),
+    )?;
+    let sign_key = match &args.sign_key {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?),
+        None => None,
+    };
+    let opts = BuildOptions {
+        format: args.format,
+        label: args.label,
+        payload: args.payload,
+        source_date: source_date_epoch()?,
+        sign_key,
+    };
+    let output = if args.format == DudFormat::Rpm && args.output.is_dir() {
+        args.output.join(plan.file_name())
+    } else {
+        args.output
+    };
+    for w in &plan.warnings {
+        eprintln!("bootkmod: warning: {w}");
+    }
+    let report = ops::build(plan, &output, &opts, args.dry_run)?;
+    if ctx.json {
+        print_json(&report)?;
+        return Ok(Exit::Ok);
+    }
+    let mut out = std::io::stdout().lock();
+    let p = &report.package;
+    writeln!(
+        out,
+        "{} {}-{}.{} for kernel {}",
+        p.name, p.version, p.release, p.arch, p.kernel_release
+    )?;
+    for d in &p.provides {
+        writeln!(out, "  Provides: {d}")?;
+    }
+    for d in &p.requires {
+        writeln!(out, "  Requires: {d}")?;
+    }
+    for f in &p.files {
+        writeln!(out, "  {:>8}  {}", f.size, f.path)?;
+    }
+    let verb = if report.dry_run { "would write" } else { "wrote" };
+    writeln!(
+        out,
+        "{verb} {} ({:?}, RPM {} bytes{})",
+        report.output.display(),
+        report.format,
+        report.rpm_size,
+        if report.signed { ", signed" } else { "" }
+    )?;
+    Ok(Exit::Ok)
+}
+
+fn inspect_medium(
+    dud: &std::path::Path,
+    kver: &str,
+    arch: &str,
+    installer: Option<&str>,
+) -> Result<Inspection> {
+    let medium = Medium::read(dud, arch)?;
+    Ok(inspect(&medium, kver, arch, installer))
+}
+
+fn run_inspect(ctx: &Context, args: InspectArgs) -> Result<Exit> {
+    let inspection =
+        inspect_medium(&args.dud, &args.kver, &args.arch, args.installer_version.as_deref())?;
+    let exit = if inspection.takes_anything() { Exit::Ok } else { Exit::Negative };
+    if ctx.json {
+        print_json(&inspection)?;
+        return Ok(exit);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{} ({:?}) for kernel {} on {}",
+        inspection.source, inspection.kind, inspection.kernel, inspection.arch
+    )?;
+    if inspection.repos.is_empty() {
+        writeln!(out, "  no driver-disk repo (a directory with rhdd3 and rpms/)")?;
+        for iso in &inspection.nested_isos {
+            writeln!(out, "  Anaconda would open the image {iso} instead")?;
+        }
+    }
+    for repo in &inspection.repos {
+        let dir = if repo.dir.is_empty() { "/" } else { repo.dir.as_str() };
+        writeln!(out, "  repo {dir}")?;
+        if let Some(note) = &repo.note {
+            writeln!(out, "    {note}")?;
+        }
+        for p in &repo.packages {
+            let verdict = if p.taken { "TAKEN" } else { "skipped" };
+            writeln!(out, "    {verdict:<8} {} ({})", p.nevra, p.path)?;
+            for pv in &p.provides {
+                writeln!(
+                    out,
+                    "      Provides: {}  [{}]",
+                    pv.provide,
+                    if pv.holds { "holds" } else { "does not hold" }
+                )?;
+            }
+            for r in &p.reasons {
+                writeln!(out, "      why: {r}")?;
+            }
+            for f in &p.files {
+                match (&f.destination, &f.note, f.class) {
+                    (Some(d), _, _) => writeln!(out, "      {} -> /{d}", f.path)?,
+                    (None, Some(n), _) => writeln!(out, "      {}: {n}", f.path)?,
+                    (None, None, Some(c)) => writeln!(out, "      {}: extracted as {c:?}", f.path)?,
+                    (None, None, None) => writeln!(out, "      {}: not extracted", f.path)?,
+                }
+            }
+        }
+    }
+    Ok(exit)
+}
+
+fn apply(ctx: &Context, args: ApplyArgs) -> Result<Exit> {
+    let inspection = inspect_medium(&args.dud, &args.kver, &args.arch, None)?;
+    if !inspection.takes_anything() {
+        eprintln!(
+            "bootkmod: {}: nothing on it is for kernel {} on {} (see `bootkmod dud inspect`)",
+            args.dud.display(),
+            args.kver,
+            args.arch
+        );
+        return Ok(Exit::Negative);
+    }
+    let report = ops::apply(&ctx.root, &inspection, &args.kver, args.dry_run)?;
+    if ctx.json {
+        print_json(&report)?;
+        return Ok(Exit::Ok);
+    }
+    let mut out = std::io::stdout().lock();
+    let verb = if report.dry_run { "would write" } else { "wrote" };
+    for f in &report.files {
+        writeln!(out, "{verb} {}{f}", ctx.root.dir().display().to_string().trim_end_matches('/'))?;
+    }
+    writeln!(out, "indexes: {}", report.indexes)?;
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,115 @@
+//! `bootkmod install MODULE... [--root-critical]` and `bootkmod install --refresh
+//! [--kver K]`: place prebuilt modules for every installed kernel they fit (extra/,
+//! weak-updates/, depmod, initramfs), recorded in the ledger. Text or `--json`.
+//! Exit 0 when done; 1 on error, or (with `--refresh`) when a root-critical driver would
+//! be missing from a kernel and the policy is `refuse`; 3 when done but a kernel is at
+//! risk.
+
+use super::{print_json, Context};
+use crate::exit::Exit;
+use crate::model::ledger::Placement;
+use crate::operations::install::{self, InstallOptions, InstallReport};
+use anyhow::Result;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Install prebuilt modules into every installed kernel they are compatible with.
+///
+/// Each module goes to lib/modules/<its kernel>/extra/<name>/ (RHEL's layout), is checked
+/// against every kernel under ROOT with the kernel loader's rules, and is linked into
+/// weak-updates/ where it would load. Where it would not, a locally built module of the
+/// same name (akmods, DKMS) is used if compatible. depmod runs for each changed kernel.
+/// Runs serialize on a lock in ROOT/var/lib/bootkmod; an interrupted run is completed
+/// by the next one.
+///
+/// Examples:
+///   bootkmod install ./mydrv.ko --root-critical
+///   bootkmod install --root /mnt/sysimage ./hba.ko.xz --json
+///   bootkmod install --refresh --kver 6.1.0-57-amd64   (what kernel-install runs)
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct InstallArgs {
+    /// Module files (.ko, .ko.xz, .ko.zst, .ko.gz).
+    #[arg(value_name = "MODULE", required_unless_present = "refresh")]
+    pub modules: Vec<PathBuf>,
+
+    /// The modules are needed to mount root: a kernel without them is at risk.
+    #[arg(long)]
+    pub root_critical: bool,
+
+    /// Install nothing new: re-evaluate the installed modules for the kernels present.
+    #[arg(long, conflicts_with_all = ["modules", "root_critical"])]
+    pub refresh: bool,
+
+    /// With --refresh: only this kernel (repeatable).
+    #[arg(long, value_name = "KVER", requires = "refresh")]
+    pub kver: Vec<String>,
+}
+
+pub fn run(ctx: &Context, args: InstallArgs) -> Result<Exit> {
+    let report = if args.refresh {
+        install::refresh_kernels(&ctx.root, &args.kver)?
+    } else {
+        let opts = InstallOptions { root_critical: args.root_critical };
+        install::install(&ctx.root, &args.modules, &opts)?
+    };
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        render(&mut std::io::stdout().lock(), &report)?;
+    }
+    // Policy gates the automation (kernel-install runs --refresh for a new kernel); an
+    // admin's own install reports the risk with exit 3 instead.
+    if let Some(refusal) = report.refusal().filter(|_| args.refresh) {
+        eprintln!("bootkmod: {refusal}");
+        return Ok(Exit::Error);
+    }
+    let at_risk = report.kernels.iter().any(|k| !k.at_risk.is_empty());
+    if at_risk {
+        for risk in report.kernels.iter().flat_map(|k| &k.at_risk) {
+            eprintln!("bootkmod: warning: {risk}");
+        }
+    }
+    Ok(if at_risk { Exit::Negative } else { Exit::Ok })
+}
+
+fn render(out: &mut impl Write, report: &InstallReport) -> std::io::Result<()> {
+    if let Some(r) = &report.recovered {
+        writeln!(out, "completed the interrupted {r}")?;
+    }
+    for m in &report.installed {
+        writeln!(out, "installed {} -> {}", m.name, m.path.display())?;
+    }
+    for k in &report.kernels {
+        for (name, m) in &k.record.modules {
+            let what = match m.placement {
+                Placement::Own => "own kernel, in extra/".to_string(),
+                Placement::WeakUpdates => format!(
+                    "compatible, linked {}",
+                    m.link.as_ref().map_or(String::new(), |l| l.display().to_string())
+                ),
+                Placement::LocalFallback => format!(
+                    "prebuilt refused ({}); using the locally built {}",
+                    m.reasons.first().map_or("", String::as_str),
+                    m.fallback.as_ref().map_or(String::new(), |f| f.display().to_string())
+                ),
+                Placement::Refused => {
+                    format!("REFUSED: {}", m.reasons.first().map_or("", String::as_str))
+                }
+            };
+            writeln!(out, "{:<28} {name}: {what}", k.release)?;
+        }
+        if k.depmod {
+            writeln!(out, "{:<28} depmod: indexes rewritten", k.release)?;
+        }
+        if let Some(image) = &k.record.image {
+            let state = if image.updated {
+                "updated".to_string()
+            } else {
+                image.note.clone().unwrap_or_else(|| "not updated".into())
+            };
+            writeln!(out, "{:<28} image {}: {state}", k.release, image.path.display())?;
+        }
+    }
+    Ok(())
+}

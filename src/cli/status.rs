@@ -1,0 +1,154 @@
+//! `bootkmod status [--json]`: one line per installed kernel from the ledger checked
+//! against the disk, and a banner for each kernel that would boot without a
+//! root-critical driver. Exit 3 when any kernel is at risk.
+
+use super::{print_json, Context};
+use crate::engines::status::{self, KernelStatus};
+use crate::exit::Exit;
+use crate::model::ledger::{self, Placement};
+use crate::operations::install::{Policy, CONFIG_FILE};
+use anyhow::Result;
+use std::io::Write;
+
+/// Show, per installed kernel, whether each installed driver is compatible, placed
+/// (extra/ or weak-updates/), inside the initramfs, and whether the image is unchanged
+/// since bootkmod recorded it.
+///
+/// Exit 3 when a kernel would boot without a root-critical driver.
+///
+/// Examples:
+///   bootkmod status
+///   bootkmod status --root /mnt/sysimage --json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct StatusArgs {
+    /// Only this kernel.
+    #[arg(long, value_name = "KVER")]
+    pub kver: Option<String>,
+
+    /// For the dracut module: print `NAME SOURCE DEST` for each driver usable on --kver
+    /// (SOURCE a host path, DEST the path inside the image); fail naming driver and
+    /// kernel when a root-critical driver is unusable, unless policy=warn.
+    #[arg(long, requires = "kver")]
+    pub dracut: bool,
+}
+
+pub fn run(ctx: &Context, args: StatusArgs) -> Result<Exit> {
+    let ledger = ledger::load(&ctx.root)?;
+    if args.dracut {
+        let kver = args.kver.as_deref().unwrap_or_default();
+        return dracut_list(ctx, &ledger, kver);
+    }
+    let mut kernels = status::status(&ctx.root, &ledger)?;
+    if let Some(k) = &args.kver {
+        kernels.retain(|s| &s.release == k);
+        if kernels.is_empty() {
+            anyhow::bail!("no kernel {k} under {}", ctx.root.path("/lib/modules").display());
+        }
+    }
+    let at_risk = kernels.iter().any(|k| !k.at_risk.is_empty());
+    if ctx.json {
+        #[derive(serde::Serialize)]
+        struct Report<'a> {
+            at_risk: bool,
+            kernels: &'a [KernelStatus],
+        }
+        print_json(&Report { at_risk, kernels: &kernels })?;
+    } else {
+        render(&mut std::io::stdout().lock(), &kernels)?;
+    }
+    Ok(if at_risk { Exit::Negative } else { Exit::Ok })
+}
+
+/// What dracut's `installkernel` needs: the drivers usable on `kver`, where to take each
+/// from and where to put it; or the refusal.
+fn dracut_list(ctx: &Context, ledger: &ledger::Ledger, kver: &str) -> Result<Exit> {
+    let policy = Policy::read(&ctx.root)?;
+    let Some(kernel) = ledger.kernels.get(kver) else {
+        if ledger.modules.values().any(|m| m.root_critical) && policy == Policy::Refuse {
+            anyhow::bail!(
+                "kernel {kver} was never checked for the root-critical driver(s) {}: run `bootkmod install --refresh --kver {kver}` first",
+                ledger.modules.values().filter(|m| m.root_critical).map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        return Ok(Exit::Ok);
+    };
+    let mut out = std::io::stdout().lock();
+    let mut refusals = Vec::new();
+    for (name, on) in &kernel.modules {
+        let Some(m) = ledger.modules.get(name) else { continue };
+        if !on.usable_on_boot() {
+            let why = on.reasons.first().map_or("incompatible", String::as_str);
+            if m.root_critical {
+                refusals.push(format!(
+                    "root-critical driver {name} is not usable on kernel {kver}: {why}"
+                ));
+            } else {
+                eprintln!("bootkmod: warning: driver {name} left out of kernel {kver}: {why}");
+            }
+            continue;
+        }
+        let (source, dest) = match (on.placement, &on.link, &on.fallback) {
+            (Placement::WeakUpdates, Some(link), _) => (m.path.clone(), link.clone()),
+            (Placement::LocalFallback, _, Some(local)) => (local.clone(), local.clone()),
+            _ => (m.path.clone(), m.path.clone()),
+        };
+        writeln!(out, "{name}\t{}\t{}", ctx.root.path(&source).display(), dest.display())?;
+    }
+    if !refusals.is_empty() {
+        let text = refusals.join("; ");
+        if policy == Policy::Refuse {
+            anyhow::bail!("{text} (policy=refuse; set policy=warn in {CONFIG_FILE} to allow)");
+        }
+        eprintln!("bootkmod: warning: {text}");
+    }
+    Ok(Exit::Ok)
+}
+
+fn yes_no(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    }
+}
+
+fn render(out: &mut impl Write, kernels: &[KernelStatus]) -> std::io::Result<()> {
+    for k in kernels.iter().filter(|k| !k.at_risk.is_empty()) {
+        for risk in &k.at_risk {
+            writeln!(out, "!!! AT RISK: {risk}")?;
+        }
+    }
+    writeln!(
+        out,
+        "{:<28} {:<12} {:<11} {:<13} {:<9} {:<16}",
+        "KERNEL", "DRIVER", "COMPATIBLE", "PLACED", "IN-IMAGE", "IMAGE-UNCHANGED"
+    )?;
+    for k in kernels {
+        if k.modules.is_empty() {
+            writeln!(out, "{:<28} (no drivers installed by bootkmod)", k.release)?;
+        }
+        for m in &k.modules {
+            let placed = match (m.placement, m.placed) {
+                (None, _) => "-".to_string(),
+                (Some(p), true) => serde_json::to_value(p)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                (Some(_), false) => "no".to_string(),
+            };
+            let first = m.reasons.first().map_or(String::new(), |r| format!("  {r}"));
+            writeln!(
+                out,
+                "{:<28} {:<12} {:<11} {:<13} {:<9} {:<16}{first}",
+                k.release,
+                m.name,
+                yes_no(m.compatible),
+                placed,
+                yes_no(m.in_image),
+                yes_no(k.image_unchanged)
+            )?;
+        }
+    }
+    Ok(())
+}

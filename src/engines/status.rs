@@ -1,0 +1,209 @@
+//! Status and drift: what the ledger says bootkmod did, checked against what is on disk
+//! now. Reads only; never writes.
+//!
+//! [`status`] gives one [`KernelStatus`] per installed kernel: for each ledger module,
+//! compatible? placed (own file or weak-updates link pointing at it, or a local
+//! fallback)? present in the kernel's initramfs (read through the initramfs engine, as
+//! the kernel would unpack it)? image unchanged since bootkmod last saw it? A kernel is
+//! *at risk* when a root-critical module would be missing at boot.
+//!
+//! [`verify`] re-hashes every installed module, stored copy, link target and image and
+//! lists each [`Drift`].
+
+use crate::engines::initramfs;
+use crate::model::kernel;
+use crate::model::ledger::{find_image, is_linked, store_path, Ledger, Placement};
+use crate::model::module::{name_from_path, sha256_hex};
+use crate::model::root::Root;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// One module on one kernel, as it is now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModuleStatus {
+    pub name: String,
+    pub root_critical: bool,
+    /// `None` when this kernel was never evaluated (installed after the last refresh).
+    pub compatible: Option<bool>,
+    pub placement: Option<Placement>,
+    /// The file or link the placement promises is there and right.
+    pub placed: bool,
+    /// The module is in the kernel's initramfs (`None`: no image).
+    pub in_image: Option<bool>,
+    pub reasons: Vec<String>,
+}
+
+/// One installed kernel.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KernelStatus {
+    pub release: String,
+    pub image: Option<PathBuf>,
+    /// The image's digest equals the ledger's (`None`: not recorded or no image).
+    pub image_unchanged: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_note: Option<String>,
+    pub modules: Vec<ModuleStatus>,
+    /// Why this kernel would boot without a root-critical module; empty when safe.
+    pub at_risk: Vec<String>,
+}
+
+/// Status of every installed kernel under `root`.
+pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
+    let mut out = Vec::new();
+    for release in kernel::releases(root)? {
+        let recorded = ledger.kernels.get(&release);
+        let image = find_image(root, &release);
+        let image_files = match &image {
+            Some(p) => Some(image_module_names(root, p, &release)?),
+            None => None,
+        };
+        let image_record = recorded.and_then(|k| k.image.as_ref());
+        let image_unchanged = match (&image, image_record) {
+            (Some(p), Some(rec)) if &rec.path == p => {
+                let bytes = std::fs::read(root.path(p))
+                    .with_context(|| format!("{}: cannot read", root.path(p).display()))?;
+                Some(sha256_hex(&bytes) == rec.sha256)
+            }
+            _ => None,
+        };
+        let mut modules = Vec::new();
+        let mut at_risk = Vec::new();
+        for (name, m) in &ledger.modules {
+            let on = recorded.and_then(|k| k.modules.get(name));
+            let placed = match on.map(|o| o.placement) {
+                Some(Placement::Own) => root.path(&m.path).is_file(),
+                Some(Placement::WeakUpdates) => {
+                    on.and_then(|o| o.link.as_ref()).is_some_and(|l| is_linked(root, l, &m.path))
+                }
+                Some(Placement::LocalFallback) => {
+                    on.and_then(|o| o.fallback.as_ref()).is_some_and(|f| root.path(f).is_file())
+                }
+                Some(Placement::Refused) | None => false,
+            };
+            let in_image = image_files.as_ref().map(|files| files.iter().any(|f| f == name));
+            let reasons = on.map(|o| o.reasons.clone()).unwrap_or_default();
+            if m.root_critical {
+                let why = match (on, placed, in_image) {
+                    (None, _, _) => Some(
+                        "not evaluated for this kernel (run bootkmod install --refresh)"
+                            .to_string(),
+                    ),
+                    (Some(o), _, _) if !o.usable_on_boot() => {
+                        Some(reasons.first().cloned().unwrap_or_else(|| "incompatible".into()))
+                    }
+                    (_, false, _) => Some("its file or link is missing".to_string()),
+                    (_, _, Some(false)) => Some(format!(
+                        "not in the initramfs{}",
+                        image_record
+                            .and_then(|i| i.note.as_ref())
+                            .map_or(String::new(), |n| format!(" ({n})"))
+                    )),
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    at_risk.push(format!(
+                        "kernel {release} would boot without root-critical driver {name}: {why}"
+                    ));
+                }
+            }
+            modules.push(ModuleStatus {
+                name: name.clone(),
+                root_critical: m.root_critical,
+                compatible: on.map(|o| o.compatible),
+                placement: on.map(|o| o.placement),
+                placed,
+                in_image,
+                reasons,
+            });
+        }
+        out.push(KernelStatus {
+            release,
+            image,
+            image_unchanged,
+            image_note: image_record.and_then(|i| i.note.clone()),
+            modules,
+            at_risk,
+        });
+    }
+    Ok(out)
+}
+
+/// Names of the modules of `release` inside an image.
+fn image_module_names(root: &Root, image: &Path, release: &str) -> Result<Vec<String>> {
+    let host = root.path(image);
+    let file =
+        std::fs::File::open(&host).with_context(|| format!("{}: cannot open", host.display()))?;
+    let (view, _) =
+        initramfs::read_view(std::io::BufReader::new(file), &host.display().to_string())?;
+    let marker = format!("modules/{release}/");
+    Ok(view
+        .entries()
+        .filter(|e| e.inode.file_type() == crate::formats::cpio::S_IFREG)
+        .map(|e| String::from_utf8_lossy(e.path).into_owned())
+        .filter(|p| p.contains(&marker))
+        .filter(|p| crate::model::tree::is_module_file(p))
+        .map(|p| name_from_path(Path::new(&p)))
+        .collect())
+}
+
+/// Something that is no longer as bootkmod left it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Drift {
+    /// Target-absolute path of the file at fault.
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+/// Re-hash everything the ledger vouches for.
+pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
+    let mut drift = Vec::new();
+    let mut push = |path: &Path, problem: String| {
+        drift.push(Drift { path: path.to_path_buf(), problem });
+    };
+    for m in ledger.modules.values() {
+        match std::fs::read(root.path(&m.path)) {
+            Ok(bytes) if sha256_hex(&bytes) == m.sha256 => {}
+            Ok(bytes) => push(
+                &m.path,
+                format!(
+                    "module {} changed: sha256 {} (installed {})",
+                    m.name,
+                    sha256_hex(&bytes),
+                    m.sha256
+                ),
+            ),
+            Err(e) => push(&m.path, format!("module {} unreadable: {e}", m.name)),
+        }
+        let stored = store_path(&m.sha256);
+        match std::fs::read(root.path(&stored)) {
+            Ok(bytes) if sha256_hex(&bytes) == m.sha256 => {}
+            Ok(_) => push(&stored, format!("stored copy of {} does not match its sha256", m.name)),
+            Err(e) => push(&stored, format!("stored copy of {} unreadable: {e}", m.name)),
+        }
+    }
+    for (release, k) in &ledger.kernels {
+        for (name, on) in &k.modules {
+            let Some(m) = ledger.modules.get(name) else { continue };
+            if let (Placement::WeakUpdates, Some(link)) = (on.placement, &on.link) {
+                if !is_linked(root, link, &m.path) {
+                    let now = std::fs::read_link(root.path(link))
+                        .map_or("missing".to_string(), |t| format!("points to {}", t.display()));
+                    push(link, format!("weak-updates link of {name} for {release} {now}"));
+                }
+            }
+        }
+        if let Some(image) = &k.image {
+            match std::fs::read(root.path(&image.path)) {
+                Ok(bytes) if sha256_hex(&bytes) == image.sha256 => {}
+                Ok(_) => push(
+                    &image.path,
+                    format!(
+                        "initramfs of {release} was replaced or changed since bootkmod recorded it"
+                    ),
+                ),
+                Err(e) => push(&image.path, format!("initramfs of {release} unreadable: {e}")),
+            }
+        }
+    }
+    Ok(drift)
+}

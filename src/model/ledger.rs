@@ -1,0 +1,178 @@
+//! The ledger's data: what bootkmod installed under a root and what it found for each
+//! kernel (`var/lib/bootkmod/ledger.json`), and the target-system paths it vouches for
+//! (module files, weak-updates links, initramfs images). Read here; written only by
+//! `operations::ledger`, under its lock.
+
+use super::root::Root;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Target-absolute directory of bootkmod's state.
+pub const STATE_DIR: &str = "/var/lib/bootkmod";
+pub const LEDGER_FILE: &str = "ledger.json";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything bootkmod manages under one root.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Ledger {
+    pub version: u32,
+    /// Installed modules by name.
+    pub modules: BTreeMap<String, ModuleRecord>,
+    /// Per installed kernel release, what was found and done.
+    pub kernels: BTreeMap<String, KernelRecord>,
+    /// The operation in progress; present only between its start and its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<Journal>,
+}
+
+/// One installed module.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModuleRecord {
+    pub name: String,
+    /// sha256 of the file as installed (and as kept in the store).
+    pub sha256: String,
+    /// Where the admin's file came from (host path as given on the command line).
+    pub origin: String,
+    /// The release the module was built for (from its vermagic).
+    pub built_for: String,
+    /// Target-absolute path of the installed file (`/lib/modules/K/extra/NAME/FILE`).
+    pub path: PathBuf,
+    /// Needed to mount the root filesystem: a kernel without it is at risk.
+    pub root_critical: bool,
+}
+
+/// Where a module stands on one kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// Installed in this kernel's own `extra/` (it was built for it).
+    Own,
+    /// Linked into `weak-updates/` (compatible with this kernel).
+    WeakUpdates,
+    /// Not placed: the prebuilt module is incompatible, but a locally built module of
+    /// the same name (akmods/DKMS, `extra/` or `updates/`) is compatible and is used.
+    LocalFallback,
+    /// Not placed: incompatible and no usable fallback.
+    Refused,
+}
+
+/// One module on one kernel.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModuleOnKernel {
+    pub compatible: bool,
+    /// The verdict's refusals, first one first (what the kernel would print).
+    pub reasons: Vec<String>,
+    pub placement: Placement,
+    /// The weak-updates link (target-absolute) when [`Placement::WeakUpdates`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<PathBuf>,
+    /// The local module used instead (target-absolute) when [`Placement::LocalFallback`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<PathBuf>,
+}
+
+/// The initramfs image of one kernel, as bootkmod last left it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ImageRecord {
+    /// Target-absolute path of the image.
+    pub path: PathBuf,
+    /// sha256 of the image as bootkmod last saw or wrote it.
+    pub sha256: String,
+    /// Did bootkmod put the modules into it?
+    pub updated: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Host-independent (target-absolute) path of the pre-bootkmod copy, if one was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<PathBuf>,
+}
+
+/// One kernel.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KernelRecord {
+    pub modules: BTreeMap<String, ModuleOnKernel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRecord>,
+}
+
+/// An operation that was started and has not yet finished.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Journal {
+    /// Install these modules (their bytes are in the store), then refresh every kernel.
+    Install { modules: Vec<ModuleRecord> },
+    /// Take these modules out of every kernel and image, then forget them.
+    Remove { names: Vec<String> },
+    /// Re-evaluate the ledger's modules for these kernels (all when empty).
+    Refresh { kernels: Vec<String> },
+}
+
+/// Read the ledger under `root` (an empty one when bootkmod never ran there).
+pub fn load(root: &Root) -> Result<Ledger> {
+    let path = root.path(STATE_DIR).join(LEDGER_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Ledger { version: FORMAT_VERSION, ..Ledger::default() })
+        }
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    };
+    let ledger: Ledger = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a bootkmod ledger", path.display()))?;
+    if ledger.version != FORMAT_VERSION {
+        bail!(
+            "{}: ledger format {} is not the supported {FORMAT_VERSION}",
+            path.display(),
+            ledger.version
+        );
+    }
+    Ok(ledger)
+}
+
+/// Target-absolute path of a module's stored copy.
+pub fn store_path(sha256: &str) -> PathBuf {
+    Path::new(STATE_DIR).join("store").join(format!("{sha256}.ko"))
+}
+
+/// The weak-updates link (target-absolute) that offers `module` (target-absolute, in
+/// some kernel's `extra/`) to kernel `release`, as RHEL's weak-modules lays it out:
+/// `/lib/modules/J/weak-updates/SUB -> /lib/modules/K/extra/SUB`.
+pub fn weak_link_path(module: &Path, release: &str) -> Result<PathBuf> {
+    let mut parts = module.strip_prefix("/lib/modules").ok().map(|p| p.components());
+    let below_extra = parts.as_mut().and_then(|parts| {
+        parts.next()?;
+        (parts.next()?.as_os_str() == "extra").then(|| parts.as_path().to_path_buf())
+    });
+    match below_extra {
+        Some(sub) if !sub.as_os_str().is_empty() => {
+            Ok(Path::new("/lib/modules").join(release).join("weak-updates").join(sub))
+        }
+        _ => bail!("{}: not a module under /lib/modules/KVER/extra/", module.display()),
+    }
+}
+
+/// Does `link` exist under `root` and point at `module`?
+pub fn is_linked(root: &Root, link: &Path, module: &Path) -> bool {
+    std::fs::read_link(root.path(link)).is_ok_and(|t| t == module)
+}
+
+/// Target-absolute path of the kernel's initramfs, in Debian's then RHEL's naming.
+pub fn find_image(root: &Root, release: &str) -> Option<PathBuf> {
+    [format!("/boot/initrd.img-{release}"), format!("/boot/initramfs-{release}.img")]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| root.path(p).is_file())
+}
+
+impl ModuleOnKernel {
+    /// Will the kernel's tree give a working module of this name at boot?
+    pub fn usable_on_boot(&self) -> bool {
+        match self.placement {
+            Placement::Own | Placement::WeakUpdates => self.compatible,
+            Placement::LocalFallback => true,
+            Placement::Refused => false,
+        }
+    }
+}

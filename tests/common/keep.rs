@@ -1,0 +1,158 @@
+//! Helpers for the keep (install/status/remove) tests: a target root holding several
+//! real Debian kernels (each a small subset of its modules, its config, its symvers
+//! where bootkmod and kmod look, a tiny initramfs, indexes by kmod's depmod), kABI copies of a kernel under
+//! another release name, and snapshots of trees to prove what changed and what did not.
+
+use super::check::other_build;
+use bootkmod::formats::cpio::{EntryMeta, Format, Writer};
+use bootkmod::formats::symvers::{self, SymversEntry};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The modules each test kernel carries: a block driver and ext4 with its dependencies.
+pub const SUBSET: &[&str] =
+    &["virtio_blk.ko", "ext4.ko", "jbd2.ko", "mbcache.ko", "crc16.ko", "crc32c_generic.ko"];
+
+/// Where a Debian kernel's files come from: the host (`/`) or an unpacked build.
+pub struct Source {
+    pub root: PathBuf,
+    pub kver: String,
+}
+
+impl Source {
+    /// The installed kernel, or another build from `.ci/setup.d/kernels`.
+    pub fn of(kver: &str, installed: &str) -> Option<Source> {
+        let root = if kver == installed { PathBuf::from("/") } else { other_build(kver)? };
+        Some(Source { root, kver: kver.to_string() })
+    }
+
+    pub fn symvers(&self) -> Vec<SymversEntry> {
+        let p = self.root.join(format!("usr/src/linux-headers-{}/Module.symvers", self.kver));
+        symvers::parse(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+            .unwrap()
+    }
+}
+
+/// A target root in a temporary directory.
+pub struct TargetRoot {
+    pub dir: tempfile::TempDir,
+}
+
+impl TargetRoot {
+    pub fn new() -> TargetRoot {
+        TargetRoot { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Host path of a target-absolute path.
+    pub fn at(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(p.as_ref().strip_prefix("/").unwrap_or(p.as_ref()))
+    }
+
+    /// Add kernel `release` made of `src`'s subset modules, config and `symvers`
+    /// (written as Debian's headers would hold it), with a small initramfs and the
+    /// indexes kmod's depmod writes, as the kernel package leaves them.
+    pub fn add_kernel(&self, src: &Source, release: &str, symvers_entries: &[SymversEntry]) {
+        let from = src.root.join("lib/modules").join(&src.kver);
+        let to = self.at(format!("/lib/modules/{release}"));
+        let order = std::fs::read_to_string(from.join("modules.order")).unwrap();
+        let mut kept = Vec::new();
+        for line in order.lines() {
+            let file = line.rsplit('/').next().unwrap_or_default();
+            if SUBSET.contains(&file) {
+                let dest = to.join(line);
+                std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                if std::fs::hard_link(from.join(line), &dest).is_err() {
+                    std::fs::copy(from.join(line), &dest).unwrap();
+                }
+                kept.push(line.to_string());
+            }
+        }
+        assert_eq!(kept.len(), SUBSET.len(), "subset incomplete in {}", from.display());
+        std::fs::write(to.join("modules.order"), kept.join("\n") + "\n").unwrap();
+        for f in ["modules.builtin", "modules.builtin.modinfo"] {
+            std::fs::copy(from.join(f), to.join(f)).unwrap();
+        }
+        let headers = self.at(format!("/usr/src/linux-headers-{release}"));
+        std::fs::create_dir_all(&headers).unwrap();
+        std::fs::write(headers.join("Module.symvers"), symvers::write(symvers_entries)).unwrap();
+        std::os::unix::fs::symlink(format!("/usr/src/linux-headers-{release}"), to.join("build"))
+            .unwrap();
+        std::fs::create_dir_all(self.at("/boot")).unwrap();
+        std::fs::copy(
+            src.root.join(format!("boot/config-{}", src.kver)),
+            self.at(format!("/boot/config-{release}")),
+        )
+        .unwrap();
+        std::fs::write(self.at(format!("/boot/initrd.img-{release}")), tiny_image(release))
+            .unwrap();
+        // The kernel package's postinst runs depmod: every installed tree has indexes.
+        if let Some(depmod) = super::tool("depmod") {
+            let out = super::run(
+                std::process::Command::new(depmod).arg("-b").arg(self.path()).arg(release),
+            );
+            assert!(out.status.success(), "depmod: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+impl Default for TargetRoot {
+    fn default() -> Self {
+        TargetRoot::new()
+    }
+}
+
+/// A raw newc initramfs with an `/init` and the kernel's module directory.
+pub fn tiny_image(release: &str) -> Vec<u8> {
+    let mut w = Writer::new(Vec::new(), Format::Newc);
+    for dir in ["usr", "usr/lib", "usr/lib/modules"] {
+        w.write_entry(&EntryMeta::new(dir, 0o040755), b"").unwrap();
+    }
+    let tree = format!("usr/lib/modules/{release}");
+    w.write_entry(&EntryMeta::new(tree.as_bytes(), 0o040755), b"").unwrap();
+    w.write_entry(&EntryMeta::new("init", 0o100755), b"#!/bin/sh\n").unwrap();
+    w.finish().unwrap()
+}
+
+/// `symbol`'s CRC changed, as a kABI break would change it.
+pub fn break_symbol(entries: &[SymversEntry], symbol: &str) -> Vec<SymversEntry> {
+    let mut out = entries.to_vec();
+    let e = out.iter_mut().find(|e| e.symbol == symbol).expect("symbol in symvers");
+    e.crc ^= 0x5a5a_5a5a;
+    out
+}
+
+/// Every path below `dir` with its kind, size, mtime and link target: any change shows.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let link = std::fs::read_link(&p).ok();
+            out.insert(
+                p.clone(),
+                format!("{:?} {} {:?} {:?}", m.file_type(), m.len(), m.modified().ok(), link),
+            );
+            if m.is_dir() {
+                walk(&p, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, &mut out);
+    out
+}
+
+/// sha256 of every file below `dir` (images, for byte-for-byte restores).
+pub fn digests(dir: &Path) -> BTreeMap<PathBuf, String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| (e.path(), bootkmod::model::module::sha256_hex(&std::fs::read(e.path()).unwrap())))
+        .collect()
+}

@@ -1,0 +1,76 @@
+//! Debian's real dracut with `dracut-module/90bootkmod` builds an image that carries the
+//! installed driver (seen by bootkmod's own `initramfs ls` and by dracut's `lsinitrd`),
+//! and refuses, naming driver, kernel and reason, to build one for a kernel whose
+//! symvers breaks a symbol the root-critical driver uses.
+
+mod common;
+
+use common::check::build_bkram;
+use common::keep::{break_symbol, Source, TargetRoot};
+use common::{bootkmod, installed_kernel, run, tool};
+use std::path::Path;
+use std::process::Command;
+
+const BREAK: &str = "6.1.0-56kbreak-amd64";
+
+#[test]
+fn dracut_module_carries_the_driver_or_refuses() {
+    let Some(kver) = installed_kernel() else { return };
+    let Some(dracut) = tool("dracut") else { return };
+    let Some(lsinitrd) = tool("lsinitrd") else { return };
+    let Some(newer) = Source::of(&kver, &kver) else { return };
+    let build = tempfile::tempdir().unwrap();
+    let Some(bkram) = build_bkram(&kver, build.path()) else { return };
+    let root = TargetRoot::new();
+    let symvers = newer.symvers();
+    root.add_kernel(&newer, &kver, &symvers);
+    root.add_kernel(&newer, BREAK, &break_symbol(&symvers, "put_disk"));
+    let out = run(bootkmod()
+        .arg("--root")
+        .arg(root.path())
+        .args(["install", "--root-critical"])
+        .arg(&bkram));
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // dracut's own modules plus ours, without touching the host's /usr/lib/dracut.
+    let base = build.path().join("dracut");
+    let st = run(Command::new("cp").arg("-a").arg("/usr/lib/dracut").arg(&base));
+    assert!(st.status.success());
+    let st = run(Command::new("cp")
+        .arg("-r")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("dracut-module/90bootkmod"))
+        .arg(base.join("modules.d/")));
+    assert!(st.status.success());
+    let bin = Path::new(env!("CARGO_BIN_EXE_bootkmod"));
+    let dracut_for = |release: &str, image: &Path| {
+        run(Command::new(&dracut)
+            .args(["--no-hostonly", "--force", "--no-compress", "--no-early-microcode"])
+            .args(["--modules", "bootkmod"])
+            .arg("--kmoddir")
+            .arg(root.at(format!("/lib/modules/{release}")))
+            .arg(image)
+            .arg(release)
+            .env("dracutbasedir", &base)
+            .env("BOOTKMOD_ROOT", root.path())
+            // dracut resets PATH to the system's: name the binary under test.
+            .env("BOOTKMOD", bin))
+    };
+
+    let image = build.path().join("good.img");
+    let out = dracut_for(&kver, &image);
+    assert!(out.status.success(), "dracut failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let want = format!("lib/modules/{kver}/extra/bkram/bkram.ko");
+    let ls = run(bootkmod().args(["initramfs", "ls"]).arg(&image));
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert!(listing.contains(&want), "bootkmod initramfs ls lacks {want}:\n{listing}");
+    let ls = run(Command::new(&lsinitrd).arg(&image));
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert!(listing.contains(&want), "lsinitrd lacks {want}:\n{listing}");
+    assert!(listing.contains("etc/modules-load.d/bootkmod.conf"), "{listing}");
+
+    let image = build.path().join("break.img");
+    let out = dracut_for(BREAK, &image);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dracut must refuse {BREAK}");
+    assert!(err.contains("bkram") && err.contains(BREAK) && err.contains("put_disk"), "{err}");
+}
