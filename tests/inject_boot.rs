@@ -22,7 +22,10 @@ fn boot(release: &str, image: &Path, controller: Controller) -> Option<qemu::Boo
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("root.img");
     qemu::ext4_disk(&disk)?;
-    Boot::new(kernel, image).disk(&disk, controller).run()
+    let mut b = Boot::new(kernel, image).disk(&disk, controller);
+    // Software emulation on a loaded 2-core host can take minutes; the markers decide.
+    b.timeout = std::time::Duration::from_secs(300);
+    b.run()
 }
 
 fn inject(image: &Path, driver: &str, rebuild: bool) {

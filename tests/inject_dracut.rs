@@ -38,11 +38,21 @@ fn root_disk(out: &Path) -> Option<()> {
     Some(())
 }
 
-fn boot(release: &str, image: &Path, disk: &Path, timeout: u64) -> Option<qemu::BootLog> {
+/// The kernel's line when dracut's `sysroot.mount` mounted the disk: proof the driver
+/// loaded even if the hand-over to the root's init were slow.
+const KERNEL_MOUNTED: &str = "EXT4-fs (sda): mounted filesystem";
+
+fn boot(
+    release: &str,
+    image: &Path,
+    disk: &Path,
+    device_wait: u64,
+    timeout: u64,
+) -> Option<qemu::BootLog> {
     let kernel = qemu::host_kernel(release)?;
-    let mut b = Boot::new(kernel, image).disk(disk, Controller::Megasas).append(
-        "root=/dev/sda rootfstype=ext4 ro rd.shell=0 rd.emergency=poweroff rd.timeout=25 quiet",
-    );
+    let mut b = Boot::new(kernel, image).disk(disk, Controller::Megasas).append(&format!(
+        "root=/dev/sda rootfstype=ext4 ro rd.shell=0 rd.emergency=poweroff rd.timeout={device_wait}"
+    ));
     b.timeout = Duration::from_secs(timeout);
     b.memory_mb = 1536;
     b.run()
@@ -58,8 +68,14 @@ fn a_dracut_image_boots_to_root_only_after_injection() {
     let disk = tmp.path().join("root.img");
     let Some(()) = root_disk(&disk) else { return };
 
-    let Some(before) = boot(&release, &image, &disk, 150) else { return };
-    assert!(!before.root_mounted(), "root mounted without the driver?\n{}", before.tail());
+    // Without the driver dracut waits for /dev/sda, gives up and powers off (or is
+    // killed at the timeout): either way the disk is never mounted.
+    let Some(before) = boot(&release, &image, &disk, 30, 150) else { return };
+    assert!(
+        !before.root_mounted() && !before.serial.contains(KERNEL_MOUNTED),
+        "root mounted without the driver?\n{}",
+        before.tail()
+    );
 
     let out = run(common::bootkmod()
         .args(["inject", "--no-backup", "--image"])
@@ -69,7 +85,12 @@ fn a_dracut_image_boots_to_root_only_after_injection() {
     assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("verified:"), "{stdout}");
 
-    let Some(after) = boot(&release, &image, &disk, 180) else { return };
-    assert!(after.root_mounted(), "no root after injection; serial tail:\n{}", after.tail());
+    let Some(after) = boot(&release, &image, &disk, 240, 300) else { return };
+    assert!(
+        after.serial.contains(KERNEL_MOUNTED),
+        "no root mount after injection; serial tail:\n{}",
+        after.tail()
+    );
+    assert!(after.root_mounted(), "root mounted but not handed over:\n{}", after.tail());
     eprintln!("dracut image: root reached in {:.1}s after injection", after.elapsed.as_secs_f64());
 }

@@ -483,7 +483,13 @@ pub fn plan(
                     Why::Dependency { of } => bail!(
                         "{of} depends on {dep}, which is neither in the image nor in the kernel's module tree"
                     ),
-                    _ => plan.warnings.push(format!("{dep} ({dep_why:?}) not found; not added")),
+                    Why::Softdep { of } => plan.warnings.push(format!(
+                        "soft dependency {dep} of {of} is no module of the tree (an alias?); not added, modprobe skips it too"
+                    )),
+                    Why::DiskClass { of } => plan.warnings.push(format!(
+                        "disk driver {dep} for {of} is neither in the image nor in the tree: its disks may get no block device"
+                    )),
+                    Why::Requested => {}
                 },
             }
         }
@@ -914,4 +920,80 @@ pub fn chains(image: &ImageContents, tree: &str, names: &[String]) -> Result<Vec
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::cpio::{self, EntryMeta, Format, S_IFLNK};
+
+    fn image(entries: &[(&str, u32, &[u8])]) -> ImageContents {
+        let mut w = cpio::Writer::new(Vec::new(), Format::Newc);
+        for (name, mode, body) in entries {
+            w.write_entry(&EntryMeta::new(name.as_bytes(), *mode), body).unwrap();
+        }
+        let bytes = w.finish().unwrap();
+        ImageContents::read(&bytes[..], "test image").unwrap()
+    }
+
+    #[test]
+    fn tree_paths_split_at_the_release() {
+        assert_eq!(
+            tree_of("usr/lib/modules/6.1/kernel/a.ko"),
+            Some(("usr/lib/modules/6.1", "kernel/a.ko"))
+        );
+        assert_eq!(
+            tree_of("lib/modules/6.1/modules.dep"),
+            Some(("lib/modules/6.1", "modules.dep"))
+        );
+        assert_eq!(tree_of("lib/modules/6.1"), None);
+        assert_eq!(tree_of("etc/modules"), None);
+    }
+
+    #[test]
+    fn placing_follows_the_lib_symlink_and_creates_missing_parents() {
+        let img = image(&[
+            ("usr", S_IFDIR | 0o755, b""),
+            ("usr/lib", S_IFDIR | 0o755, b""),
+            ("usr/lib/modules", S_IFDIR | 0o755, b""),
+            ("lib", S_IFLNK | 0o777, b"usr/lib"),
+        ]);
+        let mut placer = Placer { view: &img.view, created: Vec::new(), entries: Vec::new() };
+        let path = placer.place("lib/modules/6.1/updates/x.ko").unwrap();
+        assert_eq!(path, b"usr/lib/modules/6.1/updates/x.ko");
+        let dirs: Vec<&[u8]> = placer.entries.iter().map(|e| e.path.as_slice()).collect();
+        assert_eq!(dirs, [&b"usr/lib/modules/6.1"[..], b"usr/lib/modules/6.1/updates"]);
+        // A second file in the same place creates nothing more.
+        placer.place("lib/modules/6.1/updates/y.ko").unwrap();
+        assert_eq!(placer.entries.len(), 2);
+        // A file in the way of a directory is an error, not a replacement.
+        let img = image(&[("etc", S_IFREG | 0o644, b"x")]);
+        let mut placer = Placer { view: &img.view, created: Vec::new(), entries: Vec::new() };
+        assert!(placer.place("etc/cmdline.d/a.conf").is_err());
+    }
+
+    #[test]
+    fn early_load_uses_the_images_own_mechanism() {
+        let tools = image(&[
+            ("conf", S_IFDIR | 0o755, b""),
+            ("conf/initramfs.conf", S_IFREG | 0o644, b"MODULES=most\n"),
+            ("conf/modules", S_IFREG | 0o644, b"ahci"),
+        ]);
+        let (e, body) = early_load(&tools, vec!["hba".into(), "ahci".into()]);
+        assert_eq!((e.mechanism, e.path.as_str()), ("initramfs-tools", "conf/modules"));
+        assert_eq!(body.unwrap(), b"ahci\nhba\n");
+        let (_, body) = early_load(
+            &image(&[
+                ("conf", S_IFDIR | 0o755, b""),
+                ("conf/initramfs.conf", S_IFREG | 0o644, b""),
+                ("conf/modules", S_IFREG | 0o644, b"hba\n"),
+            ]),
+            vec!["hba".into()],
+        );
+        assert_eq!(body, None, "already listed: nothing to write");
+        let plain = image(&[("etc", S_IFDIR | 0o755, b"")]);
+        let (e, body) = early_load(&plain, vec!["hba".into()]);
+        assert_eq!(e.mechanism, "modules-load.d");
+        assert_eq!(body.unwrap(), b"hba\n");
+    }
 }
