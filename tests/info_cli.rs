@@ -17,9 +17,10 @@ fn readme_demo_runs_without_root_or_kernel() {
     let out = run(bootkmod().args(["--json", "demo"]));
     assert!(out.status.success(), "{out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("demo --json");
-    assert_eq!(json.as_array().map(Vec::len), Some(2));
-    assert_eq!(json[1]["compression"], "xz");
-    assert_eq!(json[1]["versions"].as_array().map(Vec::len), Some(4));
+    let modules = &json["modules"];
+    assert_eq!(modules.as_array().map(Vec::len), Some(2));
+    assert_eq!(modules[1]["compression"], "xz");
+    assert_eq!(modules[1]["versions"].as_array().map(Vec::len), Some(4));
 }
 
 #[test]
