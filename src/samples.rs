@@ -28,6 +28,15 @@ pub enum SampleArch {
 }
 
 impl SampleArch {
+    /// Every architecture the builder emits.
+    pub const ALL: [SampleArch; 5] = [
+        SampleArch::X86_64,
+        SampleArch::I386,
+        SampleArch::S390x,
+        SampleArch::PowerPc,
+        SampleArch::Aarch64,
+    ];
+
     fn object(self) -> (Architecture, Endianness) {
         match self {
             SampleArch::X86_64 => (Architecture::X86_64, Endianness::Little),
@@ -142,17 +151,20 @@ impl SampleModule {
 
         let text = obj.section_id(StandardSection::Text);
         obj.append_section_data(text, &[0xc3; 16], 16);
-        let init = obj.add_symbol(Symbol {
-            name: b"init_module".to_vec(),
-            value: 0,
-            size: 16,
-            kind: SymbolKind::Text,
-            scope: SymbolScope::Linkage,
-            weak: false,
-            section: SymbolSection::Section(text),
-            flags: SymbolFlags::None,
-        });
-        let _ = init;
+        // A global function in .text: init_module, and each exported symbol's body.
+        let function = |obj: &mut Object, name: &str| {
+            obj.add_symbol(Symbol {
+                name: name.as_bytes().to_vec(),
+                value: 0,
+                size: 16,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Linkage,
+                weak: false,
+                section: SymbolSection::Section(text),
+                flags: SymbolFlags::None,
+            });
+        };
+        function(&mut obj, "init_module");
 
         let section = |obj: &mut Object, name: &str, kind: SectionKind, data: &[u8], align: u64| {
             let id = obj.add_section(Vec::new(), name.as_bytes().to_vec(), kind);
@@ -238,16 +250,7 @@ impl SampleModule {
                     local(&mut obj, format!("__crc_{}", e.name), 4 * slot as u64, kcrc);
                     local(&mut obj, format!("__kstrtab_{}", e.name), name_offsets[*i], strtab);
                     local(&mut obj, format!("__kstrtabns_{}", e.name), ns_offsets[*i], strtab);
-                    obj.add_symbol(Symbol {
-                        name: e.name.as_bytes().to_vec(),
-                        value: 0,
-                        size: 16,
-                        kind: SymbolKind::Text,
-                        scope: SymbolScope::Linkage,
-                        weak: false,
-                        section: SymbolSection::Section(text),
-                        flags: SymbolFlags::None,
-                    });
+                    function(&mut obj, &e.name);
                 }
             }
         }
@@ -390,13 +393,7 @@ mod tests {
 
     #[test]
     fn every_arch_reads_back() {
-        for arch in [
-            SampleArch::X86_64,
-            SampleArch::I386,
-            SampleArch::S390x,
-            SampleArch::PowerPc,
-            SampleArch::Aarch64,
-        ] {
+        for arch in SampleArch::ALL {
             let mut s = SampleModule::new("m", "6.1.0 SMP mod_unload modversions ");
             s.arch = arch;
             s.import("module_layout", 0xdeadbeef).export("m_fn", 0x1234, true, Some("NS_X"));

@@ -134,13 +134,7 @@ fn foreign_class_and_endian_samples_match_kmod() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
-    for arch in [
-        SampleArch::X86_64,
-        SampleArch::I386,
-        SampleArch::S390x,
-        SampleArch::PowerPc,
-        SampleArch::Aarch64,
-    ] {
+    for arch in SampleArch::ALL {
         let path = dir.path().join(format!("sample_{arch:?}.ko").to_lowercase());
         std::fs::write(&path, sample(&format!("s_{arch:?}"), arch).to_elf().unwrap()).unwrap();
         files.push(path);
