@@ -358,7 +358,7 @@ pub fn demo_system(dir: &std::path::Path, release: &str) -> Result<DemoSystem> {
             name: "demo_fs".into(),
             target: format!("/lib/modules/{release}/kernel/fs/demo_fs.ko").into(),
             rel: Some("kernel/fs/demo_fs.ko".into()),
-            module,
+            module: module.into(),
         }],
         order: Some(b"kernel/fs/demo_fs.ko\n".to_vec()),
         builtin: Some(Vec::new()),

@@ -116,6 +116,7 @@ pub fn run(ctx: &Context, args: InjectArgs) -> Result<Exit> {
 pub fn exit_of(report: &Report) -> Exit {
     match report.outcome {
         Outcome::Refused => Exit::Negative,
+        Outcome::NotVerified => Exit::Error,
         Outcome::Written if !report.verification.as_ref().is_some_and(|v| v.ok) => Exit::Error,
         _ => Exit::Ok,
     }
@@ -176,8 +177,12 @@ pub fn write_report(out: &mut dyn Write, r: &Report) -> std::io::Result<()> {
             mode_name(r),
             r.output.display()
         )?,
-        Outcome::Written => {
-            writeln!(out, "written: {} ({})", r.output.display(), mode_name(r))?;
+        Outcome::Written | Outcome::NotVerified => {
+            if r.outcome == Outcome::Written {
+                writeln!(out, "written: {} ({})", r.output.display(), mode_name(r))?;
+            } else {
+                writeln!(out, "NOT written: {} left unchanged", r.output.display())?;
+            }
             if let Some(b) = &r.backup {
                 writeln!(out, "backup:  {}", b.display())?;
             }

@@ -5,8 +5,10 @@
 //!
 //! 1. [`ImageContents::read`] walks the image once (the kernel's unpacking rules, via
 //!    `engines::initramfs`), keeping the merged [`View`], every module under a
-//!    `lib/modules/<kver>` tree (parsed, with its sha256) and the few small files the
-//!    plan reads whole: index and order files, `depmod.d`, early-load configuration.
+//!    `lib/modules/<kver>` tree (parsed; with its sha256 when [`Digests`] asks) and the
+//!    few small files the plan reads whole: index and order files, `depmod.d`,
+//!    early-load configuration. [`ImageContents::resume`] reads on into bytes appended
+//!    later, so a verification need not decode the original segments again.
 //! 2. [`plan`] checks the requested modules against the target kernel
 //!    (`engines::compat`), closes over `depends=`, `softdep=` and the disk-class driver a
 //!    controller needs to produce a block device ([`DISK_CLASS`]), skips what is built in
@@ -25,25 +27,24 @@ use crate::engines::compat::{self, Verdict};
 use crate::engines::depmod::config::{Candidate, Config};
 use crate::engines::depmod::{DepModule, Graph, Inputs};
 use crate::engines::initramfs::view::View;
-use crate::engines::initramfs::walk::{self, Entry, Segment, Visitor};
+use crate::engines::initramfs::walk::{self, Entry, Resume, Segment, Visitor};
 use crate::engines::initramfs::{kernel_versions, KernelTree};
 use crate::formats::cpio::{S_IFDIR, S_IFREG};
 use crate::model::kernel::Kernel;
 use crate::model::module::{name_from_path, sha256_hex, Module, ReadOptions};
 use crate::model::tree::is_module_file;
 use anyhow::{bail, Context, Result};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A module file found in the image.
 #[derive(Debug, Clone)]
 pub struct ImageModule {
-    pub module: Module,
-    /// sha256 of the file as stored in the image.
-    pub sha256: String,
-    /// The entry that wrote it (to discard copies later replaced by another type).
-    seq: u64,
+    pub module: Arc<Module>,
+    /// sha256 of the file as stored in the image, when [`Digests`] asked for it.
+    pub sha256: Option<String>,
 }
 
 /// What an image holds, as far as injection cares.
@@ -58,6 +59,29 @@ pub struct ImageContents {
     pub files: BTreeMap<String, Vec<u8>>,
     /// Module files that could not be parsed (path: error).
     pub warnings: Vec<String>,
+    /// Where the walk ended: the start of anything appended later.
+    pub end: Resume,
+    /// The writes of kept files and modules, for dropping those a later entry replaced.
+    seqs: HashMap<String, u64>,
+}
+
+/// Which image modules get a sha256 while reading. Hashing every module costs about as
+/// much as decoding a zstd image, and a plan compares only the modules it was asked
+/// for (dependencies already in the image are kept as they are).
+#[derive(Debug, Clone, Copy)]
+pub enum Digests<'a> {
+    All,
+    /// Modules with these names (as `name_from_path` gives them).
+    Named(&'a HashSet<String>),
+}
+
+impl Digests<'_> {
+    fn wants(&self, path: &str) -> bool {
+        match self {
+            Digests::All => true,
+            Digests::Named(names) => names.contains(&name_from_path(Path::new(path))),
+        }
+    }
 }
 
 /// Whether a raw entry name may be something [`ImageContents`] keeps: only these bodies
@@ -98,34 +122,37 @@ fn tree_of(path: &str) -> Option<(&str, &str)> {
     None
 }
 
-struct Collector {
-    view: View,
-    modules: BTreeMap<String, ImageModule>,
-    files: BTreeMap<String, (u64, Vec<u8>)>,
-    warnings: Vec<String>,
+struct Collector<'a> {
+    contents: ImageContents,
+    digests: Digests<'a>,
 }
 
-impl Visitor for Collector {
+impl Visitor for Collector<'_> {
     fn entry(&mut self, entry: &Entry, body: &mut dyn Read) -> Result<()> {
+        let c = &mut self.contents;
         if entry.header.file_type() != S_IFREG || !worth_reading(&entry.name) {
-            return self.view.entry(entry, body);
+            return c.view.entry(entry, body);
         }
         let mut bytes = Vec::with_capacity(entry.header.filesize as usize);
         body.read_to_end(&mut bytes)?;
-        self.view.entry(entry, &mut bytes.as_slice())?;
-        let Some(found) = self.view.lookup(&entry.name, false) else { return Ok(()) };
+        c.view.entry(entry, &mut bytes.as_slice())?;
+        let Some(found) = c.view.lookup(&entry.name, false) else { return Ok(()) };
         let path = String::from_utf8_lossy(found.path).into_owned();
         if is_module_file(&path) && tree_of(&path).is_some() {
             match Module::from_bytes(&bytes, ReadOptions::default()) {
                 Ok(mut module) => {
                     module.path = Some(PathBuf::from(&path));
-                    let sha256 = sha256_hex(&bytes);
-                    self.modules.insert(path, ImageModule { module, sha256, seq: entry.seq });
+                    let sha256 = self.digests.wants(&path).then(|| sha256_hex(&bytes));
+                    c.seqs.insert(path.clone(), entry.seq);
+                    c.files.remove(&path);
+                    c.modules.insert(path, ImageModule { module: module.into(), sha256 });
                 }
-                Err(e) => self.warnings.push(format!("{path} in the image: {e:#}")),
+                Err(e) => c.warnings.push(format!("{path} in the image: {e:#}")),
             }
         } else if kept_file(&path) {
-            self.files.insert(path, (entry.seq, bytes));
+            c.seqs.insert(path.clone(), entry.seq);
+            c.modules.remove(&path);
+            c.files.insert(path, bytes);
         }
         Ok(())
     }
@@ -133,30 +160,51 @@ impl Visitor for Collector {
 
 impl ImageContents {
     /// Walk an image once. `source` names it in errors.
-    pub fn read<R: BufRead + Send>(image: R, source: &str) -> Result<ImageContents> {
-        let mut c = Collector {
+    pub fn read<R: BufRead + Send>(
+        image: R,
+        source: &str,
+        digests: Digests,
+    ) -> Result<ImageContents> {
+        let empty = ImageContents {
             view: View::new(),
+            segments: Vec::new(),
             modules: BTreeMap::new(),
             files: BTreeMap::new(),
             warnings: Vec::new(),
+            end: Resume::default(),
+            seqs: HashMap::new(),
         };
-        let segments = walk::walk(image, source, &mut c)?;
-        // Keep only what is still there: a later entry may have replaced a file.
-        let last_write = |view: &View, path: &str| {
-            view.lookup(path.as_bytes(), false)
+        empty.resume(image, source, digests)
+    }
+
+    /// Read on from where the walk that made `self` ended: `image` yields the bytes
+    /// appended after [`ImageContents::end`]'s offset. The result is what
+    /// [`ImageContents::read`] of the whole image would give.
+    pub fn resume<R: BufRead + Send>(
+        self,
+        image: R,
+        source: &str,
+        digests: Digests,
+    ) -> Result<ImageContents> {
+        let start = self.end;
+        let mut c = Collector { contents: self, digests };
+        let (segments, end) = walk::walk_from(image, source, start, &mut c)?;
+        let mut contents = c.contents;
+        contents.segments.extend(segments);
+        contents.end = end;
+        // Keep only what is still there: a later entry may have replaced a file by a
+        // link, a directory or a file outside any tree.
+        let ImageContents { view, seqs, modules, files, .. } = &mut contents;
+        let current = |path: &String| {
+            let last = view
+                .lookup(path.as_bytes(), false)
                 .filter(|e| e.inode.file_type() == S_IFREG)
-                .and_then(|e| e.inode.writes.last().map(|w| w.seq))
+                .and_then(|e| e.inode.writes.last().map(|w| w.seq));
+            last.is_some() && last == seqs.get(path).copied()
         };
-        let view = c.view;
-        let modules =
-            c.modules.into_iter().filter(|(p, m)| last_write(&view, p) == Some(m.seq)).collect();
-        let files = c
-            .files
-            .into_iter()
-            .filter(|(p, (seq, _))| last_write(&view, p) == Some(*seq))
-            .map(|(p, (_, b))| (p, b))
-            .collect();
-        Ok(ImageContents { view, segments, modules, files, warnings: c.warnings })
+        modules.retain(|p, _| current(p));
+        files.retain(|p, _| current(p));
+        Ok(contents)
     }
 
     /// The kernel trees the image holds.
@@ -419,7 +467,7 @@ pub fn plan(
     let mut queue: Vec<(Request, Why)> =
         requests.into_iter().map(|r| (r, Why::Requested)).collect();
     let mut seen: HashSet<String> = HashSet::new();
-    let mut written: Vec<(String, Module)> = Vec::new();
+    let mut written: Vec<(String, Arc<Module>)> = Vec::new();
     let mut file_entries: Vec<NewEntry> = Vec::new();
     let mut i = 0;
     while i < queue.len() {
@@ -452,7 +500,7 @@ pub fn plan(
                 body: req.bytes.clone(),
             });
             chosen.insert(name.clone(), rel.clone());
-            written.push((rel.clone(), req.module.clone()));
+            written.push((rel.clone(), Arc::new(req.module.clone())));
         }
         // What this module pulls in.
         let mut wanted: Vec<(String, Why)> = Vec::new();
@@ -624,6 +672,9 @@ struct TreeState {
     builtin_modinfo: Option<Vec<u8>>,
     tree: String,
     release: String,
+    /// Tree-relative path → sha256, for the in-image modules the image was read with
+    /// digests of ([`Digests`]). Placement treats a missing digest as a different file
+    /// (rewritten: correct, only not idempotent), so callers hash the requested names.
     shas: BTreeMap<String, String>,
 }
 
@@ -662,7 +713,9 @@ impl TreeState {
             if !keep_old {
                 chosen.insert(name, rel.to_string());
             }
-            shas.insert(rel.to_string(), m.sha256.clone());
+            if let Some(sha) = &m.sha256 {
+                shas.insert(rel.to_string(), sha.clone());
+            }
         }
         let mut file = |name: &str| -> Result<Option<Vec<u8>>> {
             match image.file(&format!("{tree}/{name}")) {
@@ -933,7 +986,67 @@ mod tests {
             w.write_entry(&EntryMeta::new(name.as_bytes(), *mode), body).unwrap();
         }
         let bytes = w.finish().unwrap();
-        ImageContents::read(&bytes[..], "test image").unwrap()
+        ImageContents::read(&bytes[..], "test image", Digests::All).unwrap()
+    }
+
+    #[test]
+    fn resuming_after_a_prefix_reads_what_a_whole_read_does() {
+        use crate::formats::cpio::S_IFDIR;
+        let module = |name: &str| {
+            crate::samples::SampleModule::new(name, "6.1.0-k SMP mod_unload modversions ")
+                .to_elf()
+                .unwrap()
+        };
+        let (a, b) = (module("a"), module("b"));
+        let segment = |entries: &[(&str, u32, &[u8])]| {
+            let mut w = cpio::Writer::new(Vec::new(), Format::Newc);
+            for (name, mode, body) in entries {
+                w.write_entry(&EntryMeta::new(name.as_bytes(), *mode), body).unwrap();
+            }
+            w.finish().unwrap()
+        };
+        let dir = S_IFDIR | 0o755;
+        let file = S_IFREG | 0o644;
+        let mut whole = segment(&[
+            ("lib", dir, b""),
+            ("lib/modules", dir, b""),
+            ("lib/modules/k", dir, b""),
+            ("lib/modules/k/kernel", dir, b""),
+            ("lib/modules/k/kernel/a.ko", file, &a),
+            ("lib/modules/k/kernel/gone.ko", file, &a),
+            ("lib/modules/k/modules.dep", file, b"old\n"),
+        ]);
+        let prefix_len = whole.len();
+        whole.extend(segment(&[
+            ("lib/modules/k/modules.dep", file, b"new\n"),
+            ("lib/modules/k/updates", dir, b""),
+            ("lib/modules/k/updates/b.ko", file, &b),
+            // A later entry of another type: the module is gone from the tree.
+            ("lib/modules/k/kernel/gone.ko", S_IFLNK | 0o777, b"a.ko"),
+        ]));
+        let names: HashSet<String> = ["b".to_string()].into();
+        let at_once = ImageContents::read(&whole[..], "whole", Digests::Named(&names)).unwrap();
+        let first = ImageContents::read(&whole[..prefix_len], "first", Digests::All).unwrap();
+        assert_eq!(first.end.offset, prefix_len as u64);
+        assert!(first.modules.contains_key("lib/modules/k/kernel/gone.ko"));
+        let resumed = first.resume(&whole[prefix_len..], "rest", Digests::Named(&names)).unwrap();
+
+        assert_eq!(resumed.segments, at_once.segments);
+        assert_eq!(resumed.end, at_once.end);
+        assert_eq!(resumed.files, at_once.files);
+        assert_eq!(resumed.files["lib/modules/k/modules.dep"], b"new\n");
+        let listing = |c: &ImageContents| -> Vec<(String, Option<String>)> {
+            c.modules.iter().map(|(p, m)| (p.clone(), m.sha256.clone())).collect()
+        };
+        let keys: Vec<&str> = resumed.modules.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["lib/modules/k/kernel/a.ko", "lib/modules/k/updates/b.ko"]);
+        // Digests only where asked: `a` was hashed by the first read (All), `b` by both.
+        assert_eq!(resumed.modules["lib/modules/k/updates/b.ko"].sha256, Some(sha256_hex(&b)));
+        assert_eq!(at_once.modules["lib/modules/k/kernel/a.ko"].sha256, None);
+        assert_eq!(listing(&at_once)[1], listing(&resumed)[1]);
+        assert!(resumed.has_file("lib/modules/k/updates/b.ko"));
+        let gone = resumed.view.lookup(b"lib/modules/k/kernel/gone.ko", false).unwrap();
+        assert_eq!(gone.inode.file_type(), S_IFLNK);
     }
 
     #[test]

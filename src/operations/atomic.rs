@@ -159,27 +159,72 @@ pub fn replace_file(
     opts: &ReplaceOptions,
     fill: impl FnOnce(&mut File) -> Result<()>,
 ) -> Result<()> {
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = target
-        .file_name()
-        .with_context(|| format!("{}: not a file path", target.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let tag = format!("bootkmod-{}", std::process::id());
-    let temp = dir.join(format!(".{name}.{tag}.new"));
-    let like = opts.like.clone().or_else(|| target.exists().then(|| target.to_path_buf()));
-    let result = (|| -> Result<()> {
-        let mut f = OpenOptions::new()
+    replace_file_checked(target, opts, fill, |_| Ok(()))
+}
+
+/// [`replace_file`], with `check` run on the complete temp file (see [`Staged::commit`]).
+pub fn replace_file_checked(
+    target: &Path,
+    opts: &ReplaceOptions,
+    fill: impl FnOnce(&mut File) -> Result<()>,
+    check: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let mut staged = Staged::beside(target)?;
+    fill(staged.file()).with_context(|| format!("{}: cannot write", staged.temp.display()))?;
+    staged.commit(opts, check)
+}
+
+/// The new content of one file, being written to a temp file beside its target. Dropped
+/// without [`Staged::commit`], the temp file is removed and the target never changed:
+/// a caller may start writing before it knows whether it will replace anything.
+#[derive(Debug)]
+pub struct Staged {
+    target: PathBuf,
+    dir: PathBuf,
+    temp: PathBuf,
+    file: Option<File>,
+}
+
+impl Staged {
+    /// Create the temp file (mode 0600 until commit gives it its final attributes).
+    pub fn beside(target: &Path) -> Result<Staged> {
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = target
+            .file_name()
+            .with_context(|| format!("{}: not a file path", target.display()))?
+            .to_string_lossy()
+            .into_owned();
+        let temp = dir.join(format!(".{name}.bootkmod-{}.new", std::process::id()));
+        let file = OpenOptions::new()
             .write(true)
             .read(true)
             .create_new(true)
             .mode(0o600)
             .open(&temp)
             .with_context(|| format!("{}: cannot create", temp.display()))?;
-        fill(&mut f).with_context(|| format!("{}: cannot write", temp.display()))?;
+        Ok(Staged { target: target.to_path_buf(), dir, temp, file: Some(file) })
+    }
+
+    /// The temp file, open for writing.
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("a staged file is open until commit")
+    }
+
+    /// Give the temp file the target's owner, mode and xattrs (or `opts.like`'s), fsync
+    /// it while `check` reads it (both must finish), link the backup, rename over the
+    /// target, fsync the directory. What `check` proves holds for the bytes that become
+    /// the target; an error from it, or from any step, leaves the target untouched.
+    pub fn commit(
+        mut self,
+        opts: &ReplaceOptions,
+        check: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<()> {
+        let (target, temp) = (&self.target, &self.temp);
+        let f = self.file.take().expect("a staged file is committed once");
+        let like = opts.like.clone().or_else(|| target.exists().then(|| target.clone()));
         if let Some(like) = &like {
             copy_attributes(like, &f).with_context(|| {
                 format!(
@@ -192,24 +237,39 @@ pub fn replace_file(
             use std::os::unix::fs::PermissionsExt;
             f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         }
-        f.sync_all().with_context(|| format!("{}: cannot fsync", temp.display()))?;
+        // The check reads what the page cache holds while the disk catches up: both
+        // must finish before the rename, neither needs the other.
+        std::thread::scope(|scope| {
+            let synced = scope.spawn(|| f.sync_all());
+            let checked = check(temp);
+            let synced = synced.join().map_err(|_| anyhow::anyhow!("fsync thread panicked"))?;
+            synced.with_context(|| format!("{}: cannot fsync", temp.display()))?;
+            checked
+        })?;
+        drop(f);
         if let (Some(backup), true) = (&opts.backup, target.exists()) {
-            let link = dir.join(format!(".{name}.{tag}.bak"));
+            let name = target.file_name().unwrap_or_default().to_string_lossy();
+            let link = self.dir.join(format!(".{name}.bootkmod-{}.bak", std::process::id()));
             let _ = std::fs::remove_file(&link);
             std::fs::hard_link(target, &link)
                 .with_context(|| format!("{}: cannot back up", target.display()))?;
             std::fs::rename(&link, backup)
                 .with_context(|| format!("{}: cannot create backup", backup.display()))?;
         }
-        std::fs::rename(&temp, target)
+        std::fs::rename(temp, target)
             .with_context(|| format!("{}: cannot replace", target.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-        return result;
+        // Renamed: nothing left for drop to remove.
+        self.temp = PathBuf::new();
+        sync_dir(&self.dir)
     }
-    sync_dir(&dir)
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.temp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
 }
 
 /// Owner, permission bits and extended attributes (`security.selinux` among them) of

@@ -3,20 +3,29 @@
 //!
 //! Flow of [`inject`]:
 //!
-//! 1. read the image once ([`ImageContents::read`]) and pick its kernel tree;
-//! 2. read the modules asked for (files, or names from `ROOT/lib/modules/KVER`) and the
-//!    target kernel ([`Kernel`]), and compute the [`Plan`] (`engines::inject`);
+//! 1. read the image once ([`ImageContents::read`]), hashing only the in-image modules
+//!    named like the requested ones, and pick its kernel tree; beside it, on a second
+//!    thread, read the target system's side (modules asked for by name from
+//!    `ROOT/lib/modules/KVER`, the kernel to check against: [`Kernel`]) when the release
+//!    can be told in advance ([`expected_release`]);
+//! 2. compute the [`Plan`] (`engines::inject`); for an append, the copy of the original
+//!    bytes is staged beside the output meanwhile ([`Staged`]);
 //! 3. stop there when the check refuses (exit 3 for the CLI), when nothing would change
-//!    (idempotent re-runs), or for a dry run;
-//! 4. write, through [`replace_file`] (temp file beside the target, fsync, backup link,
-//!    rename, fsync directory; owner, mode and xattrs kept): by default the original
-//!    bytes plus one overlay segment compressed like the image's last one
-//!    ([`Mode::Append`]); with `rebuild` (or when the last segment is lz4 legacy, which
-//!    the kernel requires to be last) the leading uncompressed early cpio kept as is and
-//!    everything else merged into one fresh segment ([`Mode::Rebuild`]);
-//! 5. verify ([`Verification`]): re-read the written file; every segment decodes, every
-//!    written module has its planned sha256, and every requested module resolves
-//!    through the image's own `modules.dep.bin` to a chain whose files are all there.
+//!    (idempotent re-runs), or for a dry run (a staged copy is dropped);
+//! 4. write: by default the original bytes plus one overlay segment compressed like the
+//!    image's last one ([`Mode::Append`]); with `rebuild` (or when the last segment is
+//!    lz4 legacy, which the kernel requires to be last) the leading uncompressed early
+//!    cpio kept as is and everything else merged into one fresh segment
+//!    ([`Mode::Rebuild`]). [`Staged::commit`] then fsyncs the temp file beside the
+//!    target, verifies it (step 5), links the backup, renames, fsyncs the directory;
+//!    owner, mode and xattrs are kept;
+//! 5. verify ([`Verification`]) the temp file before the rename: every segment decodes,
+//!    every written module has its planned sha256, and every requested module resolves
+//!    through the image's own `modules.dep.bin` to a chain whose files are all there. An
+//!    appended image is checked to start with exactly the bytes the plan decoded (an
+//!    XXH3-128 [`Fingerprint`] taken while reading them), and only the new segment is
+//!    decoded again: decoding the original twice would double the cost of an injection.
+//!    A failed verification replaces nothing ([`Outcome::NotVerified`]).
 //!
 //! Issue 7 (`install`/`status`/`remove`) builds on [`inject`] and [`Report`].
 
@@ -26,15 +35,15 @@ use crate::engines::initramfs::view::View;
 use crate::engines::initramfs::walk::{self, Entry, Visitor};
 use crate::engines::initramfs::write::{padding_before_raw, ArchiveWriter};
 use crate::engines::inject::{
-    self, Chain, ImageContents, NewEntry, Origin, Plan, PlanOptions, Request, Sources,
+    self, Chain, Digests, ImageContents, NewEntry, Origin, Plan, PlanOptions, Request, Sources,
 };
 use crate::formats::compression::{Compression, EncoderSettings};
 use crate::formats::cpio::{EntryMeta, Format, S_IFREG};
 use crate::model::kernel::{Interest, Kernel, KernelOptions};
 use crate::model::module::{sha256_hex, Module, ReadOptions};
 use crate::model::root::Root;
-use crate::operations::atomic::{replace_file, ReplaceOptions};
-use anyhow::{bail, Context, Result};
+use crate::operations::atomic::{ReplaceOptions, Staged};
+use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -112,6 +121,8 @@ pub enum Outcome {
     Planned,
     /// Written and verified.
     Written,
+    /// Written to a temp file that failed verification; the image was left unchanged.
+    NotVerified,
 }
 
 /// What the re-read of the written image found.
@@ -173,34 +184,50 @@ pub fn inject(
     if modules.is_empty() {
         bail!("no module to inject");
     }
-    let contents = read_image(image)?;
-    let (release, tree) = inject::choose_tree(&contents, opts.release.as_deref())
-        .with_context(|| image.display().to_string())?;
-    let mut sources = TreeSources::new(root, &release);
-    let mut requests = Vec::new();
+    // Files first: their names, like the named ones, are the image modules worth a digest.
+    let mut files = HashMap::new();
+    let mut names = HashSet::new();
     for arg in modules {
-        requests.push(match arg {
+        match arg {
             ModuleArg::File(path) => {
                 let bytes = std::fs::read(path)
                     .with_context(|| format!("{}: cannot read", path.display()))?;
                 let mut module = Module::from_bytes(&bytes, ReadOptions::default())
                     .with_context(|| path.display().to_string())?;
                 module.path = Some(path.clone());
-                Request { module, bytes, origin: Origin::File { path: path.clone() } }
+                names.insert(module.name());
+                let origin = Origin::File { path: path.clone() };
+                files.insert(path.clone(), Request { module, bytes, origin });
             }
-            ModuleArg::Name(name) => sources.tree_module(name)?.with_context(|| {
-                format!(
-                    "no module {name} in {}",
-                    root.path(format!("/lib/modules/{release}")).display()
-                )
-            })?,
-        });
+            ModuleArg::Name(name) => {
+                names.insert(name.replace('-', "_"));
+            }
+        }
     }
-    let mut kernel_opts = opts.kernel.clone();
-    let checked: Vec<Module> = requests.iter().map(|r| r.module.clone()).collect();
-    kernel_opts.interest = Some(Interest::of(&checked));
+    let started = std::time::Instant::now();
+    // The target system's side does not depend on the image once the release is known:
+    // when it can be told in advance, read it on a thread beside the image.
+    let expected = expected_release(root, image, opts);
+    let (original, early) = std::thread::scope(|scope| {
+        let early = expected.as_deref().map(|release| {
+            scope.spawn(|| Target::read(root, release, modules, &files, &opts.kernel))
+        });
+        let original = Original::read(image, Digests::Named(&names));
+        let early = early.map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("reader panicked"))));
+        (original, early)
+    });
+    let original = original?;
+    tracing::debug!("read {} in {:.3} s", image.display(), started.elapsed().as_secs_f64());
+    let contents = &original.contents;
+    let (release, tree) = inject::choose_tree(contents, opts.release.as_deref())
+        .with_context(|| image.display().to_string())?;
+    let target = match early {
+        Some(target) if expected.as_deref() == Some(release.as_str()) => target?,
+        _ => Target::read(root, &release, modules, &files, &opts.kernel)?,
+    };
+    let Target { mut sources, requests, kernel } = target;
     let mut unreadable_kernel = None;
-    let kernel = match Kernel::read(root, &release, &kernel_opts) {
+    let kernel = match kernel {
         Ok(k) => Some(k),
         Err(e) if opts.plan.force => {
             unreadable_kernel = Some(format!("{e:#}"));
@@ -212,21 +239,33 @@ pub fn inject(
             ))
         }
     };
-    let mut plan = inject::plan(
-        &contents,
-        &release,
-        &tree,
-        kernel.as_ref(),
-        requests,
-        &mut sources,
-        &opts.plan,
-    )?;
-    plan.warnings.extend(unreadable_kernel);
-
     let last = contents.segments.last().map_or(Compression::None, |s| s.compression);
     let mode =
         if opts.rebuild || last == Compression::Lz4Legacy { Mode::Rebuild } else { Mode::Append };
     let output = opts.output.clone().unwrap_or_else(|| image.to_path_buf());
+    let overlay = Overlay::of(&original);
+    // An appended image starts with a copy of the original, which needs no plan: it is
+    // staged beside the output while the plan is computed. When nothing is to be
+    // written, the staged file is dropped, and with it the temp file.
+    let (plan, staged) = std::thread::scope(|scope| {
+        let staged = (mode == Mode::Append && !opts.dry_run)
+            .then(|| scope.spawn(|| stage_original(image, &output, overlay)));
+        let plan = inject::plan(
+            contents,
+            &release,
+            &tree,
+            kernel.as_ref(),
+            requests,
+            &mut sources,
+            &opts.plan,
+        );
+        let staged = staged.map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("copy panicked"))));
+        (plan, staged)
+    });
+    let mut plan = plan?;
+    plan.warnings.extend(unreadable_kernel);
+    tracing::debug!("planned at {:.3} s", started.elapsed().as_secs_f64());
+
     let mut report = Report {
         image: image.to_path_buf(),
         output: output.clone(),
@@ -254,19 +293,101 @@ pub fn inject(
         backup: backup.clone(),
         like: (!in_place && !output.exists()).then(|| image.to_path_buf()),
     };
-    replace_file(&output, &replace, |out| {
-        let mut out = BufWriter::with_capacity(1 << 20, out);
-        match mode {
-            Mode::Append => write_append(image, &contents, &report.plan.entries, &mut out)?,
-            Mode::Rebuild => write_rebuild(image, &contents, &report.plan.entries, &mut out)?,
+    let plan = &report.plan;
+    let mut staged = match staged {
+        Some(staged) => staged?,
+        None => Staged::beside(&output)?,
+    };
+    let written = match mode {
+        Mode::Append => write_overlay(overlay, &plan.entries, staged.file()),
+        Mode::Rebuild => write_rebuild(image, contents, &plan.entries, staged.file()),
+    };
+    written.with_context(|| format!("{}: cannot write", output.display()))?;
+    tracing::debug!("written at {:.3} s", started.elapsed().as_secs_f64());
+    // An appended image is verified against the original's contents, read on.
+    let appended_to = (mode == Mode::Append).then_some(original);
+    let mut verification = None;
+    let committed = staged.commit(&replace, |temp| {
+        let v = verify(temp, &output, plan, appended_to)?;
+        tracing::debug!("verified at {:.3} s", started.elapsed().as_secs_f64());
+        let ok = v.ok;
+        verification = Some(v);
+        if !ok {
+            bail!("the written image failed verification; {} left unchanged", output.display());
         }
-        out.flush()?;
         Ok(())
-    })?;
-    report.backup = backup;
-    report.verification = Some(verify(&output, &report.plan)?);
-    report.outcome = Outcome::Written;
+    });
+    report.verification = verification;
+    match committed {
+        Ok(()) => {
+            report.backup = backup;
+            report.outcome = Outcome::Written;
+        }
+        Err(_) if report.verification.as_ref().is_some_and(|v| !v.ok) => {
+            report.outcome = Outcome::NotVerified;
+        }
+        Err(e) => return Err(e),
+    }
     Ok(report)
+}
+
+/// The release an image most likely serves, before reading it: `--kver`, else the
+/// release in a distribution's image name (`initramfs-K.img`, `initrd.img-K`) when
+/// `ROOT/lib/modules/K` exists, else the root's only kernel. Only a head start: the
+/// image's own tree decides.
+fn expected_release(root: &Root, image: &Path, opts: &InjectOptions) -> Option<String> {
+    if let Some(release) = &opts.release {
+        return Some(release.clone());
+    }
+    let name = image.file_name()?.to_str()?;
+    let named = ["initramfs-", "initrd.img-", "initrd-"].iter().find_map(|prefix| {
+        let rest = name.strip_prefix(prefix)?;
+        Some(rest.strip_suffix(".img").unwrap_or(rest).to_string())
+    });
+    let releases = crate::model::kernel::releases(root).ok()?;
+    match named {
+        Some(release) if releases.contains(&release) => Some(release),
+        _ if releases.len() == 1 => releases.into_iter().next(),
+        _ => None,
+    }
+}
+
+/// The target system's side of an injection for one release: its module tree, the
+/// requested modules, and the kernel to check them against (its error is fatal only
+/// without `--force`).
+struct Target<'a> {
+    sources: TreeSources<'a>,
+    requests: Vec<Request>,
+    kernel: Result<Kernel>,
+}
+
+impl<'a> Target<'a> {
+    fn read(
+        root: &'a Root,
+        release: &str,
+        modules: &[ModuleArg],
+        files: &HashMap<PathBuf, Request>,
+        kernel_opts: &KernelOptions,
+    ) -> Result<Target<'a>> {
+        let mut sources = TreeSources::new(root, release);
+        let mut requests = Vec::new();
+        for arg in modules {
+            requests.push(match arg {
+                ModuleArg::File(path) => files[path].clone(),
+                ModuleArg::Name(name) => sources.tree_module(name)?.with_context(|| {
+                    format!(
+                        "no module {name} in {}",
+                        root.path(format!("/lib/modules/{release}")).display()
+                    )
+                })?,
+            });
+        }
+        let mut kernel_opts = kernel_opts.clone();
+        let checked: Vec<Module> = requests.iter().map(|r| r.module.clone()).collect();
+        kernel_opts.interest = Some(Interest::of(&checked));
+        let kernel = Kernel::read(root, release, &kernel_opts);
+        Ok(Target { sources, requests, kernel })
+    }
 }
 
 fn open(image: &Path) -> Result<BufReader<File>> {
@@ -274,8 +395,68 @@ fn open(image: &Path) -> Result<BufReader<File>> {
     Ok(BufReader::with_capacity(1 << 20, f))
 }
 
-fn read_image(image: &Path) -> Result<ImageContents> {
-    ImageContents::read(open(image)?, &image.display().to_string())
+/// XXH3-128 of a byte stream: proves that bytes read twice are the same bytes, at a
+/// small fraction of the cost of decoding them again (sha256 would cost a third of a
+/// zstd decode; nothing here defends against a deliberate collision, only against the
+/// file changing under us).
+#[derive(Default)]
+struct Fingerprint {
+    hasher: twox_hash::XxHash3_128,
+    len: u64,
+}
+
+impl Fingerprint {
+    fn update(&mut self, bytes: &[u8]) {
+        self.hasher.write(bytes);
+        self.len += bytes.len() as u64;
+    }
+
+    fn value(&self) -> (u64, u128) {
+        (self.len, self.hasher.finish_128())
+    }
+}
+
+/// A reader that fingerprints what passes through it.
+struct Fingerprinted<R> {
+    inner: R,
+    fingerprint: Fingerprint,
+}
+
+impl<R: Read> Read for Fingerprinted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.fingerprint.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The image as the plan read it: its contents, and the length and fingerprint of the
+/// bytes they were decoded from.
+struct Original {
+    contents: ImageContents,
+    bytes: (u64, u128),
+}
+
+impl Original {
+    fn read(image: &Path, digests: Digests) -> Result<Original> {
+        let file =
+            File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
+        let mut reader = BufReader::with_capacity(
+            1 << 20,
+            Fingerprinted { inner: file, fingerprint: Fingerprint::default() },
+        );
+        let contents = ImageContents::read(&mut reader, &image.display().to_string(), digests)?;
+        let bytes = reader.get_ref().fingerprint.value();
+        Ok(Original { contents, bytes })
+    }
+
+    /// Whether `from` starts with exactly the bytes read (it is left after them).
+    fn is_prefix_of(&self, from: &mut impl Read) -> std::io::Result<bool> {
+        let mut prefix =
+            Fingerprinted { inner: from.take(self.bytes.0), fingerprint: Fingerprint::default() };
+        std::io::copy(&mut prefix, &mut std::io::sink())?;
+        Ok(prefix.fingerprint.value() == self.bytes)
+    }
 }
 
 fn meta(entry: &NewEntry) -> EntryMeta {
@@ -283,24 +464,57 @@ fn meta(entry: &NewEntry) -> EntryMeta {
     EntryMeta::new(entry.path.clone(), entry.mode)
 }
 
-/// Original bytes, alignment padding when the overlay is raw, one overlay segment.
-fn write_append(
-    image: &Path,
-    contents: &ImageContents,
-    entries: &[NewEntry],
-    out: &mut dyn Write,
-) -> Result<()> {
+/// What appending needs to know of the original image.
+#[derive(Clone, Copy)]
+struct Overlay {
+    /// Length of the original image: the overlay starts there (after padding).
+    after: u64,
+    /// The original's last segment's compression, which the overlay takes.
+    compression: Compression,
+}
+
+impl Overlay {
+    fn of(original: &Original) -> Overlay {
+        let segments = &original.contents.segments;
+        Overlay {
+            after: original.bytes.0,
+            compression: segments.last().map_or(Compression::None, |s| s.compression),
+        }
+    }
+}
+
+/// Stage the first part of an appended image: the original bytes. That they are the
+/// bytes the plan read is proven by [`verify`], from the disk.
+fn stage_original(image: &Path, output: &Path, overlay: Overlay) -> Result<Staged> {
+    let mut staged = Staged::beside(output)?;
     let mut src = File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
-    let len = std::io::copy(&mut src, out)?;
-    let kind = contents.segments.last().map_or(Compression::None, |s| s.compression);
+    let len = overlay.after;
+    // File to file: the kernel copies (copy_file_range), no pass through user space.
+    let copied = std::io::copy(&mut (&mut src).take(len), staged.file())
+        .with_context(|| format!("{}: cannot copy", image.display()))?;
+    if copied != len || src.read(&mut [0u8; 1])? != 0 {
+        bail!(
+            "{}: the image changed while bootkmod was injecting (another writer?)",
+            image.display()
+        );
+    }
+    Ok(staged)
+}
+
+/// The rest of an appended image, after the staged original: alignment padding when the
+/// overlay is raw, one overlay segment.
+fn write_overlay(overlay: Overlay, entries: &[NewEntry], out: &mut File) -> Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 20, out);
+    let out: &mut dyn Write = &mut out;
+    let kind = overlay.compression;
     if kind == Compression::None {
-        out.write_all(&vec![0u8; padding_before_raw(len)])?;
+        out.write_all(&vec![0u8; padding_before_raw(overlay.after)])?;
     }
     let mut archive = ArchiveWriter::new(out, EncoderSettings::new(kind), Format::Newc)?;
     for e in entries {
         archive.add(&meta(e), &e.body)?;
     }
-    archive.finish()?;
+    archive.finish()?.flush()?;
     Ok(())
 }
 
@@ -311,8 +525,10 @@ fn write_rebuild(
     image: &Path,
     contents: &ImageContents,
     entries: &[NewEntry],
-    out: &mut dyn Write,
+    out: &mut File,
 ) -> Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 20, out);
+    let out: &mut dyn Write = &mut out;
     let segs = &contents.segments;
     let first = segs.iter().position(|s| s.compression != Compression::None);
     let (keep_bytes, from_segment) = match first {
@@ -348,7 +564,7 @@ fn write_rebuild(
     for e in entries {
         archive.add(&meta(e), &e.body)?;
     }
-    archive.finish()?;
+    archive.finish()?.flush()?;
     Ok(())
 }
 
@@ -395,16 +611,36 @@ impl<W: Write> Visitor for Copier<'_, W> {
     }
 }
 
-/// Re-read the written image and check it against the plan.
-pub fn verify(image: &Path, plan: &Plan) -> Result<Verification> {
-    let contents = read_image(image).context("verifying the written image")?;
+/// Re-read the written image (`file`, to become `image`) and check it against the plan.
+/// `appended_to`: the image was written as these original bytes plus new segments; they
+/// are compared, not decoded again.
+fn verify(
+    file: &Path,
+    image: &Path,
+    plan: &Plan,
+    appended_to: Option<Original>,
+) -> Result<Verification> {
+    let source = image.display().to_string();
+    let written: HashSet<String> = plan.written_modules().map(|m| m.name.clone()).collect();
+    let digests = Digests::Named(&written);
+    let contents = match appended_to {
+        Some(original) => {
+            let mut reader = open(file)?;
+            if !original.is_prefix_of(&mut reader)? {
+                bail!("{source}: the image changed while bootkmod was injecting (another writer?)");
+            }
+            original.contents.resume(reader, &source, digests)
+        }
+        None => ImageContents::read(open(file)?, &source, digests),
+    }
+    .context("verifying the written image")?;
     let mut mismatched = Vec::new();
     for m in plan.written_modules() {
         let sha = contents
             .view
             .lookup(m.path.as_bytes(), true)
             .map(|e| String::from_utf8_lossy(e.path).into_owned())
-            .and_then(|p| contents.modules.get(&p).map(|im| im.sha256.clone()));
+            .and_then(|p| contents.modules.get(&p).and_then(|im| im.sha256.clone()));
         if sha.as_deref() != Some(m.sha256.as_str()) {
             mismatched.push(m.path.clone());
         }
@@ -497,4 +733,31 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     Ok(sha256_hex(
         &std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::cpio::{self, EntryMeta, Format};
+
+    #[test]
+    fn only_the_bytes_read_pass_as_the_original_prefix() {
+        let mut w = cpio::Writer::new(Vec::new(), Format::Newc);
+        w.write_entry(&EntryMeta::new(b"etc/hostname".to_vec(), S_IFREG | 0o644), b"h\n").unwrap();
+        let bytes = w.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("initrd.img");
+        std::fs::write(&image, &bytes).unwrap();
+        let original = Original::read(&image, Digests::All).unwrap();
+        assert_eq!(original.bytes.0, bytes.len() as u64);
+
+        let appended = [bytes.as_slice(), b"anything after"].concat();
+        let mut reader = &appended[..];
+        assert!(original.is_prefix_of(&mut reader).unwrap());
+        assert_eq!(reader, b"anything after", "left just after the prefix");
+        let mut flipped = bytes.clone();
+        flipped[7] ^= 1;
+        assert!(!original.is_prefix_of(&mut &flipped[..]).unwrap());
+        assert!(!original.is_prefix_of(&mut &bytes[..bytes.len() - 1]).unwrap());
+    }
 }

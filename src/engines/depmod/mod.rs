@@ -30,6 +30,7 @@ use anyhow::{bail, Context, Result};
 use config::{Candidate, Config};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// FNV-1a for the symbol map: tens of thousands of short trusted keys, where SipHash
 /// showed up in profiles.
@@ -69,7 +70,8 @@ pub struct DepModule {
     pub target: PathBuf,
     /// Path relative to the tree (`kernel/fs/ext4/ext4.ko`), when inside it.
     pub rel: Option<String>,
-    pub module: Module,
+    /// Shared: an injection plan indexes the modules it already holds for the image.
+    pub module: Arc<Module>,
 }
 
 impl DepModule {
@@ -142,7 +144,9 @@ fn read_modules(candidates: Vec<Candidate>) -> Result<Vec<DepModule>> {
     candidates
         .into_iter()
         .zip(modules)
-        .map(|(c, m)| Ok(DepModule { name: c.name, target: c.target, rel: c.rel, module: m? }))
+        .map(|(c, m)| {
+            Ok(DepModule { name: c.name, target: c.target, rel: c.rel, module: Arc::new(m?) })
+        })
         .collect()
 }
 

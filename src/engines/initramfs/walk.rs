@@ -92,9 +92,36 @@ pub fn walk<R: BufRead + Send>(
     source: &str,
     visitor: &mut dyn Visitor,
 ) -> Result<Vec<Segment>> {
-    Walker { image: Positioned { inner: image, pos: 0 }, segments: Vec::new(), seq: 0 }
-        .run(visitor)
-        .with_context(|| source.to_string())
+    Ok(walk_from(image, source, Resume::default(), visitor)?.0)
+}
+
+/// Where a walk starts: the image's first byte, or where an earlier walk over a prefix
+/// of the same image ended (to read only what was appended to it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Image offset of the reader's first byte.
+    pub offset: u64,
+    /// Index of the next segment.
+    pub segment: usize,
+    /// [`Entry::seq`] of the next entry.
+    pub seq: u64,
+}
+
+/// Walk the rest of an image from `start`, `image` being positioned there. Returns the
+/// segments found and where the walk ended (the end of the input).
+pub fn walk_from<R: BufRead + Send>(
+    image: R,
+    source: &str,
+    start: Resume,
+    visitor: &mut dyn Visitor,
+) -> Result<(Vec<Segment>, Resume)> {
+    let walker = Walker {
+        image: Positioned { inner: image, pos: start.offset },
+        segments: Vec::new(),
+        first_segment: start.segment,
+        seq: start.seq,
+    };
+    walker.run(visitor).with_context(|| source.to_string())
 }
 
 /// A reader that knows its position; the kernel's alignment rules are about positions.
@@ -159,14 +186,15 @@ impl<R: BufRead> Read for Positioned<R> {
 struct Walker<R> {
     image: Positioned<R>,
     segments: Vec<Segment>,
+    first_segment: usize,
     seq: u64,
 }
 
 impl<R: BufRead + Send> Walker<R> {
-    fn run(mut self, visitor: &mut dyn Visitor) -> Result<Vec<Segment>> {
+    fn run(mut self, visitor: &mut dyn Visitor) -> Result<(Vec<Segment>, Resume)> {
         while let Some(byte) = self.image.skip_zeros()? {
             let offset = self.image.pos;
-            let index = self.segments.len();
+            let index = self.first_segment + self.segments.len();
             if byte == b'0' && offset.is_multiple_of(4) {
                 let mut segment = new_segment(index, offset, Compression::None);
                 let mut parser = Parser { input: &mut self.image, seq: &mut self.seq };
@@ -240,7 +268,12 @@ impl<R: BufRead + Send> Walker<R> {
             visitor.segment(&segment)?;
             self.segments.push(segment);
         }
-        Ok(self.segments)
+        let end = Resume {
+            offset: self.image.pos,
+            segment: self.first_segment + self.segments.len(),
+            seq: self.seq,
+        };
+        Ok((self.segments, end))
     }
 
     /// The compression starting at `offset`, or the kernel's error for what is there.
