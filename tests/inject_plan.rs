@@ -2,7 +2,8 @@
 //! extracted result must produce byte-identical indexes, kmod's `modprobe` must resolve
 //! the driver to files that are there, a second run changes nothing, a dry run writes
 //! nothing, a usr-merged dracut-style image keeps `lib -> usr/lib` and gets
-//! `rd.driver.pre`, and owner and mode survive the in-place replacement.
+//! `rd.driver.pre`, and owner, mode and the SELinux label survive the in-place
+//! replacement.
 
 mod common;
 
@@ -15,6 +16,27 @@ use std::process::Command;
 
 fn inject(args: &[&str], image: &Path) -> std::process::Output {
     run(bootkmod().args(["inject", "--image"]).arg(image).args(args))
+}
+
+/// An extended attribute's value, `None` when the file has none of that name.
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: getxattr writes at most buf.len() bytes into a buffer we own.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (len >= 0).then(|| buf[..len as usize].to_vec())
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: setxattr reads value.len() bytes from a slice we own.
+    let rc =
+        unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(rc, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
 }
 
 fn extract(image: &Path, dir: &Path) {
@@ -34,6 +56,17 @@ fn indexes_equal_kmods_depmod_and_a_second_run_changes_nothing() {
     fs::set_permissions(&image, fs::Permissions::from_mode(0o600)).unwrap();
     let _ = std::os::unix::fs::chown(&image, Some(4321), Some(8765));
     let meta_before = fs::metadata(&image).unwrap();
+    // Without an SELinux policy loaded, root may still set the label as an xattr on
+    // ext4/tmpfs; an unprivileged run labels with a user.* attribute only.
+    let label: &[u8] = b"system_u:object_r:boot_t:s0\0";
+    let labels: Vec<&str> = if meta_before.uid() == 4321 {
+        vec!["security.selinux", "user.bootkmod-test"]
+    } else {
+        vec!["user.bootkmod-test"]
+    };
+    for name in &labels {
+        set_xattr(&image, name, label);
+    }
 
     let out = inject(&["megaraid_sas"], &image);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -44,6 +77,9 @@ fn indexes_equal_kmods_depmod_and_a_second_run_changes_nothing() {
     let meta = fs::metadata(&image).unwrap();
     assert_eq!(meta.mode() & 0o7777, 0o600, "mode kept");
     assert_eq!((meta.uid(), meta.gid()), (meta_before.uid(), meta_before.gid()), "owner kept");
+    for name in &labels {
+        assert_eq!(xattr(&image, name).as_deref(), Some(label), "{name} kept");
+    }
 
     // kmod's depmod over the extracted tree writes exactly what bootkmod wrote.
     let ours = tmp.path().join("ours");

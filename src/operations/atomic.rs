@@ -138,6 +138,39 @@ impl AtomicSet {
     }
 }
 
+/// The directory a file path is in (`.` for a bare name).
+pub fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// An exclusive `flock`, held until dropped (or until the process dies, so a killed
+/// run never leaves it taken).
+#[derive(Debug)]
+pub struct Lock {
+    _flock: nix::fcntl::Flock<File>,
+}
+
+impl Lock {
+    /// Lock `path`, waiting for any other holder: a directory as it is (no file left
+    /// behind, e.g. `/boot` for the images in it), anything else as a lock file,
+    /// created when missing.
+    pub fn exclusive(path: &Path) -> Result<Lock> {
+        let file = if path.is_dir() {
+            File::open(path)
+        } else {
+            OpenOptions::new().create(true).truncate(false).write(true).open(path)
+        }
+        .with_context(|| format!("{}: cannot open to lock", path.display()))?;
+        let flock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .with_context(|| format!("{}: cannot lock", path.display()))?;
+        Ok(Lock { _flock: flock })
+    }
+}
+
 /// How [`replace_file`] treats the file it replaces.
 #[derive(Debug, Clone, Default)]
 pub struct ReplaceOptions {
@@ -188,10 +221,7 @@ pub struct Staged {
 impl Staged {
     /// Create the temp file (mode 0600 until commit gives it its final attributes).
     pub fn beside(target: &Path) -> Result<Staged> {
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = dir_of(target);
         let name = target
             .file_name()
             .with_context(|| format!("{}: not a file path", target.display()))?

@@ -42,7 +42,7 @@ use crate::formats::cpio::{EntryMeta, Format, S_IFREG};
 use crate::model::kernel::{Interest, Kernel, KernelOptions};
 use crate::model::module::{sha256_hex, Module, ReadOptions};
 use crate::model::root::Root;
-use crate::operations::atomic::{ReplaceOptions, Staged};
+use crate::operations::atomic::{dir_of, Lock, ReplaceOptions, Staged};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -204,6 +204,11 @@ pub fn inject(
             }
         }
     }
+    let output = opts.output.clone().unwrap_or_else(|| image.to_path_buf());
+    // Two bootkmod runs on one image would each append to the original and the second
+    // rename would drop the first's modules: writers serialize on the output's
+    // directory, and a run that waited reads the image the other one left.
+    let _lock = if opts.dry_run { None } else { Some(Lock::exclusive(&dir_of(&output))?) };
     let started = std::time::Instant::now();
     // The target system's side does not depend on the image once the release is known:
     // when it can be told in advance, read it on a thread beside the image.
@@ -242,7 +247,6 @@ pub fn inject(
     let last = contents.segments.last().map_or(Compression::None, |s| s.compression);
     let mode =
         if opts.rebuild || last == Compression::Lz4Legacy { Mode::Rebuild } else { Mode::Append };
-    let output = opts.output.clone().unwrap_or_else(|| image.to_path_buf());
     let overlay = Overlay::of(&original);
     // An appended image starts with a copy of the original, which needs no plan: it is
     // staged beside the output while the plan is computed. When nothing is to be
@@ -305,9 +309,17 @@ pub fn inject(
     written.with_context(|| format!("{}: cannot write", output.display()))?;
     tracing::debug!("written at {:.3} s", started.elapsed().as_secs_f64());
     // An appended image is verified against the original's contents, read on.
+    let read = original.identity;
     let appended_to = (mode == Mode::Append).then_some(original);
     let mut verification = None;
     let committed = staged.commit(&replace, |temp| {
+        // Not bootkmod's lock: dracut may have replaced the image since it was read.
+        if FileIdentity::of(image)? != read {
+            bail!(
+                "{}: the image changed while bootkmod was injecting (another writer?)",
+                image.display()
+            );
+        }
         let v = verify(temp, &output, plan, appended_to)?;
         tracing::debug!("verified at {:.3} s", started.elapsed().as_secs_f64());
         let ok = v.ok;
@@ -430,24 +442,56 @@ impl<R: Read> Read for Fingerprinted<R> {
     }
 }
 
-/// The image as the plan read it: its contents, and the length and fingerprint of the
-/// bytes they were decoded from.
+/// Which file a path names, and its size and modification time: another writer
+/// replaces it (a new inode) or changes it (size, mtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Result<FileIdentity> {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("{}: cannot stat", path.display()))?;
+        Ok(FileIdentity::from(&meta))
+    }
+}
+
+impl From<&std::fs::Metadata> for FileIdentity {
+    fn from(m: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
+}
+
+/// The image as the plan read it: its contents, the length and fingerprint of the
+/// bytes they were decoded from, and the file they came from.
 struct Original {
     contents: ImageContents,
     bytes: (u64, u128),
+    identity: FileIdentity,
 }
 
 impl Original {
     fn read(image: &Path, digests: Digests) -> Result<Original> {
         let file =
             File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
+        let identity = FileIdentity::from(&file.metadata()?);
         let mut reader = BufReader::with_capacity(
             1 << 20,
             Fingerprinted { inner: file, fingerprint: Fingerprint::default() },
         );
         let contents = ImageContents::read(&mut reader, &image.display().to_string(), digests)?;
         let bytes = reader.get_ref().fingerprint.value();
-        Ok(Original { contents, bytes })
+        Ok(Original { contents, bytes, identity })
     }
 
     /// Whether `from` starts with exactly the bytes read (it is left after them).

@@ -19,6 +19,7 @@
 pub use crate::model::ledger::*;
 use crate::model::root::Root;
 use crate::operations::atomic::AtomicSet;
+pub use crate::operations::atomic::Lock;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -77,23 +78,8 @@ impl StateDir {
     pub fn lock(&self) -> Result<Lock> {
         let dir = self.dir();
         create_dirs(&dir)?;
-        let path = dir.join("lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("{}: cannot open lock file", path.display()))?;
-        let flock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .with_context(|| format!("{}: cannot lock", path.display()))?;
-        Ok(Lock { _flock: flock })
+        Lock::exclusive(&dir.join("lock"))
     }
-}
-
-/// Held while an operation runs; released when dropped (or when the process dies).
-pub struct Lock {
-    _flock: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// `mkdir -p` with an error naming the directory.
