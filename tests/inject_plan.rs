@@ -152,6 +152,43 @@ fn dry_run_writes_nothing_and_prints_the_plan_as_json() {
 }
 
 #[test]
+fn soft_dependencies_on_aliases_come_along_as_modprobe_loads_them() {
+    let Some(release) = common::installed_kernel() else { return };
+    let Some(modprobe) = tool("modprobe") else { return };
+    let Some((_tmp, image)) = base_image(&release, &["ext4"], "/dev/sda", "gzip") else {
+        return;
+    };
+    // crc_t10dif has `softdep pre: crct10dif`, an alias of two modules on x86.
+    let out = run(bootkmod()
+        .args(["--json", "inject", "--dry-run", "--image"])
+        .arg(&image)
+        .arg("crc_t10dif"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = json["plan"]["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    let shown = run(Command::new(&modprobe).args(["-S", &release, "--show-depends", "crc_t10dif"]));
+    let expected: Vec<String> = String::from_utf8_lossy(&shown.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("insmod "))
+        .map(|p| {
+            let file = Path::new(p.trim()).file_name().unwrap().to_string_lossy().into_owned();
+            file.split('.').next().unwrap().replace('-', "_")
+        })
+        .collect();
+    assert!(expected.len() >= 3, "modprobe shows {expected:?}");
+    for m in &expected {
+        assert!(names.contains(&m.as_str()), "{m} (modprobe loads it) not planned: {names:?}");
+    }
+    let warnings = json["plan"]["warnings"].to_string();
+    assert!(!warnings.contains("soft dependency"), "{warnings}");
+}
+
+#[test]
 fn usr_merged_dracut_layout_keeps_its_symlink_and_loads_early() {
     let Some(release) = common::installed_kernel() else { return };
     let Some(cpio) = tool("cpio") else { return };

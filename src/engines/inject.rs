@@ -266,6 +266,10 @@ pub trait Sources {
     /// A firmware file under `lib/firmware`: the first of `NAME`, `NAME.xz`, `NAME.zst`
     /// that exists, as (file name found, bytes).
     fn firmware(&mut self, name: &str) -> Result<Option<(String, Vec<u8>)>>;
+    /// What a name that is no module of the tree resolves to there as modprobe looks it
+    /// up (an alias such as `crypto-crc32c`): module names, each with whether it is
+    /// built in.
+    fn resolve(&mut self, name: &str) -> Result<Vec<(String, bool)>>;
 }
 
 /// Choices that change the plan.
@@ -517,7 +521,8 @@ pub fn plan(
                 wanted.push((disk.to_string(), Why::DiskClass { of: name.clone() }));
             }
         }
-        for (dep, dep_why) in wanted {
+        wanted.reverse();
+        while let Some((dep, dep_why)) = wanted.pop() {
             if seen.contains(&dep)
                 || state.builtin.contains(&dep)
                 || state.chosen.contains_key(&dep)
@@ -525,20 +530,32 @@ pub fn plan(
             {
                 continue;
             }
-            match sources.tree_module(&dep)? {
-                Some(r) => queue.push((r, dep_why)),
-                None => match dep_why {
-                    Why::Dependency { of } => bail!(
-                        "{of} depends on {dep}, which is neither in the image nor in the kernel's module tree"
-                    ),
-                    Why::Softdep { of } => plan.warnings.push(format!(
-                        "soft dependency {dep} of {of} is no module of the tree (an alias?); not added, modprobe skips it too"
-                    )),
-                    Why::DiskClass { of } => plan.warnings.push(format!(
-                        "disk driver {dep} for {of} is neither in the image nor in the tree: its disks may get no block device"
-                    )),
-                    Why::Requested => {}
-                },
+            if let Some(r) = sources.tree_module(&dep)? {
+                queue.push((r, dep_why));
+                continue;
+            }
+            match dep_why {
+                Why::Dependency { of } => bail!(
+                    "{of} depends on {dep}, which is neither in the image nor in the kernel's module tree"
+                ),
+                // modprobe loads every module an alias in a softdep matches.
+                Why::Softdep { of } => {
+                    let found = sources.resolve(&dep)?;
+                    if found.is_empty() {
+                        plan.warnings.push(format!(
+                            "soft dependency {dep} of {of} matches no module of the tree; not added, modprobe skips it too"
+                        ));
+                    }
+                    for (name, builtin) in found {
+                        if !builtin && name != dep {
+                            wanted.push((name, Why::Softdep { of: of.clone() }));
+                        }
+                    }
+                }
+                Why::DiskClass { of } => plan.warnings.push(format!(
+                    "disk driver {dep} for {of} is neither in the image nor in the tree: its disks may get no block device"
+                )),
+                Why::Requested => {}
             }
         }
         if action != Action::Present {

@@ -30,6 +30,7 @@
 //! Issue 7 (`install`/`status`/`remove`) builds on [`inject`] and [`Report`].
 
 use crate::engines::depmod::config::Config;
+use crate::engines::depmod::probe::TreeIndexes;
 use crate::engines::depmod::scan;
 use crate::engines::initramfs::view::View;
 use crate::engines::initramfs::walk::{self, Entry, Visitor};
@@ -706,11 +707,13 @@ struct TreeSources<'a> {
     root: &'a Root,
     release: String,
     by_name: Option<HashMap<String, (PathBuf, String)>>,
+    /// The tree's own indexes, read when an alias needs resolving.
+    indexes: Option<TreeIndexes>,
 }
 
 impl<'a> TreeSources<'a> {
     fn new(root: &'a Root, release: &str) -> TreeSources<'a> {
-        TreeSources { root, release: release.to_string(), by_name: None }
+        TreeSources { root, release: release.to_string(), by_name: None, indexes: None }
     }
 
     fn index(&mut self) -> Result<&HashMap<String, (PathBuf, String)>> {
@@ -769,6 +772,13 @@ impl Sources for TreeSources<'_> {
             }
         }
         Ok(None)
+    }
+
+    fn resolve(&mut self, name: &str) -> Result<Vec<(String, bool)>> {
+        if self.indexes.is_none() {
+            self.indexes = Some(TreeIndexes::load(self.root, &self.release)?);
+        }
+        self.indexes.as_ref().map_or(Ok(Vec::new()), |i| i.resolve(name))
     }
 }
 
