@@ -84,6 +84,21 @@ impl StateDir {
             .write(true)
             .open(&path)
             .with_context(|| format!("{}: cannot open lock file", path.display()))?;
+        Self::flock(file, &path)
+    }
+
+    /// The lock, when its file exists (else `None`): a dry run waits for a running
+    /// operation like any run, but must not create the state directory or the file.
+    pub fn lock_if_present(&self) -> Result<Option<Lock>> {
+        let path = self.dir().join("lock");
+        match std::fs::File::open(&path) {
+            Ok(file) => Self::flock(file, &path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot open lock file", path.display())),
+        }
+    }
+
+    fn flock(file: std::fs::File, path: &Path) -> Result<Lock> {
         let flock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| e)
             .with_context(|| format!("{}: cannot lock", path.display()))?;
@@ -119,7 +134,8 @@ mod tests {
         let state = StateDir::new(&Root::new(t.path()));
         let mut ledger = state.load().unwrap();
         assert!(ledger.modules.is_empty());
-        ledger.journal = Some(Journal::Refresh { kernels: vec!["k".into()] });
+        ledger.journal =
+            Some(Journal::Refresh { kernels: vec!["k".into()], images: ImageMethod::Regenerate });
         let lock = state.lock().unwrap();
         state.save(&ledger, &lock).unwrap();
         assert_eq!(state.load().unwrap(), ledger);
