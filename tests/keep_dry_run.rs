@@ -66,8 +66,24 @@ fn dry_runs_change_nothing_and_name_what_the_real_run_does() {
     root.add_kernel(&newer, BREAK, &break_symbol(&symvers, "put_disk"));
     let install = ["install", "--root-critical"];
 
-    // install --dry-run on a root bootkmod never touched.
+    // install --dry-run on a root bootkmod never touched, as text and as JSON.
     let before = fingerprint(root.path());
+    let out = run(bootkmod()
+        .arg("--root")
+        .arg(root.path())
+        .args(["install", "--root-critical", "--dry-run"])
+        .arg(&bkram));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert_unchanged(&root, &before, "install --dry-run (text)");
+    assert!(text.starts_with("dry run: nothing was changed"), "{text}");
+    let line = text.lines().find(|l| l.starts_with(KABI) && l.contains("bkram:")).unwrap();
+    assert!(
+        line.contains(&format!("linked /lib/modules/{KABI}/weak-updates/bkram/bkram.ko")),
+        "{line}"
+    );
+    let line = text.lines().find(|l| l.starts_with(KABI) && l.contains(" image ")).unwrap();
+    assert!(line.contains("dry run: bkram would be injected"), "{line}");
     let (code, planned) =
         bootkmod_json(root.path(), &[&install[..], &["--dry-run"]].concat(), Some(&bkram));
     assert_unchanged(&root, &before, "install --dry-run");

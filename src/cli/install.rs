@@ -29,7 +29,7 @@ use std::path::PathBuf;
 ///   bootkmod install ./mydrv.ko --root-critical
 ///   bootkmod install --root /mnt/sysimage ./hba.ko.xz --json
 ///   bootkmod install --root /mnt/sysimage --regenerate --root-critical ./hba.ko
-///   bootkmod install --dry-run ./mydrv.ko               (say what would change)
+///   bootkmod install --dry-run ./mydrv.ko              (say what would change)
 ///   bootkmod install --refresh --kver 6.1.0-57-amd64   (what kernel-install runs)
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]

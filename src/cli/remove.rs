@@ -20,7 +20,7 @@ use anyhow::Result;
 /// Examples:
 ///   bootkmod remove mydrv
 ///   bootkmod remove --root /mnt/sysimage hba --json
-///   bootkmod remove --dry-run mydrv                     (say what would change)
+///   bootkmod remove --dry-run mydrv                    (say what would change)
 ///   bootkmod remove --kernel 6.1.0-55-amd64            (what kernel-install runs)
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]

@@ -226,3 +226,32 @@ impl ModuleOnKernel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_image_is_named_as_the_distribution_names_it() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path());
+        let k = "6.1.0-57-amd64";
+        // No os-release at all: dracut's own default name.
+        assert_eq!(default_image(&root, k), Path::new("/boot/initramfs-6.1.0-57-amd64.img"));
+        std::fs::create_dir_all(root.path("/usr/lib")).unwrap();
+        std::fs::create_dir_all(root.path("/etc")).unwrap();
+        // Debian links /etc/os-release into /usr/lib; the link resolves inside the root.
+        std::fs::write(root.path("/usr/lib/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
+        std::os::unix::fs::symlink("../usr/lib/os-release", root.path("/etc/os-release")).unwrap();
+        assert_eq!(default_image(&root, k), Path::new("/boot/initrd.img-6.1.0-57-amd64"));
+        std::fs::write(root.path("/usr/lib/os-release"), "ID=ubuntu\nID_LIKE=debian\n").unwrap();
+        assert_eq!(default_image(&root, k), Path::new("/boot/initrd.img-6.1.0-57-amd64"));
+        std::fs::write(root.path("/usr/lib/os-release"), "ID=\"rhel\"\nID_LIKE=\"fedora\"\n")
+            .unwrap();
+        assert_eq!(default_image(&root, k), Path::new("/boot/initramfs-6.1.0-57-amd64.img"));
+        // An existing image wins over the default name.
+        std::fs::create_dir_all(root.path("/boot")).unwrap();
+        std::fs::write(root.path("/boot/initrd.img-6.1.0-57-amd64"), b"x").unwrap();
+        assert_eq!(find_image(&root, k).unwrap(), Path::new("/boot/initrd.img-6.1.0-57-amd64"));
+    }
+}
