@@ -397,7 +397,8 @@ pub(crate) fn refresh(
             None => Module::read(&root.path(&r.path), ReadOptions::default()),
         })
         .collect::<Result<Vec<_>>>()?;
-    // Is the installed file the recorded one (a dry run's new modules are not yet)?
+    // (Dry run) is the installed file the recorded one? A new module is not there yet,
+    // so inject cannot plan from the tree.
     let in_place = |r: &ModuleRecord| {
         std::fs::read(root.path(&r.path)).is_ok_and(|b| sha256_hex(&b) == r.sha256)
     };
@@ -423,10 +424,10 @@ pub(crate) fn refresh(
             if r.built_for == release {
                 entry.placement =
                     if verdict.compatible { Placement::Own } else { Placement::Refused };
-                placed &= !verdict.compatible || in_place(r);
+                placed &= !run.dry_run || !verdict.compatible || in_place(r);
             } else if verdict.compatible {
                 let (link, did) = weak_updates::link(root, &r.path, &release, run.dry_run)?;
-                placed &= !did && in_place(r);
+                placed &= !run.dry_run || (!did && in_place(r));
                 // A run killed between linking and depmod left the link unindexed.
                 changed |= did || !indexed(root, &release, &link);
                 entry.placement = Placement::WeakUpdates;
