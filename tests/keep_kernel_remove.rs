@@ -143,3 +143,49 @@ fn kernel_install_remove_drops_bootkmods_traces_for_the_kernel() {
     assert!(link(FIRST).is_symlink());
     assert!(listed_by_status(&root).contains(&FIRST.to_string()));
 }
+
+/// A `remove --kernel` killed after unlinking, before depmod: the journal makes the next
+/// run finish it (indexes rewritten, backup and ledger entry gone).
+#[test]
+fn a_killed_kernel_removal_is_completed_by_the_next_run() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(kver) = installed_kernel() else { return };
+    let Some(newer) = Source::of(&kver, &kver) else { return };
+    let build = tempfile::tempdir().unwrap();
+    let Some(bkram) = build_bkram(&kver, build.path()) else { return };
+    let root = TargetRoot::new();
+    let symvers = newer.symvers();
+    root.add_kernel(&newer, &kver, &symvers);
+    root.add_kernel(&newer, FIRST, &symvers);
+    let out = run(bootkmod().arg("--root").arg(root.path()).arg("install").arg(&bkram));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let backup = backup_of(&root, FIRST);
+    let dep = root.at(format!("/lib/modules/{FIRST}/modules.dep"));
+    assert!(std::fs::read_to_string(&dep).unwrap().contains("weak-updates/bkram"));
+
+    let out = run(bootkmod()
+        .arg("--root")
+        .arg(root.path())
+        .args(["remove", "--kernel", FIRST])
+        .env("BOOTKMOD_FAILPOINT", "remove-kernel:unlinked"));
+    assert_eq!(out.status.signal(), Some(9), "the failpoint must kill it");
+    assert!(!root.at(format!("/lib/modules/{FIRST}/weak-updates/bkram")).exists());
+    assert!(
+        std::fs::read_to_string(&dep).unwrap().contains("weak-updates/bkram"),
+        "killed before depmod"
+    );
+    assert!(ledger(&root)["journal"]["op"] == "forget-kernel", "{}", ledger(&root));
+
+    let out = run(bootkmod().arg("--root").arg(root.path()).args(["install", "--refresh"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains(&format!("completed the interrupted removal of kernel {FIRST}")),
+        "{text}"
+    );
+    assert!(!std::fs::read_to_string(&dep).unwrap().contains("bkram"));
+    assert!(!backup.exists());
+    let l = ledger(&root);
+    assert!(l["journal"].is_null() && l["kernels"].get(FIRST).is_none(), "{l:#}");
+    assert!(!listed_by_status(&root).contains(&FIRST.to_string()));
+}

@@ -495,7 +495,7 @@ fn refusals(verdict: &Verdict) -> Vec<String> {
 }
 
 /// Does the tree's modules.dep already list `module` (target-absolute)?
-fn indexed(root: &Root, release: &str, module: &Path) -> bool {
+pub(crate) fn indexed(root: &Root, release: &str, module: &Path) -> bool {
     let dep = root.path(Path::new("/lib/modules").join(release).join("modules.dep"));
     let rel = module.strip_prefix(Path::new("/lib/modules").join(release)).ok();
     match (std::fs::read_to_string(dep), rel) {

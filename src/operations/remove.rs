@@ -246,6 +246,7 @@ pub(crate) fn forget_kernel_apply(
     for m in ledger.modules.values() {
         weak_updates::unlink(root, &m.path, release, false)?;
     }
+    failpoint("remove-kernel:unlinked");
     let installed = crate::model::kernel::releases(root).unwrap_or_default();
     let still_a_kernel = installed.iter().any(|k| k == release);
     // Kernels announced gone earlier whose trees are now deleted need no more mention.
@@ -253,7 +254,12 @@ pub(crate) fn forget_kernel_apply(
     if still_a_kernel {
         // kernel-install runs before the package deletes the files: keep the tree's
         // indexes true to it meanwhile, and remember the kernel is going.
-        if !report.unlinked.is_empty() {
+        // A run killed after unlinking left the indexes listing the links.
+        let listed = ledger.modules.values().any(|m| {
+            weak_updates::link_path(&m.path, release)
+                .is_ok_and(|l| install::indexed(root, release, &l))
+        });
+        if !report.unlinked.is_empty() || listed {
             depmod::run(root, release, false)
                 .with_context(|| format!("depmod for kernel {release}"))?;
             report.depmod = true;
