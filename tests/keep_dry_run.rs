@@ -13,6 +13,7 @@ use std::path::Path;
 
 const KABI: &str = "6.1.0-56kabi-amd64";
 const BREAK: &str = "6.1.0-56kbreak-amd64";
+const KABI2: &str = "6.1.0-56kabi2-amd64";
 
 fn bootkmod_json(root: &Path, args: &[&str], module: Option<&Path>) -> (Option<i32>, Value) {
     let mut cmd = bootkmod();
@@ -120,6 +121,20 @@ fn dry_runs_change_nothing_and_name_what_the_real_run_does() {
             assert!(image["note"].is_null(), "the image already carries it: {k:#}");
         }
     }
+
+    // kernel-install add's refresh of a new kernel, dry run then real.
+    root.add_kernel(&newer, KABI2, &symvers);
+    let before = fingerprint(root.path());
+    let refresh = ["install", "--refresh", "--kver", KABI2];
+    let (code, planned) =
+        bootkmod_json(root.path(), &[&refresh[..], &["--dry-run"]].concat(), None);
+    assert_eq!(code, Some(0), "{planned:#}");
+    assert_unchanged(&root, &before, "install --refresh --dry-run");
+    let (code, done) = bootkmod_json(root.path(), &refresh, None);
+    assert_eq!(code, Some(0));
+    assert_eq!(per_kernel(&planned), per_kernel(&done), "dry run {planned:#}\nreal {done:#}");
+    assert_eq!(per_kernel(&done)[0].2, format!("/lib/modules/{KABI2}/weak-updates/bkram/bkram.ko"));
+    let before = fingerprint(root.path());
 
     // remove --kernel --dry-run, then the real one.
     let (code, planned) =

@@ -177,13 +177,30 @@ fn regenerate_runs_the_targets_own_dracut_in_a_chroot() {
     let image = target.path().join(image_rel.trim_start_matches('/'));
     let original = std::fs::read(&image).unwrap();
 
+    // A dry run first: it names the regeneration and changes nothing (the target's own
+    // files and the kernel tree bound into it).
+    let before = (fingerprint(target.path()), fingerprint(target.stage.path()));
+    let bkram_arg = bkram.display().to_string();
     let out = target.bootkmod(&[
         "--json",
         "install",
         "--regenerate",
         "--root-critical",
-        &bkram.display().to_string(),
+        "--dry-run",
+        &bkram_arg,
     ]);
+    assert_eq!(out.status.code(), Some(0), "install --regenerate --dry-run:\n{}", stderr(&out));
+    let planned = json_of(&out);
+    let rec = &planned["kernels"][0]["record"]["image"];
+    assert_eq!(rec["method"], "regenerate", "{planned:#}");
+    assert!(rec["note"].as_str().unwrap().contains("dracut would rebuild"), "{planned:#}");
+    let after = (fingerprint(target.path()), fingerprint(target.stage.path()));
+    let diff =
+        [fingerprint_diff(&before.0, &after.0), fingerprint_diff(&before.1, &after.1)].concat();
+    assert!(diff.is_empty(), "the dry run changed:\n{}", diff.join("\n"));
+
+    let out =
+        target.bootkmod(&["--json", "install", "--regenerate", "--root-critical", &bkram_arg]);
     assert_eq!(out.status.code(), Some(0), "install --regenerate failed:\n{}", stderr(&out));
     let report = json_of(&out);
     let k = &report["kernels"][0];
