@@ -5,7 +5,8 @@
 //! compatible? placed (own file or weak-updates link pointing at it, or a local
 //! fallback)? present in the kernel's initramfs (read through the initramfs engine, as
 //! the kernel would unpack it)? image unchanged since bootkmod last saw it? A kernel is
-//! *at risk* when a root-critical module would be missing at boot.
+//! *at risk* when a root-critical module would be missing at boot. Kernels
+//! `kernel-install remove` announced are not listed.
 //!
 //! [`verify`] re-hashes every installed module, stored copy, link target and image and
 //! lists each [`Drift`].
@@ -50,7 +51,9 @@ pub struct KernelStatus {
 /// Status of every installed kernel under `root`.
 pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
     let mut out = Vec::new();
-    for release in kernel::releases(root)? {
+    // A kernel kernel-install removed is gone even while its files linger a moment.
+    let releases = kernel::releases(root)?;
+    for release in releases.into_iter().filter(|r| !ledger.removed_kernels.contains(r)) {
         let recorded = ledger.kernels.get(&release);
         let image = find_image(root, &release);
         let image_files = match &image {

@@ -5,7 +5,7 @@
 
 use super::root::Root;
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Target-absolute directory of bootkmod's state.
@@ -21,6 +21,12 @@ pub struct Ledger {
     pub modules: BTreeMap<String, ModuleRecord>,
     /// Per installed kernel release, what was found and done.
     pub kernels: BTreeMap<String, KernelRecord>,
+    /// Kernels `kernel-install remove` announced whose tree may still be on disk for a
+    /// moment (RPM runs the plugin before it deletes the files): status and a refresh
+    /// of every kernel skip them; `install --refresh --kver K` (kernel-install add)
+    /// takes K back. Dropped once the tree is gone.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub removed_kernels: BTreeSet<String>,
     /// The operation in progress; present only between its start and its end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<Journal>,
@@ -72,6 +78,17 @@ pub struct ModuleOnKernel {
     pub fallback: Option<PathBuf>,
 }
 
+/// How an initramfs image gets the drivers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageMethod {
+    /// bootkmod adds them to the existing image (`operations::inject`), the default.
+    #[default]
+    Inject,
+    /// The target's own dracut rebuilds the image; its `90bootkmod` module carries them.
+    Regenerate,
+}
+
 /// The initramfs image of one kernel, as bootkmod last left it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ImageRecord {
@@ -81,6 +98,9 @@ pub struct ImageRecord {
     pub sha256: String,
     /// Did bootkmod put the modules into it?
     pub updated: bool,
+    /// How, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<ImageMethod>,
     /// Why not, when not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -102,11 +122,21 @@ pub struct KernelRecord {
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Journal {
     /// Install these modules (their bytes are in the store), then refresh every kernel.
-    Install { modules: Vec<ModuleRecord> },
+    Install {
+        modules: Vec<ModuleRecord>,
+        #[serde(default)]
+        images: ImageMethod,
+    },
     /// Take these modules out of every kernel and image, then forget them.
     Remove { names: Vec<String> },
     /// Re-evaluate the ledger's modules for these kernels (all when empty).
-    Refresh { kernels: Vec<String> },
+    Refresh {
+        kernels: Vec<String>,
+        #[serde(default)]
+        images: ImageMethod,
+    },
+    /// Drop bootkmod's traces for a kernel being removed (kernel-install remove).
+    ForgetKernel { release: String },
 }
 
 /// Read the ledger under `root` (an empty one when bootkmod never ran there).
@@ -166,6 +196,26 @@ pub fn find_image(root: &Root, release: &str) -> Option<PathBuf> {
         .find(|p| root.path(p).is_file())
 }
 
+/// Where the distribution under `root` puts the initramfs of `release` when there is
+/// none yet: Debian and its derivatives (`ID`/`ID_LIKE` in os-release name debian)
+/// `/boot/initrd.img-KVER`, everyone else (Fedora, RHEL, SUSE) `/boot/initramfs-KVER.img`.
+pub fn default_image(root: &Root, release: &str) -> PathBuf {
+    let os_release = ["/etc/os-release", "/usr/lib/os-release"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(root.path(root.resolve(p).ok()?)).ok())
+        .unwrap_or_default();
+    let debian_like = os_release.lines().any(|l| {
+        let (key, value) = l.split_once('=').unwrap_or_default();
+        matches!(key, "ID" | "ID_LIKE")
+            && value.trim_matches('"').split_whitespace().any(|id| id == "debian")
+    });
+    if debian_like {
+        PathBuf::from(format!("/boot/initrd.img-{release}"))
+    } else {
+        PathBuf::from(format!("/boot/initramfs-{release}.img"))
+    }
+}
+
 impl ModuleOnKernel {
     /// Will the kernel's tree give a working module of this name at boot?
     pub fn usable_on_boot(&self) -> bool {
@@ -174,5 +224,34 @@ impl ModuleOnKernel {
             Placement::LocalFallback => true,
             Placement::Refused => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_image_is_named_as_the_distribution_names_it() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path());
+        let k = "6.1.0-57-amd64";
+        // No os-release at all: dracut's own default name.
+        assert_eq!(default_image(&root, k), Path::new("/boot/initramfs-6.1.0-57-amd64.img"));
+        std::fs::create_dir_all(root.path("/usr/lib")).unwrap();
+        std::fs::create_dir_all(root.path("/etc")).unwrap();
+        // Debian links /etc/os-release into /usr/lib; the link resolves inside the root.
+        std::fs::write(root.path("/usr/lib/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
+        std::os::unix::fs::symlink("../usr/lib/os-release", root.path("/etc/os-release")).unwrap();
+        assert_eq!(default_image(&root, k), Path::new("/boot/initrd.img-6.1.0-57-amd64"));
+        std::fs::write(root.path("/usr/lib/os-release"), "ID=ubuntu\nID_LIKE=debian\n").unwrap();
+        assert_eq!(default_image(&root, k), Path::new("/boot/initrd.img-6.1.0-57-amd64"));
+        std::fs::write(root.path("/usr/lib/os-release"), "ID=\"rhel\"\nID_LIKE=\"fedora\"\n")
+            .unwrap();
+        assert_eq!(default_image(&root, k), Path::new("/boot/initramfs-6.1.0-57-amd64.img"));
+        // An existing image wins over the default name.
+        std::fs::create_dir_all(root.path("/boot")).unwrap();
+        std::fs::write(root.path("/boot/initrd.img-6.1.0-57-amd64"), b"x").unwrap();
+        assert_eq!(find_image(&root, k).unwrap(), Path::new("/boot/initrd.img-6.1.0-57-amd64"));
     }
 }

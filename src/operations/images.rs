@@ -7,9 +7,13 @@
 //! gets the file depmod chose: `extra/`, `weak-updates/` or a local fallback), with
 //! early loading, and records the result. Inject is idempotent: an image already
 //! carrying the modules is left byte for byte as it is.
+//!
+//! With [`ImageMethod::Regenerate`] the target's own dracut rebuilds the image instead
+//! (`operations::dracut`); the backup and the recorded digest are the same.
 
 use crate::engines::inject::PlanOptions;
 pub use crate::model::ledger::find_image as find;
+use crate::model::ledger::{default_image, ImageMethod};
 use crate::model::module::sha256_hex;
 use crate::model::root::Root;
 use crate::operations::atomic::AtomicSet;
@@ -25,16 +29,25 @@ pub fn digest(root: &Root, path: &Path) -> Result<String> {
     Ok(sha256_hex(&bytes))
 }
 
-/// Keep the image as it is now, once: the copy `remove` restores.
-pub fn backup(root: &Root, image: &Path, sha256: &str) -> Result<PathBuf> {
+/// Target-absolute path of the copy [`backup`] keeps of `image` as it is at `sha256`.
+pub fn backup_path(image: &Path, sha256: &str) -> PathBuf {
     let name = format!(
         "{}.{}",
         image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         &sha256[..16.min(sha256.len())]
     );
-    let target = Path::new(STATE_DIR).join("backup").join(&name);
-    if !root.path(&target).is_file() {
-        let dir = root.path(Path::new(STATE_DIR).join("backup"));
+    Path::new(STATE_DIR).join("backup").join(name)
+}
+
+/// Keep the image as it is now, once: the copy `remove` restores.
+pub fn backup(root: &Root, image: &Path, sha256: &str) -> Result<PathBuf> {
+    let target = backup_path(image, sha256);
+    let host_target = root.path(&target);
+    if !host_target.is_file() {
+        let (dir, name) = match (host_target.parent(), host_target.file_name()) {
+            (Some(d), Some(n)) => (d.to_path_buf(), n.to_string_lossy().into_owned()),
+            _ => anyhow::bail!("{}: not a file path", host_target.display()),
+        };
         create_dirs(&dir)?;
         let host = root.path(image);
         let bytes =
@@ -59,16 +72,39 @@ pub fn restore(root: &Root, record: &ImageRecord) -> Result<bool> {
     Ok(true)
 }
 
+/// How [`update`] is to bring an image up to date.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpdateOptions {
+    pub method: ImageMethod,
+    /// Say what would be done; write nothing.
+    pub dry_run: bool,
+    /// (Dry run) every usable module is already where the kernel's tree offers it, so
+    /// inject can plan from the tree; otherwise a real run would place them first.
+    pub placed: bool,
+}
+
 /// Bring the image of `release` up to date with the modules usable on it (names).
-/// `previous` is what the ledger knew of the image.
+/// `previous` is what the ledger knew of the image. With [`ImageMethod::Regenerate`],
+/// the target's dracut builds the image (named as the distribution names it when there
+/// is none yet); the ledger must already hold the kernel's verdicts, which its
+/// `90bootkmod` module reads.
 pub fn update(
     root: &Root,
     release: &str,
     usable: &[String],
     previous: Option<&ImageRecord>,
+    opts: UpdateOptions,
 ) -> Result<Option<ImageRecord>> {
-    let Some(path) = find(root, release) else { return Ok(None) };
-    let sha256 = digest(root, &path)?;
+    let found = find(root, release);
+    let path = match (&found, opts.method) {
+        (Some(p), _) => p.clone(),
+        (None, ImageMethod::Regenerate) if !usable.is_empty() => default_image(root, release),
+        (None, _) => return Ok(None),
+    };
+    let sha256 = match &found {
+        Some(p) => digest(root, p)?,
+        None => String::new(),
+    };
     let mut backup_copy = previous.filter(|p| p.path == path).and_then(|p| p.backup.clone());
     if usable.is_empty() {
         let note = "no module of the ledger is usable on this kernel".to_string();
@@ -76,25 +112,76 @@ pub fn update(
             path,
             sha256,
             updated: false,
+            method: None,
             note: Some(note),
             backup: backup_copy,
         }));
     }
-    if backup_copy.is_none() {
-        backup_copy = Some(backup(root, &path, &sha256)?);
+    if backup_copy.is_none() && found.is_some() {
+        backup_copy = Some(if opts.dry_run {
+            backup_path(&path, &sha256)
+        } else {
+            backup(root, &path, &sha256)?
+        });
     }
-    let opts = InjectOptions {
+    let names = usable.join(", ");
+    if opts.method == ImageMethod::Regenerate {
+        if opts.dry_run {
+            // Fails here as the real run would when the target has no dracut.
+            crate::operations::dracut::find(root)?;
+            let note = format!("dry run: the target's dracut would rebuild it with {names}");
+            return Ok(Some(ImageRecord {
+                path,
+                sha256,
+                updated: true,
+                method: Some(ImageMethod::Regenerate),
+                note: Some(note),
+                backup: backup_copy,
+            }));
+        }
+        crate::operations::dracut::regenerate(root, &path, release)?;
+        return Ok(Some(ImageRecord {
+            sha256: digest(root, &path)?,
+            path,
+            updated: true,
+            method: Some(ImageMethod::Regenerate),
+            note: None,
+            backup: backup_copy,
+        }));
+    }
+    if opts.dry_run && !opts.placed {
+        let note = format!("dry run: {names} would be injected once placed");
+        return Ok(Some(ImageRecord {
+            path,
+            sha256,
+            updated: true,
+            method: Some(ImageMethod::Inject),
+            note: Some(note),
+            backup: backup_copy,
+        }));
+    }
+    let inject_opts = InjectOptions {
         release: Some(release.to_string()),
         backup: false,
+        dry_run: opts.dry_run,
         plan: PlanOptions { load_early: true, ..PlanOptions::default() },
         ..InjectOptions::default()
     };
-    let names: Vec<ModuleArg> = usable.iter().map(|n| ModuleArg::Name(n.clone())).collect();
-    let report = inject::inject(root, &root.path(&path), &names, &opts)
+    let args: Vec<ModuleArg> = usable.iter().map(|n| ModuleArg::Name(n.clone())).collect();
+    let report = inject::inject(root, &root.path(&path), &args, &inject_opts)
         .with_context(|| format!("injecting into the initramfs of {release}"))?;
     let (updated, note) = match report.outcome {
         inject::Outcome::Written | inject::Outcome::Unchanged => (true, None),
+        inject::Outcome::Planned => (true, Some(format!("dry run: {names} would be injected"))),
         other => (false, Some(format!("not updated: inject ended {other:?}"))),
     };
-    Ok(Some(ImageRecord { sha256: digest(root, &path)?, path, updated, note, backup: backup_copy }))
+    let sha256 = if opts.dry_run { sha256 } else { digest(root, &path)? };
+    Ok(Some(ImageRecord {
+        sha256,
+        path,
+        updated,
+        method: updated.then_some(ImageMethod::Inject),
+        note,
+        backup: backup_copy,
+    }))
 }

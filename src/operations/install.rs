@@ -16,6 +16,16 @@
 //! 5. clear the journal.
 //!
 //! Every step is idempotent, so running the journaled operation again completes it.
+//!
+//! The image step injects by default; with [`ImageMethod::Regenerate`] the target's own
+//! dracut rebuilds each image that needs the drivers (`operations::dracut`), after the
+//! kernel's verdicts are saved in the ledger for its `90bootkmod` module to read.
+//!
+//! A dry run ([`InstallOptions::dry_run`]) goes through the same steps on a copy of the
+//! ledger, with the given modules read from where they are, and writes nothing: not the
+//! store, the journal, the lock file, links, indexes nor images. Its report says what
+//! a real run would do.
+//!
 //! [`Policy`] decides whether a kernel that would boot without a root-critical module
 //! is an error (`refuse`, the default) or a warning.
 
@@ -26,19 +36,23 @@ use crate::model::root::Root;
 use crate::model::tree::ModuleTree;
 use crate::operations::atomic::AtomicSet;
 use crate::operations::ledger::{
-    create_dirs, failpoint, Journal, KernelRecord, Ledger, Lock, ModuleOnKernel, ModuleRecord,
-    Placement, StateDir,
+    create_dirs, failpoint, ImageMethod, Journal, KernelRecord, Ledger, Lock, ModuleOnKernel,
+    ModuleRecord, Placement, StateDir,
 };
 use crate::operations::{depmod, images, remove, weak_updates};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// How install was asked to treat the modules.
+/// How install (or a refresh) was asked to treat the modules and the system.
 #[derive(Debug, Clone, Default)]
 pub struct InstallOptions {
     /// The modules are needed to mount root.
     pub root_critical: bool,
+    /// How each image that needs the drivers gets them.
+    pub images: ImageMethod,
+    /// Report what would be done; change nothing under the root.
+    pub dry_run: bool,
 }
 
 /// What to do when a kernel would boot without a root-critical module.
@@ -98,6 +112,8 @@ pub struct InstallReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<String>,
     pub policy: Policy,
+    /// Nothing was changed: the report says what a real run would do.
+    pub dry_run: bool,
 }
 
 impl InstallReport {
@@ -119,12 +135,14 @@ impl InstallReport {
 
 /// Install module files under `root`. See the module overview.
 pub fn install(root: &Root, files: &[PathBuf], opts: &InstallOptions) -> Result<InstallReport> {
+    check_image_method(root, opts.images)?;
     let state = StateDir::new(root);
-    let lock = state.lock()?;
+    let lock = lock_for(&state, opts.dry_run)?;
     let mut ledger = state.load()?;
-    let recovered = recover(&state, &mut ledger, &lock)?;
+    let recovered = start(&state, &mut ledger, lock.as_ref(), opts.dry_run)?;
 
     let mut records = Vec::new();
+    let mut given = BTreeMap::new();
     for file in files {
         let bytes =
             std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
@@ -143,7 +161,10 @@ pub fn install(root: &Root, files: &[PathBuf], opts: &InstallOptions) -> Result<
             .filter(|n| name_from_path(Path::new(n)) == name)
             .unwrap_or_else(|| format!("{name}.ko"));
         let sha256 = sha256_hex(&bytes);
-        state.store(&sha256, &bytes)?;
+        if !opts.dry_run {
+            state.store(&sha256, &bytes)?;
+        }
+        given.insert(sha256.clone(), module);
         records.push(ModuleRecord {
             path: Path::new("/lib/modules")
                 .join(&built_for)
@@ -157,53 +178,151 @@ pub fn install(root: &Root, files: &[PathBuf], opts: &InstallOptions) -> Result<
             root_critical: opts.root_critical,
         });
     }
-    ledger.journal = Some(Journal::Install { modules: records.clone() });
-    state.save(&ledger, &lock)?;
-    failpoint("install:journaled");
-    let kernels = apply(&state, &mut ledger, &lock)?;
-    Ok(InstallReport { installed: records, kernels, recovered, policy: Policy::read(root)? })
+    let kernels = match &lock {
+        Some(lock) if !opts.dry_run => {
+            ledger.journal =
+                Some(Journal::Install { modules: records.clone(), images: opts.images });
+            state.save(&ledger, lock)?;
+            failpoint("install:journaled");
+            apply(&state, &mut ledger, lock)?
+        }
+        _ => {
+            for record in &records {
+                ledger.modules.insert(record.name.clone(), record.clone());
+            }
+            let run = Run { state: &state, lock: None, images: opts.images, dry_run: true, given };
+            refresh(&run, &mut ledger, &[])?
+        }
+    };
+    Ok(InstallReport {
+        installed: records,
+        kernels,
+        recovered,
+        policy: Policy::read(root)?,
+        dry_run: opts.dry_run,
+    })
 }
 
 /// Re-evaluate the ledger's modules for `kernels` (every installed kernel when empty):
 /// what `kernel-install add` runs for a new kernel.
-pub fn refresh_kernels(root: &Root, kernels: &[String]) -> Result<InstallReport> {
+pub fn refresh_kernels(
+    root: &Root,
+    kernels: &[String],
+    opts: &InstallOptions,
+) -> Result<InstallReport> {
+    check_image_method(root, opts.images)?;
     let state = StateDir::new(root);
-    let lock = state.lock()?;
+    let lock = lock_for(&state, opts.dry_run)?;
     let mut ledger = state.load()?;
-    let recovered = recover(&state, &mut ledger, &lock)?;
-    ledger.journal = Some(Journal::Refresh { kernels: kernels.to_vec() });
-    state.save(&ledger, &lock)?;
-    let outcomes = apply(&state, &mut ledger, &lock)?;
+    let recovered = start(&state, &mut ledger, lock.as_ref(), opts.dry_run)?;
+    let outcomes = match &lock {
+        Some(lock) if !opts.dry_run => {
+            ledger.journal =
+                Some(Journal::Refresh { kernels: kernels.to_vec(), images: opts.images });
+            state.save(&ledger, lock)?;
+            apply(&state, &mut ledger, lock)?
+        }
+        _ => {
+            let run = Run {
+                state: &state,
+                lock: None,
+                images: opts.images,
+                dry_run: true,
+                given: BTreeMap::new(),
+            };
+            refresh(&run, &mut ledger, kernels)?
+        }
+    };
     Ok(InstallReport {
         installed: Vec::new(),
         kernels: outcomes,
         recovered,
         policy: Policy::read(root)?,
+        dry_run: opts.dry_run,
     })
 }
 
-/// Complete the operation a killed run left in the journal, if any. Returns its name.
-pub fn recover(state: &StateDir, ledger: &mut Ledger, lock: &Lock) -> Result<Option<String>> {
-    let Some(journal) = ledger.journal.clone() else { return Ok(None) };
-    let what = match &journal {
-        Journal::Install { modules } => format!(
+/// Fail before anything changes when the images cannot be updated as asked.
+fn check_image_method(root: &Root, images: ImageMethod) -> Result<()> {
+    match images {
+        ImageMethod::Regenerate => crate::operations::dracut::find(root).map(drop),
+        ImageMethod::Inject => Ok(()),
+    }
+}
+
+/// The lock for a run: taken (and its file created) for a real run; for a dry run only
+/// when the lock file exists, so that a dry run creates nothing.
+pub(crate) fn lock_for(state: &StateDir, dry_run: bool) -> Result<Option<Lock>> {
+    if dry_run {
+        state.lock_if_present()
+    } else {
+        state.lock().map(Some)
+    }
+}
+
+/// Before an operation: a real run completes what a killed run left in the journal
+/// (returning its name); a dry run cannot tell what that would change, so it refuses.
+pub(crate) fn start(
+    state: &StateDir,
+    ledger: &mut Ledger,
+    lock: Option<&Lock>,
+    dry_run: bool,
+) -> Result<Option<String>> {
+    match (lock, dry_run) {
+        (Some(lock), false) => recover(state, ledger, lock),
+        _ => match &ledger.journal {
+            Some(journal) => bail!(
+                "{}: an interrupted {} is pending; run without --dry-run to complete it first",
+                state.dir().join(crate::operations::ledger::LEDGER_FILE).display(),
+                describe(journal)
+            ),
+            None => Ok(None),
+        },
+    }
+}
+
+/// What a journaled operation is, in words.
+fn describe(journal: &Journal) -> String {
+    match journal {
+        Journal::Install { modules, .. } => format!(
             "install of {}",
             modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
         ),
         Journal::Remove { names } => format!("remove of {}", names.join(", ")),
         Journal::Refresh { .. } => "refresh".to_string(),
-    };
+        Journal::ForgetKernel { release } => format!("removal of kernel {release}"),
+    }
+}
+
+/// Complete the operation a killed run left in the journal, if any. Returns its name.
+pub fn recover(state: &StateDir, ledger: &mut Ledger, lock: &Lock) -> Result<Option<String>> {
+    let Some(journal) = ledger.journal.clone() else { return Ok(None) };
+    let what = describe(&journal);
     tracing::warn!("completing the interrupted {what}");
     apply(state, ledger, lock)?;
     Ok(Some(what))
+}
+
+/// What a refresh may do, and with what.
+pub(crate) struct Run<'a> {
+    pub state: &'a StateDir,
+    /// Held by a real run: regenerating saves the ledger before dracut reads it.
+    pub lock: Option<&'a Lock>,
+    pub images: ImageMethod,
+    /// Write nothing; report what would be done.
+    pub dry_run: bool,
+    /// A dry run's modules from the command line, by sha256: not placed, so read here.
+    pub given: BTreeMap<String, Module>,
 }
 
 /// Run the journaled operation to its end and clear the journal.
 fn apply(state: &StateDir, ledger: &mut Ledger, lock: &Lock) -> Result<Vec<KernelOutcome>> {
     let Some(journal) = ledger.journal.clone() else { return Ok(Vec::new()) };
     let root = &state.root;
+    let run =
+        |images| Run { state, lock: Some(lock), images, dry_run: false, given: BTreeMap::new() };
     let outcomes = match journal {
-        Journal::Install { modules } => {
+        Journal::Install { modules, images } => {
             for record in &modules {
                 if let Some(old) = ledger.modules.get(&record.name).cloned() {
                     if old.path != record.path {
@@ -215,11 +334,15 @@ fn apply(state: &StateDir, ledger: &mut Ledger, lock: &Lock) -> Result<Vec<Kerne
                 failpoint("install:placed");
                 ledger.modules.insert(record.name.clone(), record.clone());
             }
-            refresh(root, ledger, &[])?
+            refresh(&run(images), ledger, &[])?
         }
-        Journal::Refresh { kernels } => refresh(root, ledger, &kernels)?,
+        Journal::Refresh { kernels, images } => refresh(&run(images), ledger, &kernels)?,
         Journal::Remove { names } => {
-            remove::apply(root, ledger, &names)?;
+            remove::apply(&run(ImageMethod::Inject), ledger, &names)?;
+            Vec::new()
+        }
+        Journal::ForgetKernel { release } => {
+            remove::forget_kernel_apply(root, ledger, &release)?;
             Vec::new()
         }
     };
@@ -245,20 +368,40 @@ fn place(state: &StateDir, record: &ModuleRecord) -> Result<()> {
 
 /// Check, link, fall back, depmod and update images for `only` kernels (all when empty).
 /// Records the outcome in the ledger (not saved here).
+/// Kernels `kernel-install remove` announced are left out of a refresh of every
+/// kernel; naming one (kernel-install add) takes it back.
 pub(crate) fn refresh(
-    root: &Root,
+    run: &Run,
     ledger: &mut Ledger,
     only: &[String],
 ) -> Result<Vec<KernelOutcome>> {
+    let root = &run.state.root;
     let installed = kernel::releases(root)?;
     ledger.kernels.retain(|k, _| installed.contains(k));
-    let releases: Vec<String> =
-        installed.into_iter().filter(|r| only.is_empty() || only.contains(r)).collect();
+    ledger.removed_kernels.retain(|k| installed.contains(k) && !only.contains(k));
+    let releases: Vec<String> = installed
+        .into_iter()
+        .filter(|r| {
+            if only.is_empty() {
+                !ledger.removed_kernels.contains(r)
+            } else {
+                only.contains(r)
+            }
+        })
+        .collect();
     let records: Vec<ModuleRecord> = ledger.modules.values().cloned().collect();
     let modules = records
         .iter()
-        .map(|r| Module::read(&root.path(&r.path), ReadOptions::default()))
+        .map(|r| match run.given.get(&r.sha256) {
+            Some(m) => Ok(m.clone()),
+            None => Module::read(&root.path(&r.path), ReadOptions::default()),
+        })
         .collect::<Result<Vec<_>>>()?;
+    // (Dry run) is the installed file the recorded one? A new module is not there yet,
+    // so inject cannot plan from the tree.
+    let in_place = |r: &ModuleRecord| {
+        std::fs::read(root.path(&r.path)).is_ok_and(|b| sha256_hex(&b) == r.sha256)
+    };
     let opts = KernelOptions { interest: Some(Interest::of(&modules)), ..Default::default() };
 
     let mut outcomes = Vec::new();
@@ -266,6 +409,7 @@ pub(crate) fn refresh(
         let kernel = Kernel::read(root, &release, &opts)?;
         let verdicts = compat::check_set(&kernel, &modules);
         let mut changed = false;
+        let mut placed = true;
         let mut record = KernelRecord::default();
         let mut at_risk = Vec::new();
         for (r, verdict) in records.iter().zip(&verdicts) {
@@ -280,14 +424,16 @@ pub(crate) fn refresh(
             if r.built_for == release {
                 entry.placement =
                     if verdict.compatible { Placement::Own } else { Placement::Refused };
+                placed &= !run.dry_run || !verdict.compatible || in_place(r);
             } else if verdict.compatible {
-                let (link, did) = weak_updates::link(root, &r.path, &release)?;
+                let (link, did) = weak_updates::link(root, &r.path, &release, run.dry_run)?;
+                placed &= !run.dry_run || (!did && in_place(r));
                 // A run killed between linking and depmod left the link unindexed.
                 changed |= did || !indexed(root, &release, &link);
                 entry.placement = Placement::WeakUpdates;
                 entry.link = Some(link);
             } else {
-                changed |= weak_updates::unlink(root, &r.path, &release)?;
+                changed |= weak_updates::unlink(root, &r.path, &release, run.dry_run)?;
                 if let Ok(link) = weak_updates::link_path(&r.path, &release) {
                     changed |= indexed(root, &release, &link);
                 }
@@ -310,7 +456,7 @@ pub(crate) fn refresh(
             }
             record.modules.insert(r.name.clone(), entry);
         }
-        if changed {
+        if changed && !run.dry_run {
             depmod::run(root, &release, false)
                 .with_context(|| format!("depmod for kernel {release}"))?;
         }
@@ -320,8 +466,18 @@ pub(crate) fn refresh(
             .filter(|(_, m)| m.usable_on_boot())
             .map(|(name, _)| name.clone())
             .collect();
-        let previous = ledger.kernels.get(&release).and_then(|k| k.image.as_ref());
-        record.image = images::update(root, &release, &usable, previous)?;
+        let previous = ledger.kernels.get(&release).and_then(|k| k.image.clone());
+        if let (ImageMethod::Regenerate, Some(lock)) = (run.images, run.lock) {
+            if !run.dry_run && !usable.is_empty() {
+                // The target's 90bootkmod asks `bootkmod status --dracut` for this
+                // kernel's verdicts: they must be in the saved ledger before dracut runs.
+                let pending = KernelRecord { image: previous.clone(), ..record.clone() };
+                ledger.kernels.insert(release.clone(), pending);
+                run.state.save(ledger, lock)?;
+            }
+        }
+        let opts = images::UpdateOptions { method: run.images, dry_run: run.dry_run, placed };
+        record.image = images::update(root, &release, &usable, previous.as_ref(), opts)?;
         ledger.kernels.insert(release.clone(), record.clone());
         outcomes.push(KernelOutcome { release, record, depmod: changed, at_risk });
     }
@@ -339,7 +495,7 @@ fn refusals(verdict: &Verdict) -> Vec<String> {
 }
 
 /// Does the tree's modules.dep already list `module` (target-absolute)?
-fn indexed(root: &Root, release: &str, module: &Path) -> bool {
+pub(crate) fn indexed(root: &Root, release: &str, module: &Path) -> bool {
     let dep = root.path(Path::new("/lib/modules").join(release).join("modules.dep"));
     let rel = module.strip_prefix(Path::new("/lib/modules").join(release)).ok();
     match (std::fs::read_to_string(dep), rel) {

@@ -80,6 +80,16 @@ impl StateDir {
         create_dirs(&dir)?;
         Lock::exclusive(&dir.join("lock"))
     }
+
+    /// The lock, when its file exists (else `None`): a dry run waits for a running
+    /// operation like any run, but must not create the state directory or the file.
+    pub fn lock_if_present(&self) -> Result<Option<Lock>> {
+        let path = self.dir().join("lock");
+        if !path.exists() {
+            return Ok(None);
+        }
+        Lock::exclusive(&path).map(Some)
+    }
 }
 
 /// `mkdir -p` with an error naming the directory.
@@ -105,7 +115,8 @@ mod tests {
         let state = StateDir::new(&Root::new(t.path()));
         let mut ledger = state.load().unwrap();
         assert!(ledger.modules.is_empty());
-        ledger.journal = Some(Journal::Refresh { kernels: vec!["k".into()] });
+        ledger.journal =
+            Some(Journal::Refresh { kernels: vec!["k".into()], images: ImageMethod::Regenerate });
         let lock = state.lock().unwrap();
         state.save(&ledger, &lock).unwrap();
         assert_eq!(state.load().unwrap(), ledger);

@@ -1,18 +1,29 @@
-//! `remove`: take installed modules back out of every kernel and image, then forget them.
+//! `remove`: take installed modules back out of every kernel and image, then forget them;
+//! and forget a kernel that is being removed.
 //!
-//! Flow, under the ledger's lock and journaled like install: for each module, unlink it
-//! from every kernel's `weak-updates/` and delete its file from `extra/` (and the
-//! emptied `extra/<name>/`); native depmod for each kernel whose tree changed; every
-//! image bootkmod changed is restored from the backup kept before its first change,
-//! byte for byte; the module is dropped from the ledger.
+//! Flow of [`remove`], under the ledger's lock and journaled like install: for each
+//! module, unlink it from every kernel's `weak-updates/` and delete its file from
+//! `extra/` (and the emptied `extra/<name>/`); native depmod for each kernel whose tree
+//! changed; every image bootkmod changed is restored from the backup kept before its
+//! first change, byte for byte; the module is dropped from the ledger. A dry run
+//! reports the same and changes nothing.
+//!
+//! [`forget_kernel`] is what `kernel-install remove KVER` runs: the kernel's
+//! weak-updates links to bootkmod's modules go (and the directories left empty, up to
+//! the tree itself when the package already deleted the rest), depmod runs if the tree
+//! is still a kernel's, the kernel's image backup and its ledger entry are dropped, and
+//! status stops listing it. The modules themselves stay: other kernels use them (a
+//! module built for that kernel keeps its file in that kernel's `extra/`, as kmod RPMs
+//! do). It is idempotent: a kernel bootkmod never saw, or whose tree is gone, is fine.
 
 use crate::model::root::Root;
 use crate::operations::atomic::remove_synced;
-use crate::operations::ledger::{failpoint, Journal, Ledger, ModuleRecord, StateDir};
+use crate::operations::install::{lock_for, start, Run};
+use crate::operations::ledger::{failpoint, ImageMethod, Journal, Ledger, ModuleRecord, StateDir};
 use crate::operations::{depmod, images, install, weak_updates};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What a remove did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -24,14 +35,16 @@ pub struct RemoveReport {
     pub restored: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<String>,
+    /// Nothing was changed: the report says what a real run would do.
+    pub dry_run: bool,
 }
 
 /// Remove modules by name (`-` and `_` are the same).
-pub fn remove(root: &Root, names: &[String]) -> Result<RemoveReport> {
+pub fn remove(root: &Root, names: &[String], dry_run: bool) -> Result<RemoveReport> {
     let state = StateDir::new(root);
-    let lock = state.lock()?;
+    let lock = lock_for(&state, dry_run)?;
     let mut ledger = state.load()?;
-    let recovered = install::recover(&state, &mut ledger, &lock)?;
+    let recovered = start(&state, &mut ledger, lock.as_ref(), dry_run)?;
     let names: Vec<String> = names.iter().map(|n| n.replace('-', "_")).collect();
     for n in &names {
         if !ledger.modules.contains_key(n) {
@@ -48,17 +61,60 @@ pub fn remove(root: &Root, names: &[String]) -> Result<RemoveReport> {
         .filter(|i| i.updated && i.backup.is_some())
         .map(|i| i.path.display().to_string())
         .collect();
+    let Some(lock) = lock.filter(|_| !dry_run) else {
+        let depmod = touched_kernels(root, &ledger, &names)?;
+        return Ok(RemoveReport {
+            removed: names,
+            depmod,
+            restored: restorable,
+            recovered,
+            dry_run,
+        });
+    };
     ledger.journal = Some(Journal::Remove { names: names.clone() });
     state.save(&ledger, &lock)?;
     failpoint("remove:journaled");
-    let depmod = apply(root, &mut ledger, &names)?;
+    let run = Run {
+        state: &state,
+        lock: Some(&lock),
+        images: ImageMethod::Inject,
+        dry_run: false,
+        given: Default::default(),
+    };
+    let depmod = apply(&run, &mut ledger, &names)?;
     ledger.journal = None;
     state.save(&ledger, &lock)?;
-    Ok(RemoveReport { removed: names, depmod, restored: restorable, recovered })
+    Ok(RemoveReport { removed: names, depmod, restored: restorable, recovered, dry_run })
+}
+
+/// The installed kernels whose trees removing `names` changes (depmod runs for them):
+/// each module's own kernel, every kernel the ledger has it on, every kernel with a
+/// link to it. Reads only.
+fn touched_kernels(root: &Root, ledger: &Ledger, names: &[String]) -> Result<Vec<String>> {
+    let installed = crate::model::kernel::releases(root)?;
+    let mut touched = BTreeSet::new();
+    for name in names {
+        let Some(record) = ledger.modules.get(name) else { continue };
+        touched.insert(record.built_for.clone());
+        touched.extend(
+            ledger
+                .kernels
+                .iter()
+                .filter(|(_, k)| k.modules.contains_key(name))
+                .map(|(r, _)| r.clone()),
+        );
+        for release in &installed {
+            if weak_updates::unlink(root, &record.path, release, true)? {
+                touched.insert(release.clone());
+            }
+        }
+    }
+    Ok(touched.into_iter().filter(|r| installed.contains(r)).collect())
 }
 
 /// The journaled part: idempotent. Returns the kernels depmod ran for.
-pub(crate) fn apply(root: &Root, ledger: &mut Ledger, names: &[String]) -> Result<Vec<String>> {
+pub(crate) fn apply(run: &Run, ledger: &mut Ledger, names: &[String]) -> Result<Vec<String>> {
+    let root = &run.state.root;
     let mut changed: BTreeSet<String> = BTreeSet::new();
     for name in names {
         let Some(record) = ledger.modules.get(name).cloned() else { continue };
@@ -76,7 +132,8 @@ pub(crate) fn apply(root: &Root, ledger: &mut Ledger, names: &[String]) -> Resul
         failpoint("remove:unlinked");
     }
     let installed = crate::model::kernel::releases(root)?;
-    for release in changed.iter().filter(|r| installed.contains(r)) {
+    let changed: Vec<String> = changed.into_iter().filter(|r| installed.contains(r)).collect();
+    for release in &changed {
         depmod::run(root, release, false)
             .with_context(|| format!("depmod for kernel {release}"))?;
     }
@@ -86,6 +143,7 @@ pub(crate) fn apply(root: &Root, ledger: &mut Ledger, names: &[String]) -> Resul
         if let Some(image) = kernel.image.as_mut().filter(|i| i.updated) {
             if images::restore(root, image)? {
                 image.updated = false;
+                image.method = None;
                 image.sha256 = images::digest(root, &image.path)?;
                 image.note = Some("restored from backup by remove".into());
             }
@@ -93,9 +151,128 @@ pub(crate) fn apply(root: &Root, ledger: &mut Ledger, names: &[String]) -> Resul
     }
     // What remains installed goes back into the restored images.
     if !ledger.modules.is_empty() {
-        install::refresh(root, ledger, &[])?;
+        install::refresh(run, ledger, &[])?;
     }
-    Ok(changed.into_iter().collect())
+    Ok(changed)
+}
+
+/// What forgetting a kernel did (or, in a dry run, would do).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ForgetReport {
+    pub kernel: String,
+    /// The ledger had a record of this kernel.
+    pub known: bool,
+    /// weak-updates links removed (target-absolute).
+    pub unlinked: Vec<PathBuf>,
+    /// Directories removed because they were left empty (target-absolute).
+    pub pruned: Vec<PathBuf>,
+    /// The kernel's image backup removed from the state directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<PathBuf>,
+    /// depmod ran because the tree is still a kernel's.
+    pub depmod: bool,
+    /// Modules built for this kernel, whose files stay for the other kernels.
+    pub kept: Vec<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<String>,
+    pub dry_run: bool,
+}
+
+/// Drop bootkmod's traces for kernel `release` (kernel-install remove). See the module
+/// overview.
+pub fn forget_kernel(root: &Root, release: &str, dry_run: bool) -> Result<ForgetReport> {
+    if release.is_empty() || release.contains('/') || release == "." || release == ".." {
+        bail!("{release:?} is not a kernel release");
+    }
+    let state = StateDir::new(root);
+    // Nothing installed here: nothing to forget, and nothing to create.
+    if !state.dir().join(crate::operations::ledger::LEDGER_FILE).is_file() {
+        return Ok(ForgetReport { dry_run, ..plan_forget(root, &Ledger::default(), release)? });
+    }
+    let lock = lock_for(&state, dry_run)?;
+    let mut ledger = state.load()?;
+    let recovered = start(&state, &mut ledger, lock.as_ref(), dry_run)?;
+    let mut report = plan_forget(root, &ledger, release)?;
+    report.recovered = recovered;
+    report.dry_run = dry_run;
+    let Some(lock) = lock.filter(|_| !dry_run) else { return Ok(report) };
+    ledger.journal = Some(Journal::ForgetKernel { release: release.to_string() });
+    state.save(&ledger, &lock)?;
+    let done = forget_kernel_apply(root, &mut ledger, release)?;
+    ledger.journal = None;
+    state.save(&ledger, &lock)?;
+    report.pruned = done.pruned;
+    report.depmod = done.depmod;
+    Ok(report)
+}
+
+/// What forgetting `release` touches, read from the ledger and the disk.
+fn plan_forget(root: &Root, ledger: &Ledger, release: &str) -> Result<ForgetReport> {
+    let mut unlinked = Vec::new();
+    let mut kept = Vec::new();
+    for m in ledger.modules.values() {
+        if weak_updates::unlink(root, &m.path, release, true)? {
+            unlinked.push(weak_updates::link_path(&m.path, release)?);
+        }
+        if m.built_for == release {
+            kept.push(m.path.clone());
+        }
+    }
+    let record = ledger.kernels.get(release);
+    let backup = record
+        .and_then(|k| k.image.as_ref())
+        .and_then(|i| i.backup.clone())
+        .filter(|b| std::fs::symlink_metadata(root.path(b)).is_ok());
+    Ok(ForgetReport {
+        kernel: release.to_string(),
+        known: record.is_some() || ledger.removed_kernels.contains(release),
+        unlinked,
+        pruned: Vec::new(),
+        backup,
+        depmod: false,
+        kept,
+        recovered: None,
+        dry_run: false,
+    })
+}
+
+/// The journaled part of [`forget_kernel`]: idempotent.
+pub(crate) fn forget_kernel_apply(
+    root: &Root,
+    ledger: &mut Ledger,
+    release: &str,
+) -> Result<ForgetReport> {
+    let mut report = plan_forget(root, ledger, release)?;
+    for m in ledger.modules.values() {
+        weak_updates::unlink(root, &m.path, release, false)?;
+    }
+    failpoint("remove-kernel:unlinked");
+    let installed = crate::model::kernel::releases(root).unwrap_or_default();
+    let still_a_kernel = installed.iter().any(|k| k == release);
+    // Kernels announced gone earlier whose trees are now deleted need no more mention.
+    ledger.removed_kernels.retain(|k| installed.contains(k));
+    if still_a_kernel {
+        // kernel-install runs before the package deletes the files: keep the tree's
+        // indexes true to it meanwhile, and remember the kernel is going.
+        // A run killed after unlinking left the indexes listing the links.
+        let listed = ledger.modules.values().any(|m| {
+            weak_updates::link_path(&m.path, release)
+                .is_ok_and(|l| install::indexed(root, release, &l))
+        });
+        if !report.unlinked.is_empty() || listed {
+            depmod::run(root, release, false)
+                .with_context(|| format!("depmod for kernel {release}"))?;
+            report.depmod = true;
+        }
+        ledger.removed_kernels.insert(release.to_string());
+    } else {
+        report.pruned = weak_updates::prune_gone_tree(root, release)?;
+    }
+    if let Some(backup) = &report.backup {
+        remove_synced(&root.path(backup))?;
+    }
+    ledger.kernels.remove(release);
+    Ok(report)
 }
 
 /// Unlink a module everywhere, delete its file, drop it from the ledger. Returns the
@@ -113,7 +290,7 @@ pub(crate) fn take_out(
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     for release in &releases {
-        if weak_updates::unlink(root, &record.path, release)? {
+        if weak_updates::unlink(root, &record.path, release, false)? {
             changed.insert(release.clone());
         }
     }

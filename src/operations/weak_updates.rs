@@ -15,11 +15,13 @@ use crate::operations::ledger::create_dirs;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
-/// Create or repair the link. Returns whether anything changed.
-pub fn link(root: &Root, module: &Path, release: &str) -> Result<(PathBuf, bool)> {
+/// Create or repair the link. Returns whether anything changed (with `dry_run`:
+/// would change; nothing is written).
+pub fn link(root: &Root, module: &Path, release: &str, dry_run: bool) -> Result<(PathBuf, bool)> {
     let link = link_path(module, release)?;
-    if is_linked(root, &link, module) {
-        return Ok((link, false));
+    if is_linked(root, &link, module) || dry_run {
+        let changes = !is_linked(root, &link, module);
+        return Ok((link, changes));
     }
     let host = root.path(&link);
     if let Some(dir) = host.parent() {
@@ -30,12 +32,13 @@ pub fn link(root: &Root, module: &Path, release: &str) -> Result<(PathBuf, bool)
 }
 
 /// Remove the link that offers `module` to `release`, if present, and the directories
-/// it leaves empty below `weak-updates/`. Returns whether anything changed.
-pub fn unlink(root: &Root, module: &Path, release: &str) -> Result<bool> {
+/// it leaves empty below `weak-updates/`. Returns whether anything changed (with
+/// `dry_run`: would change; nothing is removed).
+pub fn unlink(root: &Root, module: &Path, release: &str, dry_run: bool) -> Result<bool> {
     let link = link_path(module, release)?;
     let host = root.path(&link);
-    if std::fs::symlink_metadata(&host).is_err() {
-        return Ok(false);
+    if std::fs::symlink_metadata(&host).is_err() || dry_run {
+        return Ok(std::fs::symlink_metadata(&host).is_ok());
     }
     remove_synced(&host)?;
     let top = root.path(Path::new("/lib/modules").join(release).join("weak-updates"));
@@ -47,6 +50,35 @@ pub fn unlink(root: &Root, module: &Path, release: &str) -> Result<bool> {
         dir = d.parent().map(Path::to_path_buf);
     }
     Ok(true)
+}
+
+/// After a kernel's links are gone: when its package already deleted the tree, what
+/// remains is `weak-updates/` (emptied, bootkmod's) and the directory holding it.
+/// Remove those two when empty; a tree that still holds anything else is the kernel
+/// package's to delete. Returns the directories removed (target-absolute).
+pub fn prune_gone_tree(root: &Root, release: &str) -> Result<Vec<PathBuf>> {
+    let tree = Path::new("/lib/modules").join(release);
+    let weak = tree.join("weak-updates");
+    let only_weak = std::fs::read_dir(root.path(&tree))
+        .map(|d| d.flatten().all(|e| e.file_name() == "weak-updates"))
+        .unwrap_or(false);
+    let mut removed = Vec::new();
+    if !only_weak {
+        return Ok(removed);
+    }
+    for dir in [weak, tree] {
+        let host = root.path(&dir);
+        match std::fs::remove_dir(&host) {
+            Ok(()) => removed.push(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Not empty (someone else's file): leave it and what holds it.
+            Err(_) => break,
+        }
+        if let Some(parent) = host.parent() {
+            crate::operations::atomic::sync_dir(parent)?;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -75,14 +107,39 @@ mod tests {
         let module = Path::new("/lib/modules/k/extra/a/a.ko");
         std::fs::create_dir_all(root.path("/lib/modules/k/extra/a")).unwrap();
         std::fs::write(root.path(module), b"x").unwrap();
-        let (l, changed) = link(&root, module, "j").unwrap();
+        let (planned, would) = link(&root, module, "j", true).unwrap();
+        assert!(would && !root.path(&planned).exists(), "a dry run links nothing");
+        let (l, changed) = link(&root, module, "j", false).unwrap();
         assert!(changed);
+        assert_eq!(planned, l);
         assert_eq!(std::fs::read_link(root.path(&l)).unwrap(), module);
         assert_eq!(root.resolve(&l).unwrap(), module);
-        assert!(!link(&root, module, "j").unwrap().1);
-        assert!(unlink(&root, module, "j").unwrap());
+        assert!(!link(&root, module, "j", false).unwrap().1);
+        assert!(unlink(&root, module, "j", true).unwrap());
+        assert!(root.path(&l).is_symlink(), "a dry run unlinks nothing");
+        assert!(unlink(&root, module, "j", false).unwrap());
         assert!(!root.path("/lib/modules/j/weak-updates/a").exists());
         assert!(root.path("/lib/modules/j/weak-updates").is_dir());
-        assert!(!unlink(&root, module, "j").unwrap());
+        assert!(!unlink(&root, module, "j", false).unwrap());
+    }
+
+    #[test]
+    fn prune_removes_only_a_tree_reduced_to_an_empty_weak_updates() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path());
+        std::fs::create_dir_all(root.path("/lib/modules/gone/weak-updates")).unwrap();
+        std::fs::create_dir_all(root.path("/lib/modules/kept/weak-updates")).unwrap();
+        std::fs::write(root.path("/lib/modules/kept/modules.dep"), b"").unwrap();
+        std::fs::create_dir_all(root.path("/lib/modules/foreign/weak-updates/x")).unwrap();
+        assert_eq!(
+            prune_gone_tree(&root, "gone").unwrap(),
+            [Path::new("/lib/modules/gone/weak-updates"), Path::new("/lib/modules/gone")]
+        );
+        assert!(!root.path("/lib/modules/gone").exists());
+        assert!(prune_gone_tree(&root, "kept").unwrap().is_empty());
+        assert!(root.path("/lib/modules/kept/weak-updates").is_dir());
+        assert!(prune_gone_tree(&root, "foreign").unwrap().is_empty());
+        assert!(root.path("/lib/modules/foreign/weak-updates/x").is_dir());
+        assert!(prune_gone_tree(&root, "never").unwrap().is_empty());
     }
 }

@@ -156,3 +156,56 @@ pub fn digests(dir: &Path) -> BTreeMap<PathBuf, String> {
         .map(|e| (e.path(), bootkmod::model::module::sha256_hex(&std::fs::read(e.path()).unwrap())))
         .collect()
 }
+
+/// Every path below `dir` with what it is: a file's mode and sha256, a link's target, a
+/// directory's mode. Equal fingerprints mean nothing under `dir` was created, removed,
+/// rewritten or re-pointed (the ledger included, being a file there).
+pub fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(dir: &Path, top: &Path, out: &mut BTreeMap<PathBuf, String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let mode = m.permissions().mode();
+            let what = if m.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                format!("dir {mode:o}")
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                format!("file {mode:o} {}", bootkmod::model::module::sha256_hex(&bytes))
+            };
+            out.insert(p.strip_prefix(top).unwrap().to_path_buf(), what);
+            if m.is_dir() {
+                walk(&p, top, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The keys of two fingerprints that differ, for a readable assertion message.
+pub fn fingerprint_diff(
+    before: &BTreeMap<PathBuf, String>,
+    after: &BTreeMap<PathBuf, String>,
+) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&PathBuf> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| format!("{}: {:?} -> {:?}", k.display(), before.get(k), after.get(k)))
+        .collect()
+}
+
+/// Parse a command's stdout as JSON, showing both streams when it is not.
+pub fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

@@ -1,0 +1,191 @@
+//! `kernel-install remove` through the 45-bootkmod plugin, run the way kernel-install
+//! runs it (`remove KVER`, `BOOTKMOD_ROOT`): bootkmod's weak-updates links for the kernel
+//! and the directories they leave empty go, its image backup and ledger entry go, status
+//! stops listing it; both when the plugin runs before the package deletes the tree
+//! (RPM's order) and when the tree is already gone; a kernel bootkmod never saw, and a
+//! second removal, change nothing.
+
+mod common;
+
+use common::check::build_bkram;
+use common::keep::{fingerprint, fingerprint_diff, json_of, Source, TargetRoot};
+use common::{bootkmod, installed_kernel, run};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Removed while its tree is still there (the plugin runs first).
+const FIRST: &str = "6.1.0-56kabi-amd64";
+/// Removed after its package deleted the tree.
+const GONE: &str = "6.1.0-56kabi2-amd64";
+/// Stays installed.
+const STAYS: &str = "6.1.0-56kabi3-amd64";
+
+fn plugin(root: &Path, command: &str, release: &str) -> std::process::Output {
+    run(Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-install/45-bootkmod.install"),
+    )
+    .args([command, release, "/boot/efi/x"])
+    .env("BOOTKMOD_ROOT", root)
+    .env("BOOTKMOD", env!("CARGO_BIN_EXE_bootkmod")))
+}
+
+fn ledger(root: &TargetRoot) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(root.at("/var/lib/bootkmod/ledger.json")).unwrap())
+        .unwrap()
+}
+
+fn backup_of(root: &TargetRoot, release: &str) -> PathBuf {
+    let b = ledger(root)["kernels"][release]["image"]["backup"].as_str().map(PathBuf::from);
+    root.at(b.unwrap_or_else(|| panic!("no image backup recorded for {release}")))
+}
+
+fn listed_by_status(root: &TargetRoot) -> Vec<String> {
+    let out = run(bootkmod().arg("--root").arg(root.path()).args(["--json", "status"]));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    json_of(&out)["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["release"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn kernel_install_remove_drops_bootkmods_traces_for_the_kernel() {
+    let Some(kver) = installed_kernel() else { return };
+    let Some(newer) = Source::of(&kver, &kver) else { return };
+    let build = tempfile::tempdir().unwrap();
+    let Some(bkram) = build_bkram(&kver, build.path()) else { return };
+    let root = TargetRoot::new();
+    let symvers = newer.symvers();
+    for release in [kver.as_str(), FIRST, GONE, STAYS] {
+        root.add_kernel(&newer, release, &symvers);
+    }
+    // A kernel removed before bootkmod ever ran: the plugin does nothing (no ledger).
+    let untouched = fingerprint(root.path());
+    let out = plugin(root.path(), "remove", STAYS);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(fingerprint_diff(&untouched, &fingerprint(root.path())).is_empty());
+
+    let out = run(bootkmod()
+        .arg("--root")
+        .arg(root.path())
+        .args(["install", "--root-critical"])
+        .arg(&bkram));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let link =
+        |release: &str| root.at(format!("/lib/modules/{release}/weak-updates/bkram/bkram.ko"));
+    for release in [FIRST, GONE, STAYS] {
+        assert!(link(release).is_symlink(), "{release}");
+    }
+    let first_backup = backup_of(&root, FIRST);
+    let gone_backup = backup_of(&root, GONE);
+    assert!(first_backup.is_file() && gone_backup.is_file());
+
+    // RPM's order: kernel-install remove runs while the tree is still installed.
+    let out = plugin(root.path(), "remove", FIRST);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !link(FIRST).exists()
+            && !root.at(format!("/lib/modules/{FIRST}/weak-updates/bkram")).exists()
+    );
+    // The package still owns the rest of the tree; its indexes no longer list bkram.
+    assert!(root.at(format!("/lib/modules/{FIRST}/kernel")).is_dir());
+    let dep =
+        std::fs::read_to_string(root.at(format!("/lib/modules/{FIRST}/modules.dep"))).unwrap();
+    assert!(!dep.contains("bkram"), "{dep}");
+    assert!(!first_backup.exists(), "{} kept", first_backup.display());
+    assert!(ledger(&root)["kernels"].get(FIRST).is_none());
+    assert!(text.contains("unlinked") && text.contains("forgotten"), "{text}");
+    assert!(!listed_by_status(&root).contains(&FIRST.to_string()), "status still lists {FIRST}");
+    // ... then the package deletes its files.
+    std::fs::remove_dir_all(root.at(format!("/lib/modules/{FIRST}"))).unwrap();
+    assert!(!listed_by_status(&root).contains(&FIRST.to_string()));
+
+    // Debian's order: the package deleted what it owns; bootkmod's link is what is left.
+    let tree = root.at(format!("/lib/modules/{GONE}"));
+    for e in std::fs::read_dir(&tree).unwrap().flatten() {
+        if e.file_name() != "weak-updates" {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                std::fs::remove_dir_all(&p).unwrap();
+            } else {
+                std::fs::remove_file(&p).unwrap();
+            }
+        }
+    }
+    assert!(link(GONE).is_symlink());
+    let out = plugin(root.path(), "remove", GONE);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!tree.exists(), "the emptied tree of {GONE} is left behind");
+    assert!(!gone_backup.exists());
+    assert!(ledger(&root)["kernels"].get(GONE).is_none());
+
+    // The kernels that stay are untouched and safe; running remove again changes nothing.
+    let listed = listed_by_status(&root);
+    assert_eq!(listed, [kver.clone(), STAYS.to_string()]);
+    assert!(link(STAYS).is_symlink());
+    let before = fingerprint(root.path());
+    for release in [FIRST, GONE, "6.1.0-99-never-seen"] {
+        let out = plugin(root.path(), "remove", release);
+        assert!(out.status.success(), "{release}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let diff = fingerprint_diff(&before, &fingerprint(root.path()));
+    assert!(diff.is_empty(), "a repeated removal changed:\n{}", diff.join("\n"));
+    let out = run(bootkmod().arg("--root").arg(root.path()).arg("verify"));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // kernel-install add of the same release again takes it back.
+    root.add_kernel(&newer, FIRST, &symvers);
+    let out = plugin(root.path(), "add", FIRST);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(link(FIRST).is_symlink());
+    assert!(listed_by_status(&root).contains(&FIRST.to_string()));
+}
+
+/// A `remove --kernel` killed after unlinking, before depmod: the journal makes the next
+/// run finish it (indexes rewritten, backup and ledger entry gone).
+#[test]
+fn a_killed_kernel_removal_is_completed_by_the_next_run() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(kver) = installed_kernel() else { return };
+    let Some(newer) = Source::of(&kver, &kver) else { return };
+    let build = tempfile::tempdir().unwrap();
+    let Some(bkram) = build_bkram(&kver, build.path()) else { return };
+    let root = TargetRoot::new();
+    let symvers = newer.symvers();
+    root.add_kernel(&newer, &kver, &symvers);
+    root.add_kernel(&newer, FIRST, &symvers);
+    let out = run(bootkmod().arg("--root").arg(root.path()).arg("install").arg(&bkram));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let backup = backup_of(&root, FIRST);
+    let dep = root.at(format!("/lib/modules/{FIRST}/modules.dep"));
+    assert!(std::fs::read_to_string(&dep).unwrap().contains("weak-updates/bkram"));
+
+    let out = run(bootkmod()
+        .arg("--root")
+        .arg(root.path())
+        .args(["remove", "--kernel", FIRST])
+        .env("BOOTKMOD_FAILPOINT", "remove-kernel:unlinked"));
+    assert_eq!(out.status.signal(), Some(9), "the failpoint must kill it");
+    assert!(!root.at(format!("/lib/modules/{FIRST}/weak-updates/bkram")).exists());
+    assert!(
+        std::fs::read_to_string(&dep).unwrap().contains("weak-updates/bkram"),
+        "killed before depmod"
+    );
+    assert!(ledger(&root)["journal"]["op"] == "forget-kernel", "{}", ledger(&root));
+
+    let out = run(bootkmod().arg("--root").arg(root.path()).args(["install", "--refresh"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains(&format!("completed the interrupted removal of kernel {FIRST}")),
+        "{text}"
+    );
+    assert!(!std::fs::read_to_string(&dep).unwrap().contains("bkram"));
+    assert!(!backup.exists());
+    let l = ledger(&root);
+    assert!(l["journal"].is_null() && l["kernels"].get(FIRST).is_none(), "{l:#}");
+    assert!(!listed_by_status(&root).contains(&FIRST.to_string()));
+}
