@@ -125,6 +125,8 @@ fn tree_of(path: &str) -> Option<(&str, &str)> {
 struct Collector<'a> {
     contents: ImageContents,
     digests: Digests<'a>,
+    /// One buffer for every body: modules are parsed from it, not kept.
+    bytes: Vec<u8>,
 }
 
 impl Visitor for Collector<'_> {
@@ -133,16 +135,17 @@ impl Visitor for Collector<'_> {
         if entry.header.file_type() != S_IFREG || !worth_reading(&entry.name) {
             return c.view.entry(entry, body);
         }
-        let mut bytes = Vec::with_capacity(entry.header.filesize as usize);
-        body.read_to_end(&mut bytes)?;
+        let bytes = &mut self.bytes;
+        bytes.clear();
+        body.read_to_end(bytes)?;
         c.view.entry(entry, &mut bytes.as_slice())?;
         let Some(found) = c.view.lookup(&entry.name, false) else { return Ok(()) };
         let path = String::from_utf8_lossy(found.path).into_owned();
         if is_module_file(&path) && tree_of(&path).is_some() {
-            match Module::from_bytes(&bytes, ReadOptions::default()) {
+            match Module::from_bytes(bytes, ReadOptions::default()) {
                 Ok(mut module) => {
                     module.path = Some(PathBuf::from(&path));
-                    let sha256 = self.digests.wants(&path).then(|| sha256_hex(&bytes));
+                    let sha256 = self.digests.wants(&path).then(|| sha256_hex(bytes));
                     c.seqs.insert(path.clone(), entry.seq);
                     c.files.remove(&path);
                     c.modules.insert(path, ImageModule { module: module.into(), sha256 });
@@ -152,7 +155,7 @@ impl Visitor for Collector<'_> {
         } else if kept_file(&path) {
             c.seqs.insert(path.clone(), entry.seq);
             c.modules.remove(&path);
-            c.files.insert(path, bytes);
+            c.files.insert(path, bytes.clone());
         }
         Ok(())
     }
@@ -187,7 +190,7 @@ impl ImageContents {
         digests: Digests,
     ) -> Result<ImageContents> {
         let start = self.end;
-        let mut c = Collector { contents: self, digests };
+        let mut c = Collector { contents: self, digests, bytes: Vec::new() };
         let (segments, end) = walk::walk_from(image, source, start, &mut c)?;
         let mut contents = c.contents;
         contents.segments.extend(segments);

@@ -265,13 +265,13 @@ impl Module {
 /// otherwise (pipes, `/dev/stdin`, filesystems without mmap). Readers touch only the ELF
 /// headers, a few sections and the signature trailer: mapping saves copying a whole
 /// kernel tree (hundreds of MiB) through the kernel. The one owner of file mapping.
-enum FileBytes {
+pub enum FileBytes {
     Mapped { ptr: std::ptr::NonNull<std::ffi::c_void>, len: usize },
     Read(Vec<u8>),
 }
 
 impl FileBytes {
-    fn open(path: &Path) -> std::io::Result<FileBytes> {
+    pub fn open(path: &Path) -> std::io::Result<FileBytes> {
         let file = std::fs::File::open(path)?;
         let meta = file.metadata()?;
         let len = usize::try_from(meta.len()).ok().and_then(std::num::NonZeroUsize::new);
