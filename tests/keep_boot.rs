@@ -8,11 +8,10 @@
 
 mod common;
 
-use common::check::build_bkram;
 use common::inject::add_kmod;
-use common::keep::{Source, TargetRoot};
+use common::keep::Setup;
 use common::qemu::{self, Boot, InitramfsDir, ROOT_FAIL, ROOT_OK};
-use common::{bootkmod, installed_kernel, run, tool};
+use common::{bootkmod, run, tool};
 use std::path::Path;
 use std::process::Command;
 
@@ -53,13 +52,11 @@ fn base_image(release: &str, out: &Path) -> Option<()> {
 
 #[test]
 fn installed_driver_mounts_root_in_qemu() {
-    let Some(kver) = installed_kernel() else { return };
+    let Some(Setup { kver, newer, symvers, bkram, root, scratch: build }) = Setup::new() else {
+        return;
+    };
     let Some(kernel) = qemu::host_kernel(&kver) else { return };
-    let Some(newer) = Source::of(&kver, &kver) else { return };
-    let build = tempfile::tempdir().unwrap();
-    let Some(bkram) = build_bkram(&kver, build.path()) else { return };
-    let root = TargetRoot::new();
-    root.add_kernel(&newer, &kver, &newer.symvers());
+    root.add_kernel(&newer, &kver, &symvers);
     let image = root.at(format!("/boot/initrd.img-{kver}"));
     let Some(()) = base_image(&kver, &image) else { return };
     let before = build.path().join("before.img");

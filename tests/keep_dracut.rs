@@ -5,9 +5,8 @@
 
 mod common;
 
-use common::check::build_bkram;
-use common::keep::{break_symbol, Source, TargetRoot};
-use common::{bootkmod, installed_kernel, run, tool};
+use common::keep::{break_symbol, Setup};
+use common::{bootkmod, run, tool};
 use std::path::Path;
 use std::process::Command;
 
@@ -15,14 +14,11 @@ const BREAK: &str = "6.1.0-56kbreak-amd64";
 
 #[test]
 fn dracut_module_carries_the_driver_or_refuses() {
-    let Some(kver) = installed_kernel() else { return };
     let Some(dracut) = tool("dracut") else { return };
     let Some(lsinitrd) = tool("lsinitrd") else { return };
-    let Some(newer) = Source::of(&kver, &kver) else { return };
-    let build = tempfile::tempdir().unwrap();
-    let Some(bkram) = build_bkram(&kver, build.path()) else { return };
-    let root = TargetRoot::new();
-    let symvers = newer.symvers();
+    let Some(Setup { kver, newer, symvers, bkram, root, scratch: build }) = Setup::new() else {
+        return;
+    };
     root.add_kernel(&newer, &kver, &symvers);
     root.add_kernel(&newer, BREAK, &break_symbol(&symvers, "put_disk"));
     let out = run(bootkmod()

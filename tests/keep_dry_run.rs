@@ -5,9 +5,8 @@
 
 mod common;
 
-use common::check::build_bkram;
-use common::keep::{break_symbol, fingerprint, fingerprint_diff, json_of, Source, TargetRoot};
-use common::{bootkmod, installed_kernel, run};
+use common::keep::{break_symbol, fingerprint, fingerprint_diff, json_of, Setup, TargetRoot};
+use common::{bootkmod, run};
 use serde_json::Value;
 use std::path::Path;
 
@@ -56,12 +55,9 @@ fn per_kernel(report: &Value) -> Vec<(String, Value, Value, Value, Value, Value)
 
 #[test]
 fn dry_runs_change_nothing_and_name_what_the_real_run_does() {
-    let Some(kver) = installed_kernel() else { return };
-    let Some(newer) = Source::of(&kver, &kver) else { return };
-    let build = tempfile::tempdir().unwrap();
-    let Some(bkram) = build_bkram(&kver, build.path()) else { return };
-    let root = TargetRoot::new();
-    let symvers = newer.symvers();
+    let Some(Setup { kver, newer, symvers, bkram, root, scratch: _scratch }) = Setup::new() else {
+        return;
+    };
     root.add_kernel(&newer, &kver, &symvers);
     root.add_kernel(&newer, KABI, &symvers);
     root.add_kernel(&newer, BREAK, &break_symbol(&symvers, "put_disk"));

@@ -11,7 +11,7 @@
 mod common;
 
 use common::check::build_bkram;
-use common::keep::{break_symbol, digests, snapshot, Source, TargetRoot};
+use common::keep::{break_symbol, digests, snapshot, Setup, Source, TargetRoot};
 use common::{bootkmod, installed_kernel, run, tool};
 use std::path::Path;
 use std::process::Command;
@@ -226,12 +226,9 @@ fn install_status_kernel_install_remove_on_real_kernels() {
 /// which is what building against that kernel's headers would record.
 #[test]
 fn local_build_is_the_fallback_where_the_prebuilt_is_refused() {
-    let Some(kver) = installed_kernel() else { return };
-    let Some(newer) = Source::of(&kver, &kver) else { return };
-    let build = tempfile::tempdir().unwrap();
-    let Some(bkram) = build_bkram(&kver, build.path()) else { return };
-    let root = TargetRoot::new();
-    let symvers = newer.symvers();
+    let Some(Setup { kver, newer, symvers, bkram, root, scratch: _scratch }) = Setup::new() else {
+        return;
+    };
     let broken = break_symbol(&symvers, BROKEN_SYMBOL);
     root.add_kernel(&newer, &kver, &symvers);
     root.add_kernel(&newer, BREAK, &broken);

@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::check::build_bkram;
-use common::keep::{fingerprint, fingerprint_diff, json_of, Source, TargetRoot};
-use common::{bootkmod, installed_kernel, run};
+use common::keep::{fingerprint, fingerprint_diff, json_of, Setup, TargetRoot};
+use common::{bootkmod, run};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -52,12 +51,9 @@ fn listed_by_status(root: &TargetRoot) -> Vec<String> {
 
 #[test]
 fn kernel_install_remove_drops_bootkmods_traces_for_the_kernel() {
-    let Some(kver) = installed_kernel() else { return };
-    let Some(newer) = Source::of(&kver, &kver) else { return };
-    let build = tempfile::tempdir().unwrap();
-    let Some(bkram) = build_bkram(&kver, build.path()) else { return };
-    let root = TargetRoot::new();
-    let symvers = newer.symvers();
+    let Some(Setup { kver, newer, symvers, bkram, root, scratch: _scratch }) = Setup::new() else {
+        return;
+    };
     for release in [kver.as_str(), FIRST, GONE, STAYS] {
         root.add_kernel(&newer, release, &symvers);
     }
@@ -149,12 +145,9 @@ fn kernel_install_remove_drops_bootkmods_traces_for_the_kernel() {
 #[test]
 fn a_killed_kernel_removal_is_completed_by_the_next_run() {
     use std::os::unix::process::ExitStatusExt;
-    let Some(kver) = installed_kernel() else { return };
-    let Some(newer) = Source::of(&kver, &kver) else { return };
-    let build = tempfile::tempdir().unwrap();
-    let Some(bkram) = build_bkram(&kver, build.path()) else { return };
-    let root = TargetRoot::new();
-    let symvers = newer.symvers();
+    let Some(Setup { kver, newer, symvers, bkram, root, scratch: _scratch }) = Setup::new() else {
+        return;
+    };
     root.add_kernel(&newer, &kver, &symvers);
     root.add_kernel(&newer, FIRST, &symvers);
     let out = run(bootkmod().arg("--root").arg(root.path()).arg("install").arg(&bkram));

@@ -16,7 +16,7 @@
 mod common;
 
 use common::check::build_bkram;
-use common::keep::{fingerprint, fingerprint_diff, json_of, snapshot, Source, TargetRoot};
+use common::keep::{fingerprint, fingerprint_diff, json_of, snapshot, Setup, Source, TargetRoot};
 use common::{bootkmod, installed_kernel, run, tool};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -263,12 +263,10 @@ fn regenerate_runs_the_targets_own_dracut_in_a_chroot() {
 
 #[test]
 fn regenerate_without_dracut_in_the_root_is_refused_before_any_change() {
-    let Some(kver) = installed_kernel() else { return };
-    let Some(newer) = Source::of(&kver, &kver) else { return };
-    let build = tempfile::tempdir().unwrap();
-    let Some(bkram) = build_bkram(&kver, build.path()) else { return };
-    let root = TargetRoot::new();
-    root.add_kernel(&newer, &kver, &newer.symvers());
+    let Some(Setup { kver, newer, symvers, bkram, root, scratch: _scratch }) = Setup::new() else {
+        return;
+    };
+    root.add_kernel(&newer, &kver, &symvers);
     let before = fingerprint(root.path());
     for dry in [false, true] {
         let mut cmd = bootkmod();

@@ -687,6 +687,10 @@ fn verify(
             if !original.is_prefix_of(&written) {
                 bail!("{source}: the image changed while bootkmod was injecting (another writer?)");
             }
+            // The walk read the whole original: the new bytes start where it ended.
+            if original.contents.end.offset != original.bytes.0 {
+                bail!("{source}: the walk ended before the end of the original image");
+            }
             let appended = written.get(original.bytes.0 as usize..).unwrap_or_default();
             let contents = original.contents.resume(appended, &source, digests);
             drop(written);

@@ -13,6 +13,30 @@ use std::path::{Path, PathBuf};
 pub const SUBSET: &[&str] =
     &["virtio_blk.ko", "ext4.ko", "jbd2.ko", "mbcache.ko", "crc16.ko", "crc32c_generic.ko"];
 
+/// What most keep tests start from: the installed kernel `kver` as a source tree with
+/// its symvers, `bkram` built against its headers (in `scratch`, a temp dir tests may
+/// use for more), and an empty target root. `None` when a part is missing (the
+/// missing-oracle rule applies).
+pub struct Setup {
+    pub kver: String,
+    pub newer: Source,
+    pub symvers: Vec<SymversEntry>,
+    pub bkram: PathBuf,
+    pub root: TargetRoot,
+    pub scratch: tempfile::TempDir,
+}
+
+impl Setup {
+    pub fn new() -> Option<Setup> {
+        let kver = super::installed_kernel()?;
+        let newer = Source::of(&kver, &kver)?;
+        let scratch = tempfile::tempdir().unwrap();
+        let bkram = super::check::build_bkram(&kver, scratch.path())?;
+        let symvers = newer.symvers();
+        Some(Setup { kver, newer, symvers, bkram, root: TargetRoot::new(), scratch })
+    }
+}
+
 /// Where a Debian kernel's files come from: the host (`/`) or an unpacked build.
 pub struct Source {
     pub root: PathBuf,
