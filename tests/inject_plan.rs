@@ -39,6 +39,12 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) {
     assert_eq!(rc, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
 }
 
+/// The module names a `--json` report plans.
+fn planned_names(report: &serde_json::Value) -> Vec<&str> {
+    let modules = report["plan"]["modules"].as_array().expect("plan.modules in the report");
+    modules.iter().filter_map(|m| m["name"].as_str()).collect()
+}
+
 fn extract(image: &Path, dir: &Path) {
     let out = run(bootkmod().args(["initramfs", "extract"]).arg(image).arg(dir));
     assert!(out.status.success(), "extract: {}", String::from_utf8_lossy(&out.stderr));
@@ -139,12 +145,7 @@ fn dry_run_writes_nothing_and_prints_the_plan_as_json() {
     assert_eq!(fs::read(&image).unwrap(), before);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["outcome"], "planned");
-    let names: Vec<&str> = json["plan"]["modules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["name"].as_str())
-        .collect();
+    let names = planned_names(&json);
     for wanted in ["vmw_pvscsi", "scsi_mod", "sd_mod"] {
         assert!(names.contains(&wanted), "{wanted} not planned: {names:?}");
     }
@@ -165,12 +166,7 @@ fn soft_dependencies_on_aliases_come_along_as_modprobe_loads_them() {
         .arg("crc_t10dif"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<&str> = json["plan"]["modules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["name"].as_str())
-        .collect();
+    let names = planned_names(&json);
     let shown = run(Command::new(&modprobe).args(["-S", &release, "--show-depends", "crc_t10dif"]));
     let expected: Vec<String> = String::from_utf8_lossy(&shown.stdout)
         .lines()

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::keep::{break_symbol, Setup};
+use common::keep::{break_symbol, dracut_with_bootkmod, Setup};
 use common::{bootkmod, run, tool};
 use std::path::Path;
 use std::process::Command;
@@ -30,13 +30,7 @@ fn dracut_module_carries_the_driver_or_refuses() {
 
     // dracut's own modules plus ours, without touching the host's /usr/lib/dracut.
     let base = build.path().join("dracut");
-    let st = run(Command::new("cp").arg("-a").arg("/usr/lib/dracut").arg(&base));
-    assert!(st.status.success());
-    let st = run(Command::new("cp")
-        .arg("-r")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("dracut-module/90bootkmod"))
-        .arg(base.join("modules.d/")));
-    assert!(st.status.success());
+    dracut_with_bootkmod(&base);
     let bin = Path::new(env!("CARGO_BIN_EXE_bootkmod"));
     let dracut_for = |release: &str, image: &Path| {
         run(Command::new(&dracut)

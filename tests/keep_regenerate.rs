@@ -16,7 +16,10 @@
 mod common;
 
 use common::check::build_bkram;
-use common::keep::{fingerprint, fingerprint_diff, json_of, snapshot, Setup, Source, TargetRoot};
+use common::keep::{
+    dracut_with_bootkmod, fingerprint, fingerprint_diff, json_of, snapshot, Setup, Source,
+    TargetRoot,
+};
 use common::{bootkmod, installed_kernel, run, tool};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -89,13 +92,7 @@ impl ChrootTarget {
         }
         let work = tempfile::tempdir().unwrap();
         let dracut = work.path().join("dracut");
-        let st = run(Command::new("cp").arg("-a").arg("/usr/lib/dracut").arg(&dracut));
-        assert!(st.status.success());
-        let st = run(Command::new("cp")
-            .arg("-r")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("dracut-module/90bootkmod"))
-            .arg(dracut.join("modules.d/")));
-        assert!(st.status.success());
+        dracut_with_bootkmod(&dracut);
         ChrootTarget { dir, stage, dracut, _work: work }
     }
 

@@ -233,3 +233,17 @@ pub fn json_of(out: &std::process::Output) -> serde_json::Value {
         )
     })
 }
+
+/// Debian's dracut modules plus the repository's `90bootkmod`, copied to `dir`, for a
+/// dracut run that must not touch the host's `/usr/lib/dracut`.
+pub fn dracut_with_bootkmod(dir: &Path) {
+    let st = super::run(std::process::Command::new("cp").arg("-a").arg("/usr/lib/dracut").arg(dir));
+    assert!(st.status.success(), "cp /usr/lib/dracut: {}", String::from_utf8_lossy(&st.stderr));
+    let st = super::run(
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("dracut-module/90bootkmod"))
+            .arg(dir.join("modules.d/")),
+    );
+    assert!(st.status.success(), "cp 90bootkmod: {}", String::from_utf8_lossy(&st.stderr));
+}
