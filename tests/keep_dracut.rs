@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::keep::{break_symbol, dracut_with_bootkmod, Setup};
+use common::keep::{assert_image_carries_bkram, break_symbol, dracut_with_bootkmod, Setup};
 use common::{bootkmod, run, tool};
 use std::path::Path;
 use std::process::Command;
@@ -49,14 +49,7 @@ fn dracut_module_carries_the_driver_or_refuses() {
     let image = build.path().join("good.img");
     let out = dracut_for(&kver, &image);
     assert!(out.status.success(), "dracut failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let want = format!("lib/modules/{kver}/extra/bkram/bkram.ko");
-    let ls = run(bootkmod().args(["initramfs", "ls"]).arg(&image));
-    let listing = String::from_utf8_lossy(&ls.stdout);
-    assert!(listing.contains(&want), "bootkmod initramfs ls lacks {want}:\n{listing}");
-    let ls = run(Command::new(&lsinitrd).arg(&image));
-    let listing = String::from_utf8_lossy(&ls.stdout);
-    assert!(listing.contains(&want), "lsinitrd lacks {want}:\n{listing}");
-    assert!(listing.contains("etc/modules-load.d/bootkmod.conf"), "{listing}");
+    assert_image_carries_bkram(&image, &kver, &lsinitrd);
 
     let image = build.path().join("break.img");
     let out = dracut_for(BREAK, &image);

@@ -17,8 +17,8 @@ mod common;
 
 use common::check::build_bkram;
 use common::keep::{
-    dracut_with_bootkmod, fingerprint, fingerprint_diff, json_of, snapshot, Setup, Source,
-    TargetRoot,
+    assert_image_carries_bkram, dracut_with_bootkmod, fingerprint, fingerprint_diff, json_of,
+    snapshot, Setup, Source, TargetRoot,
 };
 use common::{bootkmod, installed_kernel, run, tool};
 use std::path::{Path, PathBuf};
@@ -211,14 +211,7 @@ fn regenerate_runs_the_targets_own_dracut_in_a_chroot() {
     let written = std::fs::read(&image).unwrap();
     assert_ne!(written, original, "the image was not rebuilt");
     assert_eq!(rec["sha256"], bootkmod::model::module::sha256_hex(&written));
-    let want = format!("lib/modules/{kver}/extra/bkram/bkram.ko");
-    let ls = run(bootkmod().args(["initramfs", "ls"]).arg(&image));
-    let listing = String::from_utf8_lossy(&ls.stdout);
-    assert!(listing.contains(&want), "bootkmod initramfs ls lacks {want}:\n{listing}");
-    let ls = run(Command::new(&lsinitrd).arg(&image));
-    let listing = String::from_utf8_lossy(&ls.stdout);
-    assert!(listing.contains(&want), "lsinitrd lacks {want}:\n{listing}");
-    assert!(listing.contains("etc/modules-load.d/bootkmod.conf"), "{listing}");
+    let listing = assert_image_carries_bkram(&image, &kver, &lsinitrd);
     // dracut's own record of the build: this is a dracut image, not an injected one.
     assert!(listing.contains("Version: dracut"), "{listing}");
     let boot: Vec<String> = std::fs::read_dir(target.path().join("boot"))

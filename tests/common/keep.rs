@@ -247,3 +247,18 @@ pub fn dracut_with_bootkmod(dir: &Path) {
     );
     assert!(st.status.success(), "cp 90bootkmod: {}", String::from_utf8_lossy(&st.stderr));
 }
+
+/// Assert that both listers, bootkmod's `initramfs ls` and dracut's `lsinitrd`, see
+/// `release`'s bkram and bootkmod's early-load file in `image`; `lsinitrd`'s listing
+/// is returned for more checks.
+pub fn assert_image_carries_bkram(image: &Path, release: &str, lsinitrd: &Path) -> String {
+    let want = format!("lib/modules/{release}/extra/bkram/bkram.ko");
+    let ls = super::run(super::bootkmod().args(["initramfs", "ls"]).arg(image));
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert!(listing.contains(&want), "bootkmod initramfs ls lacks {want}:\n{listing}");
+    let ls = super::run(std::process::Command::new(lsinitrd).arg(image));
+    let listing = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(listing.contains(&want), "lsinitrd lacks {want}:\n{listing}");
+    assert!(listing.contains("etc/modules-load.d/bootkmod.conf"), "{listing}");
+    listing
+}
