@@ -10,6 +10,7 @@
 //! - [`model`]: [`model::module::Module`] and the target system, read through a root.
 //! - [`formats`]: pure byte codecs.
 //!
+//! [`progress`] draws progress lines of long work on a terminal.
 //! [`samples`] generates well-formed modules for the embedded demo and the tests.
 
 pub mod cli;
@@ -18,4 +19,5 @@ pub mod exit;
 pub mod formats;
 pub mod model;
 pub mod operations;
+pub mod progress;
 pub mod samples;

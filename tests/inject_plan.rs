@@ -153,6 +153,32 @@ fn dry_run_writes_nothing_and_prints_the_plan_as_json() {
 }
 
 #[test]
+fn progress_is_drawn_only_when_asked_or_on_a_terminal_and_then_erased() {
+    let Some(release) = common::installed_kernel() else { return };
+    let Some((_tmp, image)) = base_image(&release, &["ext4"], "/dev/sda", "gzip") else {
+        return;
+    };
+    let inject = |progress: Option<&str>| {
+        let mut cmd = bootkmod();
+        match progress {
+            Some(v) => cmd.env("BOOTKMOD_PROGRESS", v),
+            None => cmd.env_remove("BOOTKMOD_PROGRESS"),
+        };
+        let out = run(cmd.args(["inject", "--dry-run", "--image"]).arg(&image).arg("vmw_pvscsi"));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let drawn = inject(Some("1"));
+    let line = format!("reading {}: ", image.display());
+    assert!(drawn.contains(&line) && drawn.contains('%'), "no progress line: {drawn:?}");
+    assert!(drawn.ends_with("\r\x1b[2K"), "the line is not erased: {drawn:?}");
+    // stderr is a pipe here, as in kickstart logs: nothing drawn unless asked.
+    for quiet in [inject(None), inject(Some("0"))] {
+        assert!(!quiet.contains('\x1b') && !quiet.contains(&line), "{quiet:?}");
+    }
+}
+
+#[test]
 fn soft_dependencies_on_aliases_come_along_as_modprobe_loads_them() {
     let Some(release) = common::installed_kernel() else { return };
     let Some(modprobe) = tool("modprobe") else { return };

@@ -26,6 +26,9 @@ use std::path::PathBuf;
 /// Start with `bootkmod demo`: it runs the main flow on generated sample modules, with no
 /// root and no installed kernel. Exit codes: 0 ok, 1 error, 2 usage, 3 checked and found
 /// incompatible or not present.
+///
+/// Long work (reading or rebuilding a large image) draws a progress line on stderr when
+/// it is a terminal; BOOTKMOD_PROGRESS=1 forces it on, =0 off.
 #[derive(Debug, Parser)]
 #[command(name = "bootkmod", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {

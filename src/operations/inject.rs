@@ -39,11 +39,12 @@ use crate::engines::inject::{
     self, Chain, Digests, ImageContents, NewEntry, Origin, Plan, PlanOptions, Request, Sources,
 };
 use crate::formats::compression::{Compression, EncoderSettings};
-use crate::formats::cpio::{EntryMeta, Format, S_IFREG};
+use crate::formats::cpio::{EntryMeta, Format, HEADER_LEN, S_IFREG};
 use crate::model::kernel::{Interest, Kernel, KernelOptions};
 use crate::model::module::{sha256_hex, FileBytes, Module, ReadOptions};
 use crate::model::root::Root;
 use crate::operations::atomic::{dir_of, Lock, ReplaceOptions, Staged};
+use crate::progress::{Progress, Reading};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -486,9 +487,13 @@ impl Original {
         let file =
             File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
         let identity = FileIdentity::from(&file.metadata()?);
+        let progress = Progress::new(format!("reading {}", image.display()), identity.size);
         let mut reader = BufReader::with_capacity(
             1 << 20,
-            Fingerprinted { inner: file, fingerprint: Fingerprint::default() },
+            Fingerprinted {
+                inner: Reading { inner: file, progress },
+                fingerprint: Fingerprint::default(),
+            },
         );
         let contents = ImageContents::read(&mut reader, &image.display().to_string(), digests)?;
         let bytes = reader.get_ref().fingerprint.value();
@@ -607,7 +612,11 @@ fn write_rebuild(
     }
     let archive = ArchiveWriter::new(out, EncoderSettings::new(kind), Format::Newc)?;
     let replaced: HashSet<&[u8]> = entries.iter().map(|e| e.path.as_slice()).collect();
+    // Counted in cpio bytes: the first walk knows how many, and recompressing them is
+    // the slow part (xz: tens of seconds).
+    let cpio_bytes = segs[from_segment..].iter().map(|s| s.cpio_size).sum();
     let mut copier = Copier {
+        progress: Progress::new(format!("rebuilding {}", image.display()), cpio_bytes),
         archive,
         from_segment,
         replaced,
@@ -626,6 +635,7 @@ fn write_rebuild(
 
 /// Copies the entries of a walk into one archive (see [`write_rebuild`]).
 struct Copier<'a, W: Write> {
+    progress: Progress,
     archive: ArchiveWriter<W>,
     from_segment: usize,
     replaced: HashSet<&'a [u8]>,
@@ -641,6 +651,7 @@ impl<W: Write> Visitor for Copier<'_, W> {
             return Ok(());
         }
         let h = &entry.header;
+        self.progress.advance(HEADER_LEN as u64 + entry.name.len() as u64 + h.filesize as u64);
         if h.file_type() == S_IFREG {
             if let Some(found) = self.view.lookup(&entry.name, false) {
                 if self.replaced.contains(found.path) {
