@@ -1000,13 +1000,17 @@ mod tests {
     use super::*;
     use crate::formats::cpio::{self, EntryMeta, Format, S_IFLNK};
 
-    fn image(entries: &[(&str, u32, &[u8])]) -> ImageContents {
+    /// One raw newc segment of these (name, mode, body) entries, with its trailer.
+    fn segment(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
         let mut w = cpio::Writer::new(Vec::new(), Format::Newc);
         for (name, mode, body) in entries {
             w.write_entry(&EntryMeta::new(name.as_bytes(), *mode), body).unwrap();
         }
-        let bytes = w.finish().unwrap();
-        ImageContents::read(&bytes[..], "test image", Digests::All).unwrap()
+        w.finish().unwrap()
+    }
+
+    fn image(entries: &[(&str, u32, &[u8])]) -> ImageContents {
+        ImageContents::read(&segment(entries)[..], "test image", Digests::All).unwrap()
     }
 
     #[test]
@@ -1018,13 +1022,6 @@ mod tests {
                 .unwrap()
         };
         let (a, b) = (module("a"), module("b"));
-        let segment = |entries: &[(&str, u32, &[u8])]| {
-            let mut w = cpio::Writer::new(Vec::new(), Format::Newc);
-            for (name, mode, body) in entries {
-                w.write_entry(&EntryMeta::new(name.as_bytes(), *mode), body).unwrap();
-            }
-            w.finish().unwrap()
-        };
         let dir = S_IFDIR | 0o755;
         let file = S_IFREG | 0o644;
         let mut whole = segment(&[
