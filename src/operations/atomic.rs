@@ -1,5 +1,6 @@
-//! [`AtomicSet`]: write a set of files in one directory all-or-nothing. The one owner
-//! of atomic writes in bootkmod.
+//! [`AtomicSet`]: write a set of files in one directory all-or-nothing; [`Staged`]: one
+//! large file streamed into place (an initramfs), checked before its rename; [`Lock`]:
+//! the one `flock`. The one owner of atomic writes in bootkmod.
 //!
 //! Flow of [`AtomicSet::commit`]:
 //!
@@ -171,7 +172,7 @@ impl Lock {
     }
 }
 
-/// How [`replace_file`] treats the file it replaces.
+/// How [`Staged::commit`] treats the file it replaces.
 #[derive(Debug, Clone, Default)]
 pub struct ReplaceOptions {
     /// Keep the previous content under this name (same directory): a hard link made
@@ -182,34 +183,13 @@ pub struct ReplaceOptions {
     pub like: Option<PathBuf>,
 }
 
-/// Replace one (possibly large) file atomically, streaming its new content: `fill`
-/// writes into a temp file beside `target`; then fsync, owner/mode/xattrs copied,
-/// optional backup link, rename over the target, fsync of the directory. A crash or
-/// kill at any point leaves the target either old or new, whole; an error removes the
-/// temp file and leaves the target untouched.
-pub fn replace_file(
-    target: &Path,
-    opts: &ReplaceOptions,
-    fill: impl FnOnce(&mut File) -> Result<()>,
-) -> Result<()> {
-    replace_file_checked(target, opts, fill, |_| Ok(()))
-}
-
-/// [`replace_file`], with `check` run on the complete temp file (see [`Staged::commit`]).
-pub fn replace_file_checked(
-    target: &Path,
-    opts: &ReplaceOptions,
-    fill: impl FnOnce(&mut File) -> Result<()>,
-    check: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
-    let mut staged = Staged::beside(target)?;
-    fill(staged.file()).with_context(|| format!("{}: cannot write", staged.temp.display()))?;
-    staged.commit(opts, check)
-}
-
-/// The new content of one file, being written to a temp file beside its target. Dropped
-/// without [`Staged::commit`], the temp file is removed and the target never changed:
-/// a caller may start writing before it knows whether it will replace anything.
+/// Replace one (possibly large) file atomically, streaming its new content: the new
+/// content is written to a temp file beside the target ([`Staged::file`]), then
+/// [`Staged::commit`] gives it the old file's attributes, fsyncs and checks it, links
+/// the backup, renames it over the target and fsyncs the directory. A crash or kill at
+/// any point leaves the target either old or new, whole. Dropped without a commit, the
+/// temp file is removed and the target never changed: a caller may start writing before
+/// it knows whether it will replace anything.
 #[derive(Debug)]
 pub struct Staged {
     target: PathBuf,
