@@ -358,32 +358,31 @@ fn display(m: &Module) -> String {
 /// the initramfs (RHEL's weak-modules does both); without it, refresh the indexes of
 /// the target kernel and rebuild its initramfs with dracut.
 fn post_install(kernel: &str, modules: &[String]) -> String {
-    format!(
-        r#"modules="{list}"
-if [ -x /usr/sbin/weak-modules ]; then
-    printf '%s\n' $modules | /usr/sbin/weak-modules --add-modules
-else
-    # bootkmod's own install step plugs in here once it ships on the target.
-    depmod -a {kernel} || :
-    if [ -e /boot/vmlinuz-{kernel} ] && command -v dracut >/dev/null 2>&1; then
-        dracut -f --kver {kernel} || :
-    fi
-fi
-exit 0
-"#,
-        list = modules.join(" ")
-    )
+    let fallback = "    # bootkmod's own install step plugs in here once it ships on the target.\n";
+    weak_modules_or_reindex("", "--add-modules", fallback, kernel, modules)
 }
 
 /// `%postun`: on erase (`$1` = 0), unlink from weak-updates and rebuild, or re-index.
 fn post_uninstall(kernel: &str, modules: &[String]) -> String {
+    weak_modules_or_reindex("[ \"$1\" = 0 ] || exit 0\n", "--remove-modules", "", kernel, modules)
+}
+
+/// The body both scriptlets share: `weak-modules FLAG` where RHEL's weak-modules is
+/// installed, else depmod and dracut for `kernel`. `guard` comes first, `note` opens
+/// the fallback branch.
+fn weak_modules_or_reindex(
+    guard: &str,
+    flag: &str,
+    note: &str,
+    kernel: &str,
+    modules: &[String],
+) -> String {
     format!(
-        r#"[ "$1" = 0 ] || exit 0
-modules="{list}"
+        r#"{guard}modules="{list}"
 if [ -x /usr/sbin/weak-modules ]; then
-    printf '%s\n' $modules | /usr/sbin/weak-modules --remove-modules
+    printf '%s\n' $modules | /usr/sbin/weak-modules {flag}
 else
-    depmod -a {kernel} || :
+{note}    depmod -a {kernel} || :
     if [ -e /boot/vmlinuz-{kernel} ] && command -v dracut >/dev/null 2>&1; then
         dracut -f --kver {kernel} || :
     fi
