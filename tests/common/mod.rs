@@ -88,5 +88,6 @@ pub mod check;
 pub mod depmod;
 pub mod initramfs;
 pub mod inject;
+pub mod jail;
 pub mod keep;
 pub mod kmod;
