@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod depmod;
 pub mod dracut;
+pub mod doctor;
 pub mod dud;
 pub mod extract;
 pub mod images;
