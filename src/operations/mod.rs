@@ -6,6 +6,7 @@ pub mod depmod;
 pub mod dracut;
 pub mod dud;
 pub mod extract;
+pub mod failpoint;
 pub mod images;
 pub mod inject;
 pub mod install;
