@@ -136,7 +136,11 @@ fn every_command(s: &Setup, root: &Path, dud: &Path) -> Vec<Step> {
             "inject --image",
             &mut bk(&["--json", "inject", "--image", &image(KABI), "--kver", KABI, "virtio_blk"]),
         ),
-        step(root, "initramfs extract", &mut bk(&["--json", "initramfs", "extract", &image(kver), &extract_to])),
+        step(
+            root,
+            "initramfs extract",
+            &mut bk(&["--json", "initramfs", "extract", &image(kver), &extract_to]),
+        ),
         step(
             root,
             "dud apply",
@@ -287,8 +291,8 @@ fn no_code_outside_root_joins_a_path_onto_the_root_directory() {
             while let Some(i) = rest.find("root.dir()") {
                 let after = &rest[i + "root.dir()".len()..];
                 let shown = after.starts_with(".display()");
-                let handed = line.contains(".arg(root.dir())")
-                    || line.contains("canonicalize(root.dir())");
+                let handed =
+                    line.contains(".arg(root.dir())") || line.contains("canonicalize(root.dir())");
                 if !shown && !handed {
                     offences.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
                 }

@@ -60,7 +60,8 @@ pub fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, String> {
         for e in entries {
             let p = e.path();
             let m = std::fs::symlink_metadata(&p).unwrap();
-            let times = format!("m{}.{} c{}.{}", m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
+            let times =
+                format!("m{}.{} c{}.{}", m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
             let what = if m.file_type().is_symlink() {
                 format!("link -> {}", std::fs::read_link(&p).unwrap().display())
             } else if m.is_dir() {
