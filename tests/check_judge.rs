@@ -145,8 +145,7 @@ fn judge(
 #[test]
 fn verdicts_match_what_the_booted_kernel_does() {
     let Some(release) = common::installed_kernel() else { return };
-    let Some(old) = ck::other_build("6.1.0-55-amd64") else { return };
-    let Some(rt) = ck::other_build("6.1.0-56-rt-amd64") else { return };
+    let Some(other) = common::machine::other_kernels() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let Some(bkram) = ck::build_bkram(&release, tmp.path()) else { return };
 
@@ -154,8 +153,8 @@ fn verdicts_match_what_the_booted_kernel_does() {
     let mut candidates = Vec::new();
     for (label, root, kver) in [
         ("target", &host, release.as_str()),
-        ("older ABI", &old, "6.1.0-55-amd64"),
-        ("rt flavour", &rt, "6.1.0-56-rt-amd64"),
+        ("older ABI", &other.older_root, other.older.as_str()),
+        ("rt flavour", &other.rt_root, other.rt.as_str()),
     ] {
         for file in ["virtio_blk.ko", "vmw_pvscsi.ko", "megaraid_sas.ko"] {
             candidates.push(Candidate {

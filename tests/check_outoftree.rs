@@ -92,19 +92,18 @@ fn all_kernels_prints_one_line_per_kernel_and_usage_errors_exit_2() {
 /// the root, and the root's own modules judge the others.
 #[test]
 fn another_root_is_read_through_its_own_symlinks() {
-    let Some(old_root) = ck::other_build("6.1.0-55-amd64") else { return };
-    let Some(rt_root) = ck::other_build("6.1.0-56-rt-amd64") else { return };
-    let own = ck::module_in(&old_root, "6.1.0-55-amd64", "virtio_blk.ko");
-    let rt = ck::module_in(&rt_root, "6.1.0-56-rt-amd64", "virtio_blk.ko");
-    let root = old_root.to_string_lossy().into_owned();
-    let args = ["--root", &root, "--kver", "6.1.0-55-amd64", "--secure-boot", "on", "--json"];
+    let Some(other) = common::machine::other_kernels() else { return };
+    let own = ck::module_in(&other.older_root, &other.older, "virtio_blk.ko");
+    let rt = ck::module_in(&other.rt_root, &other.rt, "virtio_blk.ko");
+    let root = other.older_root.to_string_lossy().into_owned();
+    let args = ["--root", &root, "--kver", &other.older, "--secure-boot", "on", "--json"];
     let (code, json) = check(&args, &own);
     assert_eq!(code, 0, "{json}");
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     let symvers = report[0]["kernel"]["symvers"].as_str().unwrap();
     assert!(
         symvers.starts_with(&root)
-            && symvers.ends_with("linux-headers-6.1.0-55-amd64/Module.symvers"),
+            && symvers.ends_with(&format!("linux-headers-{}/Module.symvers", other.older)),
         "{symvers}"
     );
     let (code, json) = check(&args, &rt);

@@ -113,10 +113,7 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(parent: &Path, size: u64) -> Option<Tmpfs> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: mounting a tmpfs needs root");
-            return None;
-        }
+        common::need_root("mounting a tmpfs")?;
         let dir = parent.join("mnt");
         fs::create_dir_all(&dir).unwrap();
         let st = Command::new("mount")
@@ -125,8 +122,7 @@ impl Tmpfs {
             .status()
             .unwrap();
         if !st.success() {
-            eprintln!("SKIP: cannot mount a tmpfs here");
-            return None;
+            common::skip("cannot mount a tmpfs here")?;
         }
         Some(Tmpfs(dir))
     }

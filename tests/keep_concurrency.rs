@@ -5,17 +5,18 @@ mod common;
 
 use common::check::build_bkram;
 use common::keep::{snapshot, Source, TargetRoot};
+use common::machine::synthetic_release;
 use common::{bootkmod, installed_kernel, run};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const KABI: &str = "6.1.0-56kabi-amd64";
-
 struct Setup {
     root: TargetRoot,
     bkram: PathBuf,
     kver: String,
+    /// A kABI copy of the installed kernel (`common::machine::synthetic_release`).
+    kabi: String,
     _build: tempfile::TempDir,
 }
 
@@ -27,13 +28,14 @@ fn setup() -> Option<Setup> {
     let root = TargetRoot::new();
     let symvers = newer.symvers();
     root.add_kernel(&newer, &kver, &symvers);
-    root.add_kernel(&newer, KABI, &symvers);
-    Some(Setup { root, bkram, kver, _build: build })
+    let kabi = synthetic_release(&kver, "kabi");
+    root.add_kernel(&newer, &kabi, &symvers);
+    Some(Setup { root, bkram, kver, kabi, _build: build })
 }
 
 impl Setup {
     fn link(&self) -> PathBuf {
-        self.root.at(format!("/lib/modules/{KABI}/weak-updates/bkram/bkram.ko"))
+        self.root.at(format!("/lib/modules/{}/weak-updates/bkram/bkram.ko", self.kabi))
     }
     fn placed(&self) -> PathBuf {
         self.root.at(format!("/lib/modules/{}/extra/bkram/bkram.ko", self.kver))
@@ -124,7 +126,7 @@ fn sigkill_mid_install_is_completed_by_the_next_run() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(s.link().is_symlink());
     let dep =
-        std::fs::read_to_string(s.root.at(format!("/lib/modules/{KABI}/modules.dep"))).unwrap();
+        std::fs::read_to_string(s.root.at(format!("/lib/modules/{}/modules.dep", s.kabi))).unwrap();
     assert!(dep.contains("weak-updates/bkram/bkram.ko"), "{dep}");
 
     // Killed mid-remove, after unlinking: the next run finishes the removal.
@@ -141,6 +143,6 @@ fn sigkill_mid_install_is_completed_by_the_next_run() {
     assert!(ledger["journal"].is_null() && ledger["modules"].as_object().unwrap().is_empty());
     assert!(!s.placed().exists() && !s.link().exists());
     let dep =
-        std::fs::read_to_string(s.root.at(format!("/lib/modules/{KABI}/modules.dep"))).unwrap();
+        std::fs::read_to_string(s.root.at(format!("/lib/modules/{}/modules.dep", s.kabi))).unwrap();
     assert!(!dep.contains("bkram"), "{dep}");
 }

@@ -6,11 +6,10 @@
 mod common;
 
 use common::keep::{assert_image_carries_bkram, break_symbol, dracut_with_bootkmod, Setup};
+use common::machine::synthetic_release;
 use common::{bootkmod, run, tool};
 use std::path::Path;
 use std::process::Command;
-
-const BREAK: &str = "6.1.0-56kbreak-amd64";
 
 #[test]
 fn dracut_module_carries_the_driver_or_refuses() {
@@ -19,8 +18,10 @@ fn dracut_module_carries_the_driver_or_refuses() {
     let Some(Setup { kver, newer, symvers, bkram, root, scratch: build }) = Setup::new() else {
         return;
     };
+    let kbreak = synthetic_release(&kver, "kbreak");
+    let kbreak = kbreak.as_str();
     root.add_kernel(&newer, &kver, &symvers);
-    root.add_kernel(&newer, BREAK, &break_symbol(&symvers, "put_disk"));
+    root.add_kernel(&newer, kbreak, &break_symbol(&symvers, "put_disk"));
     let out = run(bootkmod()
         .arg("--root")
         .arg(root.path())
@@ -52,8 +53,8 @@ fn dracut_module_carries_the_driver_or_refuses() {
     assert_image_carries_bkram(&image, &kver, &lsinitrd);
 
     let image = build.path().join("break.img");
-    let out = dracut_for(BREAK, &image);
+    let out = dracut_for(kbreak, &image);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "dracut must refuse {BREAK}");
-    assert!(err.contains("bkram") && err.contains(BREAK) && err.contains("put_disk"), "{err}");
+    assert!(!out.status.success(), "dracut must refuse {kbreak}");
+    assert!(err.contains("bkram") && err.contains(kbreak) && err.contains("put_disk"), "{err}");
 }

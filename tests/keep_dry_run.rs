@@ -6,13 +6,10 @@
 mod common;
 
 use common::keep::{break_symbol, fingerprint, fingerprint_diff, json_of, Setup, TargetRoot};
+use common::machine::synthetic_release;
 use common::{bootkmod, run};
 use serde_json::Value;
 use std::path::Path;
-
-const KABI: &str = "6.1.0-56kabi-amd64";
-const BREAK: &str = "6.1.0-56kbreak-amd64";
-const KABI2: &str = "6.1.0-56kabi2-amd64";
 
 fn bootkmod_json(root: &Path, args: &[&str], module: Option<&Path>) -> (Option<i32>, Value) {
     let mut cmd = bootkmod();
@@ -58,9 +55,13 @@ fn dry_runs_change_nothing_and_name_what_the_real_run_does() {
     let Some(Setup { kver, newer, symvers, bkram, root, scratch: _scratch }) = Setup::new() else {
         return;
     };
+    // kABI copies of the installed kernel: names derived from it (they sort after it).
+    let [kabi, kbreak, kabi2] =
+        ["kabi", "kbreak", "kabi2"].map(|tag| synthetic_release(&kver, tag));
+    let [kabi, kbreak, kabi2] = [&kabi, &kbreak, &kabi2].map(String::as_str);
     root.add_kernel(&newer, &kver, &symvers);
-    root.add_kernel(&newer, KABI, &symvers);
-    root.add_kernel(&newer, BREAK, &break_symbol(&symvers, "put_disk"));
+    root.add_kernel(&newer, kabi, &symvers);
+    root.add_kernel(&newer, kbreak, &break_symbol(&symvers, "put_disk"));
     let install = ["install", "--root-critical"];
 
     // install --dry-run on a root bootkmod never touched, as text and as JSON.
@@ -74,12 +75,12 @@ fn dry_runs_change_nothing_and_name_what_the_real_run_does() {
     assert_eq!(out.status.code(), Some(3), "{text}");
     assert_unchanged(&root, &before, "install --dry-run (text)");
     assert!(text.starts_with("dry run: nothing was changed"), "{text}");
-    let line = text.lines().find(|l| l.starts_with(KABI) && l.contains("bkram:")).unwrap();
+    let line = text.lines().find(|l| l.starts_with(kabi) && l.contains("bkram:")).unwrap();
     assert!(
-        line.contains(&format!("linked /lib/modules/{KABI}/weak-updates/bkram/bkram.ko")),
+        line.contains(&format!("linked /lib/modules/{kabi}/weak-updates/bkram/bkram.ko")),
         "{line}"
     );
-    let line = text.lines().find(|l| l.starts_with(KABI) && l.contains(" image ")).unwrap();
+    let line = text.lines().find(|l| l.starts_with(kabi) && l.contains(" image ")).unwrap();
     assert!(line.contains("dry run: bkram would be injected"), "{line}");
     let (code, planned) =
         bootkmod_json(root.path(), &[&install[..], &["--dry-run"]].concat(), Some(&bkram));
@@ -98,11 +99,11 @@ fn dry_runs_change_nothing_and_name_what_the_real_run_does() {
         assert_eq!(p.unwrap()["at_risk"], k["at_risk"], "{release}");
     }
     // What it named is what is there now.
-    let link = root.at(format!("/lib/modules/{KABI}/weak-updates/bkram/bkram.ko"));
-    let named = per_kernel(&planned).into_iter().find(|k| k.0 == KABI).unwrap().2;
+    let link = root.at(format!("/lib/modules/{kabi}/weak-updates/bkram/bkram.ko"));
+    let named = per_kernel(&planned).into_iter().find(|k| k.0 == kabi).unwrap().2;
     let target = format!("/lib/modules/{kver}/extra/bkram/bkram.ko");
     assert_eq!(std::fs::read_link(&link).unwrap(), Path::new(&target));
-    assert_eq!(named, format!("/lib/modules/{KABI}/weak-updates/bkram/bkram.ko"));
+    assert_eq!(named, format!("/lib/modules/{kabi}/weak-updates/bkram/bkram.ko"));
     assert!(root.at(named.as_str().unwrap()).is_symlink());
 
     // A dry run of the same install again: nothing left to do, nothing changed.
@@ -119,9 +120,9 @@ fn dry_runs_change_nothing_and_name_what_the_real_run_does() {
     }
 
     // kernel-install add's refresh of a new kernel, dry run then real.
-    root.add_kernel(&newer, KABI2, &symvers);
+    root.add_kernel(&newer, kabi2, &symvers);
     let before = fingerprint(root.path());
-    let refresh = ["install", "--refresh", "--kver", KABI2];
+    let refresh = ["install", "--refresh", "--kver", kabi2];
     let (code, planned) =
         bootkmod_json(root.path(), &[&refresh[..], &["--dry-run"]].concat(), None);
     assert_eq!(code, Some(0), "{planned:#}");
@@ -129,20 +130,20 @@ fn dry_runs_change_nothing_and_name_what_the_real_run_does() {
     let (code, done) = bootkmod_json(root.path(), &refresh, None);
     assert_eq!(code, Some(0));
     assert_eq!(per_kernel(&planned), per_kernel(&done), "dry run {planned:#}\nreal {done:#}");
-    assert_eq!(per_kernel(&done)[0].2, format!("/lib/modules/{KABI2}/weak-updates/bkram/bkram.ko"));
+    assert_eq!(per_kernel(&done)[0].2, format!("/lib/modules/{kabi2}/weak-updates/bkram/bkram.ko"));
     let before = fingerprint(root.path());
 
     // remove --kernel --dry-run, then the real one.
     let (code, planned) =
-        bootkmod_json(root.path(), &["remove", "--kernel", KABI, "--dry-run"], None);
+        bootkmod_json(root.path(), &["remove", "--kernel", kabi, "--dry-run"], None);
     assert_eq!(code, Some(0));
     assert_unchanged(&root, &before, "remove --kernel --dry-run");
     assert_eq!(
         planned["unlinked"],
-        serde_json::json!([format!("/lib/modules/{KABI}/weak-updates/bkram/bkram.ko")])
+        serde_json::json!([format!("/lib/modules/{kabi}/weak-updates/bkram/bkram.ko")])
     );
     assert!(planned["backup"].is_string(), "{planned:#}");
-    let (code, done) = bootkmod_json(root.path(), &["remove", "--kernel", KABI], None);
+    let (code, done) = bootkmod_json(root.path(), &["remove", "--kernel", kabi], None);
     assert_eq!(code, Some(0));
     for field in ["kernel", "known", "unlinked", "backup", "kept"] {
         assert_eq!(planned[field], done[field], "{field}");

@@ -12,16 +12,11 @@ mod common;
 
 use common::check::build_bkram;
 use common::keep::{break_symbol, digests, snapshot, Setup, Source, TargetRoot};
+use common::machine::{other_kernels, synthetic_release};
 use common::{bootkmod, installed_kernel, run, tool};
 use std::path::Path;
 use std::process::Command;
 
-const OLDER: &str = "6.1.0-55-amd64";
-const RT: &str = "6.1.0-56-rt-amd64";
-const KABI: &str = "6.1.0-56kabi-amd64";
-const BREAK: &str = "6.1.0-56kbreak-amd64";
-const LATER: &str = "6.1.0-56kabi2-amd64";
-const LATER_BREAK: &str = "6.1.0-56kbreak2-amd64";
 /// One of the symbols bkram takes from vmlinux.
 const BROKEN_SYMBOL: &str = "put_disk";
 
@@ -38,9 +33,17 @@ fn json(out: &std::process::Output) -> serde_json::Value {
 #[test]
 fn install_status_kernel_install_remove_on_real_kernels() {
     let Some(kver) = installed_kernel() else { return };
+    // The older ABI and the rt flavour .ci/setup.d/kernels picked beside it.
+    let Some(others) = other_kernels() else { return };
+    let (older_kver, rt_kver) = (others.older.as_str(), others.rt.as_str());
+    // kABI copies of the installed kernel: names derived from it (they sort after it).
+    let [kabi, kbreak, later, later_kbreak] =
+        ["kabi", "kbreak", "kabi2", "kbreak2"].map(|tag| synthetic_release(&kver, tag));
+    let [kabi, kbreak, later, later_kbreak] =
+        [&kabi, &kbreak, &later, &later_kbreak].map(String::as_str);
     let Some(newer) = Source::of(&kver, &kver) else { return };
-    let Some(older) = Source::of(OLDER, &kver) else { return };
-    let Some(rt) = Source::of(RT, &kver) else { return };
+    let Some(older) = Source::of(older_kver, &kver) else { return };
+    let Some(rt) = Source::of(rt_kver, &kver) else { return };
     let Some(modprobe) = tool("modprobe") else { return };
     let build = tempfile::tempdir().unwrap();
     let Some(bkram) = build_bkram(&kver, build.path()) else { return };
@@ -51,10 +54,10 @@ fn install_status_kernel_install_remove_on_real_kernels() {
     let root = TargetRoot::new();
     let newer_symvers = newer.symvers();
     root.add_kernel(&newer, &kver, &newer_symvers);
-    root.add_kernel(&older, OLDER, &older.symvers());
-    root.add_kernel(&rt, RT, &rt.symvers());
-    root.add_kernel(&newer, KABI, &newer_symvers);
-    root.add_kernel(&newer, BREAK, &break_symbol(&newer_symvers, BROKEN_SYMBOL));
+    root.add_kernel(&older, older_kver, &older.symvers());
+    root.add_kernel(&rt, rt_kver, &rt.symvers());
+    root.add_kernel(&newer, kabi, &newer_symvers);
+    root.add_kernel(&newer, kbreak, &break_symbol(&newer_symvers, BROKEN_SYMBOL));
     let images_before = digests(&root.at("/boot"));
 
     let out = run(bootkmod()
@@ -81,14 +84,14 @@ fn install_status_kernel_install_remove_on_real_kernels() {
     };
     assert_eq!(kernel(&kver)["record"]["modules"]["bkram"]["placement"], "own");
     // Compatible kernels: an absolute link at weak-updates/<path below extra/>.
-    for release in [OLDER, KABI] {
+    for release in [older_kver, kabi] {
         let link = root.at(format!("/lib/modules/{release}/weak-updates/bkram/bkram.ko"));
         assert_eq!(std::fs::read_link(&link).unwrap(), Path::new(&target), "{release}");
         assert_eq!(kernel(release)["record"]["modules"]["bkram"]["placement"], "weak-updates");
         assert!(kernel(release)["at_risk"].as_array().unwrap().is_empty());
     }
     // Refused kernels: no link, and the kernel's reason.
-    for (release, needle) in [(RT, "module_layout"), (BREAK, BROKEN_SYMBOL)] {
+    for (release, needle) in [(rt_kver, "module_layout"), (kbreak, BROKEN_SYMBOL)] {
         assert!(!root.at(format!("/lib/modules/{release}/weak-updates")).exists(), "{release}");
         let m = &kernel(release)["record"]["modules"]["bkram"];
         assert_eq!(m["placement"], "refused");
@@ -100,8 +103,8 @@ fn install_status_kernel_install_remove_on_real_kernels() {
     // kmod's modprobe finds the driver through the indexes bootkmod's depmod wrote.
     for (release, path) in [
         (kver.as_str(), "extra/bkram/bkram.ko".to_string()),
-        (OLDER, "weak-updates/bkram/bkram.ko".to_string()),
-        (KABI, "weak-updates/bkram/bkram.ko".to_string()),
+        (older_kver, "weak-updates/bkram/bkram.ko".to_string()),
+        (kabi, "weak-updates/bkram/bkram.ko".to_string()),
     ] {
         let out = run(Command::new(&modprobe).arg("-d").arg(root.path()).args([
             "-S",
@@ -113,7 +116,7 @@ fn install_status_kernel_install_remove_on_real_kernels() {
         assert!(out.status.success(), "{release}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(text.contains(&format!("/lib/modules/{release}/{path}")), "{release}: {text}");
     }
-    for release in [RT, BREAK] {
+    for release in [rt_kver, kbreak] {
         let out = run(Command::new(&modprobe).arg("-d").arg(root.path()).args([
             "-S",
             release,
@@ -127,7 +130,7 @@ fn install_status_kernel_install_remove_on_real_kernels() {
     let out = run(bootkmod().arg("--root").arg(root.path()).arg("status"));
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{text}");
-    for (release, needle) in [(RT, "module_layout"), (BREAK, BROKEN_SYMBOL)] {
+    for (release, needle) in [(rt_kver, "module_layout"), (kbreak, BROKEN_SYMBOL)] {
         let banner = text
             .lines()
             .find(|l| l.starts_with("!!! AT RISK") && l.contains(release))
@@ -139,7 +142,7 @@ fn install_status_kernel_install_remove_on_real_kernels() {
     for k in status["kernels"].as_array().unwrap() {
         let m = &k["modules"][0];
         let release = k["release"].as_str().unwrap();
-        let good = [kver.as_str(), OLDER, KABI].contains(&release);
+        let good = [kver.as_str(), older_kver, kabi].contains(&release);
         assert_eq!(m["compatible"], good, "{release}");
         assert_eq!(m["placed"], good, "{release}");
         assert_eq!(m["in_image"], good, "{release}: injected only where usable");
@@ -159,22 +162,22 @@ fn install_status_kernel_install_remove_on_real_kernels() {
             .env("BOOTKMOD_ROOT", root.path())
             .env("BOOTKMOD", env!("CARGO_BIN_EXE_bootkmod")))
     };
-    root.add_kernel(&newer, LATER, &newer_symvers);
-    let out = kernel_install(LATER);
+    root.add_kernel(&newer, later, &newer_symvers);
+    let out = kernel_install(later);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let link = root.at(format!("/lib/modules/{LATER}/weak-updates/bkram/bkram.ko"));
+    let link = root.at(format!("/lib/modules/{later}/weak-updates/bkram/bkram.ko"));
     assert_eq!(std::fs::read_link(&link).unwrap(), Path::new(&target));
-    root.add_kernel(&newer, LATER_BREAK, &break_symbol(&newer_symvers, BROKEN_SYMBOL));
-    let out = kernel_install(LATER_BREAK);
+    root.add_kernel(&newer, later_kbreak, &break_symbol(&newer_symvers, BROKEN_SYMBOL));
+    let out = kernel_install(later_kbreak);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("bkram") && err.contains(LATER_BREAK) && err.contains(BROKEN_SYMBOL),
+        err.contains("bkram") && err.contains(later_kbreak) && err.contains(BROKEN_SYMBOL),
         "{err}"
     );
     std::fs::create_dir_all(root.at("/etc/bootkmod")).unwrap();
     std::fs::write(root.at("/etc/bootkmod/bootkmod.conf"), "policy=warn\n").unwrap();
-    let out = kernel_install(LATER_BREAK);
+    let out = kernel_install(later_kbreak);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
 
@@ -189,14 +192,14 @@ fn install_status_kernel_install_remove_on_real_kernels() {
     assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(text.contains("bkram.ko") && text.contains("changed"), "{text}");
     // ... and a replaced image (a foreign initramfs rebuild).
-    let kabi_image = root.at(format!("/boot/initrd.img-{KABI}"));
-    std::fs::write(&kabi_image, common::keep::tiny_image(KABI)).unwrap();
+    let kabi_image = root.at(format!("/boot/initrd.img-{kabi}"));
+    std::fs::write(&kabi_image, common::keep::tiny_image(kabi)).unwrap();
     let out = run(bootkmod().arg("--root").arg(root.path()).arg("verify"));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("initramfs of {KABI} was replaced")), "{text}");
+    assert!(text.contains(&format!("initramfs of {kabi} was replaced")), "{text}");
     let out = run(bootkmod().arg("--root").arg(root.path()).args(["--json", "status"]));
     let k =
-        json(&out)["kernels"].as_array().unwrap().iter().find(|k| k["release"] == KABI).cloned();
+        json(&out)["kernels"].as_array().unwrap().iter().find(|k| k["release"] == kabi).cloned();
     let k = k.unwrap();
     assert_eq!(k["image_unchanged"], false);
     assert_eq!(k["modules"][0]["in_image"], false, "the rebuilt image lost the driver");
@@ -206,7 +209,7 @@ fn install_status_kernel_install_remove_on_real_kernels() {
     let out = run(bootkmod().arg("--root").arg(root.path()).args(["remove", "bkram"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!placed.exists());
-    for release in [kver.as_str(), OLDER, KABI, LATER] {
+    for release in [kver.as_str(), older_kver, kabi, later] {
         assert!(!root.at(format!("/lib/modules/{release}/weak-updates/bkram")).exists());
         let dep = std::fs::read_to_string(root.at(format!("/lib/modules/{release}/modules.dep")))
             .unwrap();
@@ -229,13 +232,15 @@ fn local_build_is_the_fallback_where_the_prebuilt_is_refused() {
     let Some(Setup { kver, newer, symvers, bkram, root, scratch: _scratch }) = Setup::new() else {
         return;
     };
+    let kbreak = synthetic_release(&kver, "kbreak");
+    let kbreak = kbreak.as_str();
     let broken = break_symbol(&symvers, BROKEN_SYMBOL);
     root.add_kernel(&newer, &kver, &symvers);
-    root.add_kernel(&newer, BREAK, &broken);
+    root.add_kernel(&newer, kbreak, &broken);
     let crc = broken.iter().find(|e| e.symbol == BROKEN_SYMBOL).unwrap().crc;
     let mut local = std::fs::read(&bkram).unwrap();
     common::check::patch_version_crc(&mut local, BROKEN_SYMBOL, crc);
-    let dkms = root.at(format!("/lib/modules/{BREAK}/updates/dkms/bkram.ko"));
+    let dkms = root.at(format!("/lib/modules/{kbreak}/updates/dkms/bkram.ko"));
     std::fs::create_dir_all(dkms.parent().unwrap()).unwrap();
     std::fs::write(&dkms, &local).unwrap();
 
@@ -246,18 +251,18 @@ fn local_build_is_the_fallback_where_the_prebuilt_is_refused() {
         .arg(&bkram));
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    let line = text.lines().find(|l| l.starts_with(BREAK) && l.contains("bkram:")).unwrap();
+    let line = text.lines().find(|l| l.starts_with(kbreak) && l.contains("bkram:")).unwrap();
     assert!(
         line.contains("using the locally built")
             && line.contains("updates/dkms/bkram.ko")
             && line.contains(BROKEN_SYMBOL),
         "{line}"
     );
-    assert!(!root.at(format!("/lib/modules/{BREAK}/weak-updates")).exists());
+    assert!(!root.at(format!("/lib/modules/{kbreak}/weak-updates")).exists());
     let out = run(bootkmod().arg("--root").arg(root.path()).args(["--json", "status"]));
     let status = json(&out);
     assert_eq!(out.status.code(), Some(0), "{status:#}");
-    let k = status["kernels"].as_array().unwrap().iter().find(|k| k["release"] == BREAK).unwrap();
+    let k = status["kernels"].as_array().unwrap().iter().find(|k| k["release"] == kbreak).unwrap();
     assert_eq!(k["modules"][0]["placement"], "local-fallback");
     assert_eq!(k["modules"][0]["in_image"], true);
 }

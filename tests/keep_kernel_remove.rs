@@ -8,16 +8,17 @@
 mod common;
 
 use common::keep::{fingerprint, fingerprint_diff, json_of, Setup, TargetRoot};
+use common::machine::synthetic_release;
 use common::{bootkmod, run};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Removed while its tree is still there (the plugin runs first).
-const FIRST: &str = "6.1.0-56kabi-amd64";
-/// Removed after its package deleted the tree.
-const GONE: &str = "6.1.0-56kabi2-amd64";
-/// Stays installed.
-const STAYS: &str = "6.1.0-56kabi3-amd64";
+/// kABI copies of the installed kernel `kver`, named after it (they sort after it):
+/// `first` is removed while its tree is still there (the plugin runs first), `gone` after
+/// its package deleted the tree, `stays` stays installed.
+fn copies(kver: &str) -> [String; 3] {
+    ["kabi", "kabi2", "kabi3"].map(|tag| synthetic_release(kver, tag))
+}
 
 fn plugin(root: &Path, command: &str, release: &str) -> std::process::Output {
     run(Command::new(
@@ -54,12 +55,14 @@ fn kernel_install_remove_drops_bootkmods_traces_for_the_kernel() {
     let Some(Setup { kver, newer, symvers, bkram, root, scratch: _scratch }) = Setup::new() else {
         return;
     };
-    for release in [kver.as_str(), FIRST, GONE, STAYS] {
+    let [first, gone, stays] = copies(&kver);
+    let [first, gone, stays] = [&first, &gone, &stays].map(String::as_str);
+    for release in [kver.as_str(), first, gone, stays] {
         root.add_kernel(&newer, release, &symvers);
     }
     // A kernel removed before bootkmod ever ran: the plugin does nothing (no ledger).
     let untouched = fingerprint(root.path());
-    let out = plugin(root.path(), "remove", STAYS);
+    let out = plugin(root.path(), "remove", stays);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(fingerprint_diff(&untouched, &fingerprint(root.path())).is_empty());
 
@@ -71,36 +74,36 @@ fn kernel_install_remove_drops_bootkmods_traces_for_the_kernel() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let link =
         |release: &str| root.at(format!("/lib/modules/{release}/weak-updates/bkram/bkram.ko"));
-    for release in [FIRST, GONE, STAYS] {
+    for release in [first, gone, stays] {
         assert!(link(release).is_symlink(), "{release}");
     }
-    let first_backup = backup_of(&root, FIRST);
-    let gone_backup = backup_of(&root, GONE);
+    let first_backup = backup_of(&root, first);
+    let gone_backup = backup_of(&root, gone);
     assert!(first_backup.is_file() && gone_backup.is_file());
 
     // RPM's order: kernel-install remove runs while the tree is still installed.
-    let out = plugin(root.path(), "remove", FIRST);
+    let out = plugin(root.path(), "remove", first);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        !link(FIRST).exists()
-            && !root.at(format!("/lib/modules/{FIRST}/weak-updates/bkram")).exists()
+        !link(first).exists()
+            && !root.at(format!("/lib/modules/{first}/weak-updates/bkram")).exists()
     );
     // The package still owns the rest of the tree; its indexes no longer list bkram.
-    assert!(root.at(format!("/lib/modules/{FIRST}/kernel")).is_dir());
+    assert!(root.at(format!("/lib/modules/{first}/kernel")).is_dir());
     let dep =
-        std::fs::read_to_string(root.at(format!("/lib/modules/{FIRST}/modules.dep"))).unwrap();
+        std::fs::read_to_string(root.at(format!("/lib/modules/{first}/modules.dep"))).unwrap();
     assert!(!dep.contains("bkram"), "{dep}");
     assert!(!first_backup.exists(), "{} kept", first_backup.display());
-    assert!(ledger(&root)["kernels"].get(FIRST).is_none());
+    assert!(ledger(&root)["kernels"].get(first).is_none());
     assert!(text.contains("unlinked") && text.contains("forgotten"), "{text}");
-    assert!(!listed_by_status(&root).contains(&FIRST.to_string()), "status still lists {FIRST}");
+    assert!(!listed_by_status(&root).contains(&first.to_string()), "status still lists {first}");
     // ... then the package deletes its files.
-    std::fs::remove_dir_all(root.at(format!("/lib/modules/{FIRST}"))).unwrap();
-    assert!(!listed_by_status(&root).contains(&FIRST.to_string()));
+    std::fs::remove_dir_all(root.at(format!("/lib/modules/{first}"))).unwrap();
+    assert!(!listed_by_status(&root).contains(&first.to_string()));
 
     // Debian's order: the package deleted what it owns; bootkmod's link is what is left.
-    let tree = root.at(format!("/lib/modules/{GONE}"));
+    let tree = root.at(format!("/lib/modules/{gone}"));
     for e in std::fs::read_dir(&tree).unwrap().flatten() {
         if e.file_name() != "weak-updates" {
             let p = e.path();
@@ -111,19 +114,22 @@ fn kernel_install_remove_drops_bootkmods_traces_for_the_kernel() {
             }
         }
     }
-    assert!(link(GONE).is_symlink());
-    let out = plugin(root.path(), "remove", GONE);
+    assert!(link(gone).is_symlink());
+    let out = plugin(root.path(), "remove", gone);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!tree.exists(), "the emptied tree of {GONE} is left behind");
+    assert!(!tree.exists(), "the emptied tree of {gone} is left behind");
     assert!(!gone_backup.exists());
-    assert!(ledger(&root)["kernels"].get(GONE).is_none());
+    assert!(ledger(&root)["kernels"].get(gone).is_none());
 
     // The kernels that stay are untouched and safe; running remove again changes nothing.
+    // status lists kernels in byte order of their releases (model::kernel::releases).
     let listed = listed_by_status(&root);
-    assert_eq!(listed, [kver.clone(), STAYS.to_string()]);
-    assert!(link(STAYS).is_symlink());
+    let mut expected = [kver.clone(), stays.to_string()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert!(link(stays).is_symlink());
     let before = fingerprint(root.path());
-    for release in [FIRST, GONE, "6.1.0-99-never-seen"] {
+    for release in [first, gone, "6.1.0-99-never-seen"] {
         let out = plugin(root.path(), "remove", release);
         assert!(out.status.success(), "{release}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -133,11 +139,11 @@ fn kernel_install_remove_drops_bootkmods_traces_for_the_kernel() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 
     // kernel-install add of the same release again takes it back.
-    root.add_kernel(&newer, FIRST, &symvers);
-    let out = plugin(root.path(), "add", FIRST);
+    root.add_kernel(&newer, first, &symvers);
+    let out = plugin(root.path(), "add", first);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(link(FIRST).is_symlink());
-    assert!(listed_by_status(&root).contains(&FIRST.to_string()));
+    assert!(link(first).is_symlink());
+    assert!(listed_by_status(&root).contains(&first.to_string()));
 }
 
 /// A `remove --kernel` killed after unlinking, before depmod: the journal makes the next
@@ -148,21 +154,23 @@ fn a_killed_kernel_removal_is_completed_by_the_next_run() {
     let Some(Setup { kver, newer, symvers, bkram, root, scratch: _scratch }) = Setup::new() else {
         return;
     };
+    let [first, ..] = copies(&kver);
+    let first = first.as_str();
     root.add_kernel(&newer, &kver, &symvers);
-    root.add_kernel(&newer, FIRST, &symvers);
+    root.add_kernel(&newer, first, &symvers);
     let out = run(bootkmod().arg("--root").arg(root.path()).arg("install").arg(&bkram));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let backup = backup_of(&root, FIRST);
-    let dep = root.at(format!("/lib/modules/{FIRST}/modules.dep"));
+    let backup = backup_of(&root, first);
+    let dep = root.at(format!("/lib/modules/{first}/modules.dep"));
     assert!(std::fs::read_to_string(&dep).unwrap().contains("weak-updates/bkram"));
 
     let out = run(bootkmod()
         .arg("--root")
         .arg(root.path())
-        .args(["remove", "--kernel", FIRST])
+        .args(["remove", "--kernel", first])
         .env("BOOTKMOD_FAILPOINT", "remove-kernel:unlinked"));
     assert_eq!(out.status.signal(), Some(9), "the failpoint must kill it");
-    assert!(!root.at(format!("/lib/modules/{FIRST}/weak-updates/bkram")).exists());
+    assert!(!root.at(format!("/lib/modules/{first}/weak-updates/bkram")).exists());
     assert!(
         std::fs::read_to_string(&dep).unwrap().contains("weak-updates/bkram"),
         "killed before depmod"
@@ -173,12 +181,12 @@ fn a_killed_kernel_removal_is_completed_by_the_next_run() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        text.contains(&format!("completed the interrupted removal of kernel {FIRST}")),
+        text.contains(&format!("completed the interrupted removal of kernel {first}")),
         "{text}"
     );
     assert!(!std::fs::read_to_string(&dep).unwrap().contains("bkram"));
     assert!(!backup.exists());
     let l = ledger(&root);
-    assert!(l["journal"].is_null() && l["kernels"].get(FIRST).is_none(), "{l:#}");
-    assert!(!listed_by_status(&root).contains(&FIRST.to_string()));
+    assert!(l["journal"].is_null() && l["kernels"].get(first).is_none(), "{l:#}");
+    assert!(!listed_by_status(&root).contains(&first.to_string()));
 }

@@ -204,19 +204,6 @@ pub const SYNTH_CONFIG: &str = "CONFIG_MODVERSIONS=y\nCONFIG_MODULE_SIG=y\n\
     # CONFIG_MODULE_SIG_FORCE is not set\n\
     # CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS is not set\n";
 
-/// The unpacked root of another Debian kernel build (`.ci/setup.d/kernels`).
-pub fn other_build(kver: &str) -> Option<PathBuf> {
-    let cache = std::env::var_os("BOOTKMOD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/bootkmod-ci"));
-    let root = cache.join("kernels").join(kver);
-    if root.join(".complete").is_file() {
-        return Some(root);
-    }
-    missing(&format!("{} (run .ci/setup.d/kernels)", root.display()))?;
-    unreachable!()
-}
-
 /// Find `file` (e.g. `virtio_blk.ko`) in the module tree of `kver` under `root`.
 pub fn module_in(root: &Path, kver: &str, file: &str) -> PathBuf {
     let tree = bootkmod::model::tree::ModuleTree::new(bootkmod::model::root::Root::new(root), kver);

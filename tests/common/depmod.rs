@@ -48,9 +48,7 @@ impl TreeRoot {
     pub fn place(&self, rel: &str, from: &Path) {
         let to = self.tree().join(rel);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        if std::fs::hard_link(from, &to).is_err() {
-            std::fs::copy(from, &to).unwrap();
-        }
+        super::machine::link_or_copy(from, &to);
     }
 
     /// A relative symlink at tree-relative `rel` pointing to `target`.

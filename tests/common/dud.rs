@@ -47,9 +47,7 @@ pub fn ok(out: &Output) -> String {
 
 /// The pinned ksvalidator that `.ci/setup.d/pykickstart` installs.
 pub fn ksvalidator() -> Option<PathBuf> {
-    let cache = std::env::var("BOOTKMOD_CACHE").unwrap_or_else(|_| "/var/cache/bootkmod-ci".into());
-    let path = Path::new(&cache).join("pykickstart-3.78/bin/ksvalidator");
-    if path.is_file() {
+    if let Some(path) = super::machine::input("pykickstart-3.78/bin/ksvalidator") {
         return Some(path);
     }
     missing("pykickstart's ksvalidator (.ci/setup.d/pykickstart)")?;

@@ -11,15 +11,7 @@ use std::process::{Command, Stdio};
 /// Where built images are kept between runs: building one costs 10-25 s. Keyed by tool
 /// version and kernel release, so a new dracut or kernel rebuilds them.
 pub fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("BOOTKMOD_CACHE")
-        .map_or_else(|| PathBuf::from("/var/cache/bootkmod-ci"), PathBuf::from);
-    let dir = base.join("initramfs-fixtures");
-    if std::fs::create_dir_all(&dir).is_ok() {
-        return dir;
-    }
-    let dir = std::env::temp_dir().join("bootkmod-initramfs-fixtures");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    super::machine::fixture_cache("initramfs-fixtures")
 }
 
 fn package_version(package: &str) -> String {

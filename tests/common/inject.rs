@@ -114,21 +114,13 @@ pub fn base_image(
     Some((tmp, image))
 }
 
-/// The cache directory of the test suite.
-pub fn cache() -> PathBuf {
-    std::env::var_os("BOOTKMOD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/bootkmod-ci"))
-}
-
 /// A `dracut --no-hostonly` image of `release` without `omit` drivers, built once per
 /// (release, dracut version) and cached: a real build takes about a minute.
 pub fn dracut_image(release: &str, omit: &[&str]) -> Option<PathBuf> {
     let dracut = tool("dracut")?;
     let version = run(Command::new(&dracut).arg("--version"));
     let version = String::from_utf8_lossy(&version.stdout).trim().replace([' ', '/'], "_");
-    let dir = cache().join("inject");
-    fs::create_dir_all(&dir).unwrap();
+    let dir = super::machine::fixture_cache("inject");
     let image = dir.join(format!("dracut-{release}-{version}-no-{}.img", omit.join("-")));
     if image.is_file() {
         return Some(image);

@@ -3,7 +3,7 @@
 //! where bootkmod and kmod look, a tiny initramfs, indexes by kmod's depmod), kABI copies of a kernel under
 //! another release name, and snapshots of trees to prove what changed and what did not.
 
-use super::check::other_build;
+use super::machine::other_kernels;
 use bootkmod::formats::cpio::{EntryMeta, Format, Writer};
 use bootkmod::formats::symvers::{self, SymversEntry};
 use std::collections::BTreeMap;
@@ -44,9 +44,18 @@ pub struct Source {
 }
 
 impl Source {
-    /// The installed kernel, or another build from `.ci/setup.d/kernels`.
+    /// The installed kernel, or a build `.ci/setup.d/kernels` picked beside it
+    /// ([`other_kernels`]).
     pub fn of(kver: &str, installed: &str) -> Option<Source> {
-        let root = if kver == installed { PathBuf::from("/") } else { other_build(kver)? };
+        if kver == installed {
+            return Some(Source { root: PathBuf::from("/"), kver: kver.to_string() });
+        }
+        let other = other_kernels()?;
+        let root = match kver {
+            k if k == other.older => other.older_root,
+            k if k == other.rt => other.rt_root,
+            _ => panic!("{kver} is neither the installed kernel nor a build picked beside it"),
+        };
         Some(Source { root, kver: kver.to_string() })
     }
 
@@ -89,9 +98,7 @@ impl TargetRoot {
             if SUBSET.contains(&file) {
                 let dest = to.join(line);
                 std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-                if std::fs::hard_link(from.join(line), &dest).is_err() {
-                    std::fs::copy(from.join(line), &dest).unwrap();
-                }
+                super::machine::link_or_copy(&from.join(line), &dest);
                 kept.push(line.to_string());
             }
         }

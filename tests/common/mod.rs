@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod dud;
+pub mod machine;
 pub mod qemu;
+pub mod skips;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,8 +21,28 @@ pub fn missing(what: &str) -> Option<std::convert::Infallible> {
     if oracles_required() {
         panic!("{what} is missing and {REQUIRE_ENV} is set: .ci/install-deps must provide it");
     }
-    eprintln!("SKIP: {what} is missing (install with .ci/install-deps)");
+    skip(&format!("{what} is missing (install with .ci/install-deps)"))
+}
+
+/// Skip the current test for `reason` (what it lacks: a tool, a cache, a privilege) and
+/// record it for the end-of-run summary (`tests/zz_skipped.rs`); under CI
+/// (`BOOTKMOD_REQUIRE_ORACLES`) nothing may skip, so this fails instead.
+pub fn skip(reason: &str) -> Option<std::convert::Infallible> {
+    if oracles_required() {
+        panic!("cannot run: {reason}; {REQUIRE_ENV} is set, so nothing may skip");
+    }
+    eprintln!("SKIP: {reason}");
+    skips::record(reason);
     None
+}
+
+/// Skip unless running as root; `what` names what needs it.
+pub fn need_root(what: &str) -> Option<()> {
+    if machine::is_root() {
+        return Some(());
+    }
+    skip(&format!("{what} needs root"))?;
+    unreachable!()
 }
 
 /// Path of an oracle tool on PATH (or in /sbin, /usr/sbin).
@@ -48,7 +70,7 @@ pub fn run(cmd: &mut Command) -> Output {
 }
 
 /// The release of the Debian kernel installed for the oracle tests (the newest tree under
-/// /lib/modules with a `kernel/` directory).
+/// /lib/modules with a `kernel/` directory, in version order like `sort -V`).
 pub fn installed_kernel() -> Option<String> {
     let mut releases: Vec<String> = std::fs::read_dir("/lib/modules")
         .into_iter()
@@ -57,7 +79,7 @@ pub fn installed_kernel() -> Option<String> {
         .filter(|e| e.path().join("kernel").is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    releases.sort();
+    releases.sort_by(|a, b| machine::release_order(a, b));
     match releases.pop() {
         Some(r) => Some(r),
         None => {

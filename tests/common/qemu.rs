@@ -9,7 +9,7 @@
 //! [`SLOTS`] guests run at once across all test processes (2 cores).
 #![allow(dead_code)]
 
-use super::{missing, tool};
+use super::{machine, missing, tool};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -23,19 +23,12 @@ pub const ROOT_FAIL: &str = "BOOTKMOD-ROOT-FAILED";
 /// Guests that may run at the same time.
 pub const SLOTS: usize = 2;
 
-fn cache() -> PathBuf {
-    std::env::var_os("BOOTKMOD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/bootkmod-ci"))
-}
-
 /// The QEMU binary: `$BOOTKMOD_QEMU`, the cache's unpacked build, or PATH.
 pub fn qemu() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("BOOTKMOD_QEMU") {
         return Some(PathBuf::from(p));
     }
-    let cached = cache().join("qemu/usr/bin/qemu-system-x86_64");
-    if cached.is_file() {
+    if let Some(cached) = machine::input("qemu/usr/bin/qemu-system-x86_64") {
         return Some(cached);
     }
     tool("qemu-system-x86_64")
@@ -220,7 +213,7 @@ pub fn uncompressed_kernel(bzimage: &Path) -> PathBuf {
         bytes.hash(&mut h);
         h.finish()
     });
-    let out = cache().join("vmlinux").join(key);
+    let out = machine::fixture_cache("vmlinux").join(key);
     if out.is_file() {
         return out;
     }
@@ -245,19 +238,35 @@ pub fn uncompressed_kernel(bzimage: &Path) -> PathBuf {
     }
 }
 
-/// A cross-process slot: at most [`SLOTS`] guests at once (flock on files in /tmp).
+/// A cross-process slot: at most [`SLOTS`] guests at once (flock on files in /tmp),
+/// shared by every user of the machine: the files are opened read-only (flock needs no
+/// write access) and created world-readable, so a slot file another user (root's CI)
+/// made is used, not a "Permission denied".
 struct Slot(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
 impl Slot {
+    fn open(i: usize) -> fs::File {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = std::env::temp_dir().join(format!("bootkmod-qemu-slot-{i}"));
+        loop {
+            match fs::File::open(&path) {
+                Ok(f) => return f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("{}: {e}", path.display()),
+            }
+            match fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path) {
+                Ok(f) => return f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("{}: {e}", path.display()),
+            }
+        }
+    }
+
     fn acquire() -> Slot {
         use nix::fcntl::{Flock, FlockArg};
         loop {
             for i in 0..SLOTS {
-                let f = fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(format!("/tmp/bootkmod-qemu-slot-{i}"))
-                    .expect("slot file");
+                let f = Slot::open(i);
                 if let Ok(lock) = Flock::lock(f, FlockArg::LockExclusiveNonblock) {
                     return Slot(lock);
                 }
