@@ -352,8 +352,8 @@ impl Staged {
         opts: &ReplaceOptions,
     ) -> Result<()> {
         let (target, temp) = (&self.target, &self.temp);
-        let swapped_out = std::fs::symlink_metadata(temp).map(|m| FileIdentity::from(&m));
-        if swapped_out.as_ref().is_ok_and(|id| *id == expect) {
+        // Followed like the caller's read was (an image named through a symlink).
+        if FileIdentity::of(temp).is_ok_and(|id| id == expect) {
             match &opts.backup {
                 Some(backup) => std::fs::rename(temp, backup)
                     .with_context(|| format!("{}: cannot create backup", backup.display()))?,
@@ -371,7 +371,7 @@ impl Staged {
                 temp.display()
             )
         })?;
-        if std::fs::symlink_metadata(temp).map(|m| FileIdentity::from(&m)).ok() != Some(ours) {
+        if FileIdentity::of(temp).ok() != Some(ours) {
             // A third rename came between the two swaps: what the temp name holds now is
             // not bootkmod's to remove.
             let kept = std::mem::take(&mut self.temp);
