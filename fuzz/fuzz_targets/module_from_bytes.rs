@@ -1,11 +1,9 @@
-//! Fuzz `Module::from_bytes`: any bytes, compressed or not, must give Ok or Err, never a
-//! panic (release builds abort on panic). Seed the corpus with real modules, e.g.
-//! `mkdir -p corpus/module_from_bytes && cp /lib/modules/$(uname -r)/kernel/drivers/scsi/*.ko corpus/module_from_bytes/`.
+//! cargo-fuzz target `module_from_bytes`: see `fuzz/targets.rs` for what it reads, and
+//! docs/testing.md for how to run it and what it has run.
 #![no_main]
 
-use bootkmod::model::module::{Module, ReadOptions};
-use libfuzzer_sys::fuzz_target;
+#[path = "../targets.rs"]
+#[allow(dead_code)]
+mod targets;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = Module::from_bytes(data, ReadOptions::default());
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::module_from_bytes(data));

@@ -144,6 +144,11 @@ fn judge_package(
         reasons: Vec::new(),
         files: Vec::new(),
     };
+    // The rpm crate panics on some hostile headers: its frame is checked first.
+    if let Err(e) = crate::formats::rpm_header::check(bytes) {
+        verdict.reasons.push(format!("not a readable RPM: {e}"));
+        return verdict;
+    }
     let package = match rpm::Package::parse(&mut std::io::Cursor::new(bytes)) {
         Ok(p) => p,
         Err(e) => {

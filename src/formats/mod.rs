@@ -10,6 +10,7 @@ pub mod kconfig;
 pub mod kmod_index;
 pub mod modinfo;
 pub mod modversions;
+pub mod rpm_header;
 pub mod rpmvercmp;
 pub mod signature;
 pub mod symvers;

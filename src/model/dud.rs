@@ -99,7 +99,7 @@ impl Medium {
             }
             let image =
                 std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-            return read_iso(path, image, arch);
+            return Self::from_iso_bytes(path, image, arch);
         }
         bail!(
             "{}: not a driver disk (neither a directory, an ISO9660 image nor an RPM)",
@@ -191,6 +191,14 @@ fn walk_dir(top: &Path, rel: &str, depth: usize, out: &mut Listing) -> std::io::
         }
     }
     Ok(())
+}
+
+impl Medium {
+    /// An ISO9660 image already in memory (`source` names it in errors): mounted with
+    /// hadris-iso, walked, and its repos' packages loaded for `arch`.
+    pub fn from_iso_bytes(source: &Path, image: Vec<u8>, arch: &str) -> Result<Medium> {
+        read_iso(source, image, arch)
+    }
 }
 
 fn read_iso(source: &Path, image: Vec<u8>, arch: &str) -> Result<Medium> {

@@ -17,8 +17,17 @@
 //! A crash before step 3 leaves the old set; during step 3 the directory may hold a
 //! mix for a moment, but temp and backup names (`.NAME.bootkmod-*`) make any leftovers
 //! recognisable. Readers never see a partially written file.
+//!
+//! [`Staged::commit`] of a file the caller read ([`ReplaceOptions::expect`]) does not
+//! check and then rename: writers that take no lock (dracut, `update-initramfs`) rename
+//! their own new image over the same name at any moment, and one landing between the
+//! check and the rename would be silently overwritten. It swaps the new file with the
+//! target in one step (`renameat2(RENAME_EXCHANGE)`), then checks that what it swapped
+//! out is the file the caller read, and swaps back when it is not: the other writer's
+//! image stays, and the caller gets an error, never a lost write.
 
-use anyhow::{Context, Result};
+use crate::operations::failpoint::failpoint;
+use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -183,6 +192,37 @@ impl Lock {
     }
 }
 
+/// What tells one version of a file from another without reading it: any writer that
+/// replaces it (a new inode) or changes it (size, mtime) changes this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    pub size: u64,
+    mtime: (i64, i64),
+}
+
+impl FileIdentity {
+    /// The file at `path`, following symlinks.
+    pub fn of(path: &Path) -> Result<FileIdentity> {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("{}: cannot stat", path.display()))?;
+        Ok(FileIdentity::from(&meta))
+    }
+}
+
+impl From<&std::fs::Metadata> for FileIdentity {
+    fn from(m: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
+}
+
 /// How [`Staged::commit`] treats the file it replaces.
 #[derive(Debug, Clone, Default)]
 pub struct ReplaceOptions {
@@ -192,13 +232,18 @@ pub struct ReplaceOptions {
     /// Give the new file the owner, mode and extended attributes (SELinux label
     /// included) of this file; default: those of the target when it exists.
     pub like: Option<PathBuf>,
+    /// The target as the caller read it. The commit then replaces exactly that file or
+    /// nothing: when another writer has replaced or changed the target since, the
+    /// commit fails and leaves the other writer's file in place (module overview).
+    pub expect: Option<FileIdentity>,
 }
 
 /// Replace one (possibly large) file atomically, streaming its new content: the new
 /// content is written to a temp file beside the target ([`Staged::file`]), then
-/// [`Staged::commit`] gives it the old file's attributes, fsyncs and checks it, links
-/// the backup, renames it over the target and fsyncs the directory. A crash or kill at
-/// any point leaves the target either old or new, whole. Dropped without a commit, the
+/// [`Staged::commit`] gives it the old file's attributes, fsyncs and checks it, puts it
+/// in place (swapped with the file the caller read, when it names one: module overview),
+/// keeps the old file as the backup and fsyncs the directory. A crash or kill at any
+/// point leaves the target either old or new, whole. Dropped without a commit, the
 /// temp file is removed and the target never changed: a caller may start writing before
 /// it knows whether it will replace anything.
 #[derive(Debug)]
@@ -235,9 +280,12 @@ impl Staged {
     }
 
     /// Give the temp file the target's owner, mode and xattrs (or `opts.like`'s), fsync
-    /// it while `check` reads it (both must finish), link the backup, rename over the
-    /// target, fsync the directory. What `check` proves holds for the bytes that become
-    /// the target; an error from it, or from any step, leaves the target untouched.
+    /// it while `check` reads it (both must finish), then put it in place: with
+    /// `opts.expect`, swapped with the target and the swapped-out file checked (module
+    /// overview), which becomes the backup; else the backup linked and the temp file
+    /// renamed over the target. Last, fsync the directory. What `check` proves holds for
+    /// the bytes that become the target; an error from it, or from any step, leaves the
+    /// target as it was (another writer's file included).
     pub fn commit(
         mut self,
         opts: &ReplaceOptions,
@@ -267,7 +315,27 @@ impl Staged {
             synced.with_context(|| format!("{}: cannot fsync", temp.display()))?;
             checked
         })?;
+        let ours = FileIdentity::from(&f.metadata()?);
         drop(f);
+        // The worst moment for another writer's rename: everything is checked, nothing
+        // is swapped yet (the race test stops here).
+        failpoint("staged:exchange");
+        if let Some(expect) = opts.expect {
+            match exchange(temp, target) {
+                Ok(()) => return self.after_exchange(expect, ours, opts),
+                Err(e) if exchange_unsupported(&e) => {
+                    // A filesystem without RENAME_EXCHANGE: the check and the rename are
+                    // two steps, as close together as they can be.
+                    tracing::debug!("{}: no RENAME_EXCHANGE here ({e})", target.display());
+                    if FileIdentity::of(target)? != expect {
+                        bail!("{}", replaced_meanwhile(target));
+                    }
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("{}: cannot replace", target.display()))
+                }
+            }
+        }
         if let (Some(backup), true) = (&opts.backup, target.exists()) {
             let name = target.file_name().unwrap_or_default().to_string_lossy();
             let link = self.dir.join(format!(".{name}.bootkmod-{}.bak", std::process::id()));
@@ -283,6 +351,72 @@ impl Staged {
         self.temp = PathBuf::new();
         sync_dir(&self.dir)
     }
+
+    /// The new file is the target now and the temp name holds what was swapped out.
+    /// When that is the file the caller read, it becomes the backup (or goes); when not,
+    /// another writer renamed its file in after the caller read the target: swap back,
+    /// so that file stays, and fail.
+    fn after_exchange(
+        mut self,
+        expect: FileIdentity,
+        ours: FileIdentity,
+        opts: &ReplaceOptions,
+    ) -> Result<()> {
+        let (target, temp) = (&self.target, &self.temp);
+        // Followed like the caller's read was (an image named through a symlink).
+        if FileIdentity::of(temp).is_ok_and(|id| id == expect) {
+            match &opts.backup {
+                Some(backup) => std::fs::rename(temp, backup)
+                    .with_context(|| format!("{}: cannot create backup", backup.display()))?,
+                None => std::fs::remove_file(temp)
+                    .with_context(|| format!("{}: cannot remove", temp.display()))?,
+            }
+            self.temp = PathBuf::new();
+            return sync_dir(&self.dir);
+        }
+        exchange(temp, target).with_context(|| {
+            format!(
+                "{}: replaced by another writer while bootkmod replaced it, and cannot be \
+                 swapped back: that writer's file is now {}",
+                target.display(),
+                temp.display()
+            )
+        })?;
+        if FileIdentity::of(temp).ok() != Some(ours) {
+            // A third rename came between the two swaps: what the temp name holds now is
+            // not bootkmod's to remove.
+            let kept = std::mem::take(&mut self.temp);
+            bail!(
+                "{}: replaced by other writers while bootkmod replaced it; {} is one of \
+                 their files, left for the admin",
+                target.display(),
+                kept.display()
+            );
+        }
+        sync_dir(&self.dir)?;
+        bail!("{}", replaced_meanwhile(target))
+    }
+}
+
+/// The error of a commit that found the target replaced since it was read.
+fn replaced_meanwhile(target: &Path) -> String {
+    format!(
+        "{}: another writer (dracut? update-initramfs?) replaced it while bootkmod was \
+         writing; kept that writer's file, changed nothing: run the command again",
+        target.display()
+    )
+}
+
+/// Swap two names in one step (both must exist).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags};
+    renameat2(None, a, None, b, RenameFlags::RENAME_EXCHANGE).map_err(std::io::Error::from)
+}
+
+/// Whether `renameat2(RENAME_EXCHANGE)` failed because this kernel or filesystem lacks
+/// it (not because of the files).
+fn exchange_unsupported(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP))
 }
 
 impl Drop for Staged {
@@ -448,5 +582,82 @@ mod tests {
             std::fs::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(AtomicSet::new(t.path()).file("../x", b"".to_vec()).commit().is_err());
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn stage(target: &Path, bytes: &[u8]) -> Staged {
+        let mut staged = Staged::beside(target).unwrap();
+        staged.file().write_all(bytes).unwrap();
+        staged
+    }
+
+    #[test]
+    fn staged_commit_swaps_in_and_keeps_what_it_read_as_the_backup() {
+        let t = tempfile::tempdir().unwrap();
+        let (img, bak) = (t.path().join("img"), t.path().join("img.bak"));
+        std::fs::write(&img, b"old").unwrap();
+        let opts = ReplaceOptions {
+            backup: Some(bak.clone()),
+            expect: Some(FileIdentity::of(&img).unwrap()),
+            ..ReplaceOptions::default()
+        };
+        stage(&img, b"new").commit(&opts, |_| Ok(())).unwrap();
+        assert_eq!(std::fs::read(&img).unwrap(), b"new");
+        assert_eq!(std::fs::read(&bak).unwrap(), b"old");
+        assert_eq!(names(t.path()), ["img", "img.bak"]);
+    }
+
+    #[test]
+    fn staged_commit_keeps_a_file_another_writer_renamed_in_after_the_check() {
+        let t = tempfile::tempdir().unwrap();
+        let (img, bak) = (t.path().join("img"), t.path().join("img.bak"));
+        std::fs::write(&img, b"old").unwrap();
+        let opts = ReplaceOptions {
+            backup: Some(bak.clone()),
+            expect: Some(FileIdentity::of(&img).unwrap()),
+            ..ReplaceOptions::default()
+        };
+        // The other writer (dracut: write a temp file, rename it over the image) strikes
+        // after the caller's check passed, just before the commit swaps.
+        let err = stage(&img, b"new")
+            .commit(&opts, |_| {
+                let theirs = t.path().join("img.12345");
+                std::fs::write(&theirs, b"theirs").unwrap();
+                std::fs::rename(&theirs, &img).unwrap();
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("another writer"), "{err:#}");
+        assert_eq!(std::fs::read(&img).unwrap(), b"theirs");
+        assert_eq!(names(t.path()), ["img"], "no backup, no temp file left");
+    }
+
+    #[test]
+    fn staged_commit_refuses_a_target_changed_in_place() {
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("img");
+        std::fs::write(&img, b"old").unwrap();
+        let opts = ReplaceOptions {
+            expect: Some(FileIdentity::of(&img).unwrap()),
+            ..ReplaceOptions::default()
+        };
+        let err = stage(&img, b"new")
+            .commit(&opts, |_| {
+                std::fs::OpenOptions::new().append(true).open(&img)?.write_all(b" more")?;
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("another writer"), "{err:#}");
+        assert_eq!(std::fs::read(&img).unwrap(), b"old more");
+        assert_eq!(names(t.path()), ["img"]);
     }
 }

@@ -43,7 +43,7 @@ use crate::formats::cpio::{EntryMeta, Format, HEADER_LEN, S_IFREG};
 use crate::model::kernel::{Interest, Kernel, KernelOptions};
 use crate::model::module::{sha256_hex, FileBytes, Module, ReadOptions};
 use crate::model::root::Root;
-use crate::operations::atomic::{dir_of, Lock, ReplaceOptions, Staged};
+use crate::operations::atomic::{dir_of, FileIdentity, Lock, ReplaceOptions, Staged};
 use crate::progress::{Progress, Reading};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{HashMap, HashSet};
@@ -304,6 +304,9 @@ pub fn inject(
     let replace = ReplaceOptions {
         backup: backup.clone(),
         like: (!in_place && !output.exists()).then(|| image.to_path_buf()),
+        // In place, the image is replaced only if it is still the file read: dracut
+        // takes no lock and may rename a new image in at any moment.
+        expect: in_place.then_some(original.identity),
     };
     let plan = &report.plan;
     let mut staged = match staged {
@@ -447,36 +450,6 @@ impl<R: Read> Read for Fingerprinted<R> {
         let n = self.inner.read(buf)?;
         self.fingerprint.update(&buf[..n]);
         Ok(n)
-    }
-}
-
-/// Which file a path names, and its size and modification time: another writer
-/// replaces it (a new inode) or changes it (size, mtime).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileIdentity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-}
-
-impl FileIdentity {
-    fn of(path: &Path) -> Result<FileIdentity> {
-        let meta =
-            std::fs::metadata(path).with_context(|| format!("{}: cannot stat", path.display()))?;
-        Ok(FileIdentity::from(&meta))
-    }
-}
-
-impl From<&std::fs::Metadata> for FileIdentity {
-    fn from(m: &std::fs::Metadata) -> FileIdentity {
-        use std::os::unix::fs::MetadataExt;
-        FileIdentity {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-        }
     }
 }
 
