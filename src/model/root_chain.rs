@@ -132,7 +132,8 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let digits = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let digits =
+            bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         if let (b'\\', Some(d)) = (bytes[i], digits) {
             let v = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
             out.push(v as u8);
@@ -198,7 +199,8 @@ impl RootChain {
         };
         let sys = root.path("/sys");
         for (point, why) in wanted {
-            let Some(m) = mountinfo.iter().find(|m| as_target(&m.mount_point).as_deref() == Some(&point))
+            let Some(m) =
+                mountinfo.iter().find(|m| as_target(&m.mount_point).as_deref() == Some(&point))
             else {
                 if why == "root" {
                     bail!("{}: no mount of the root filesystem", mountinfo_path.display());
@@ -309,7 +311,8 @@ impl RootChain {
 /// The nodes from a disk's own device up to the bus root that carry a modalias or a
 /// bound driver.
 fn device_path(sys: &Path, disk: &Path) -> Vec<DeviceNode> {
-    let devices = std::fs::canonicalize(sys.join("devices")).unwrap_or_else(|_| sys.join("devices"));
+    let devices =
+        std::fs::canonicalize(sys.join("devices")).unwrap_or_else(|_| sys.join("devices"));
     let Ok(mut at) = std::fs::canonicalize(disk.join("device")) else { return Vec::new() };
     let mut out = Vec::new();
     while at.starts_with(&devices) && at != devices {
