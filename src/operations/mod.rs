@@ -7,6 +7,7 @@ pub mod dracut;
 pub mod doctor;
 pub mod dud;
 pub mod extract;
+pub mod failpoint;
 pub mod images;
 pub mod inject;
 pub mod install;
