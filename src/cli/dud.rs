@@ -305,8 +305,7 @@ fn run_inspect(ctx: &Context, args: InspectArgs) -> Result<Exit> {
 }
 
 fn apply(ctx: &Context, args: ApplyArgs) -> Result<Exit> {
-    let inspection =
-        inspect_medium(&ctx.root.confine(&args.dud)?, &args.kver, &args.arch, None)?;
+    let inspection = inspect_medium(&ctx.root.confine(&args.dud)?, &args.kver, &args.arch, None)?;
     if !inspection.takes_anything() {
         eprintln!(
             "bootkmod: {}: nothing on it is for kernel {} on {} (see `bootkmod dud inspect`)",

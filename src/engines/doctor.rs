@@ -526,7 +526,7 @@ pub fn examine(
         opts.kernels.clone()
     };
     if releases.is_empty() {
-        anyhow::bail!("no kernel under {}", root.path("/lib/modules").display());
+        anyhow::bail!("no kernel under {}", root.shown("/lib/modules").display());
     }
     if opts.image.is_some() && releases.len() != 1 {
         anyhow::bail!("--image judges one kernel's image: name the kernel with --kver");
@@ -537,12 +537,15 @@ pub fn examine(
         if host.dep.is_empty() {
             anyhow::bail!(
                 "{}: no modules.dep.bin (run depmod {release})",
-                root.path(crate::engines::depmod::tree_dir(release)).display()
+                root.shown(crate::engines::depmod::tree_dir(release)).display()
             );
         }
         let image_path = match &opts.image {
             Some(p) => Some(p.clone()),
-            None => crate::model::ledger::find_image(root, release).map(|p| root.path(p)),
+            None => match crate::model::ledger::find_image(root, release) {
+                Some(p) => Some(root.host(p)?),
+                None => None,
+            },
         };
         let index = image_path.as_ref().map(|p| ImageIndex::open(p).map_err(|e| format!("{e:#}")));
         let image = match (&image_path, &index) {

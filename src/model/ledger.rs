@@ -247,13 +247,28 @@ mod tests {
         std::fs::create_dir_all(root.host_entry("/usr/lib").unwrap()).unwrap();
         std::fs::create_dir_all(root.host_entry("/etc").unwrap()).unwrap();
         // Debian links /etc/os-release into /usr/lib; the link resolves inside the root.
-        std::fs::write(root.host_entry("/usr/lib/os-release").unwrap(), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
-        std::os::unix::fs::symlink("../usr/lib/os-release", root.host_entry("/etc/os-release").unwrap()).unwrap();
+        std::fs::write(
+            root.host_entry("/usr/lib/os-release").unwrap(),
+            "ID=debian\nVERSION_ID=\"12\"\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "../usr/lib/os-release",
+            root.host_entry("/etc/os-release").unwrap(),
+        )
+        .unwrap();
         assert_eq!(default_image(&root, k), Path::new("/boot/initrd.img-6.1.0-57-amd64"));
-        std::fs::write(root.host_entry("/usr/lib/os-release").unwrap(), "ID=ubuntu\nID_LIKE=debian\n").unwrap();
+        std::fs::write(
+            root.host_entry("/usr/lib/os-release").unwrap(),
+            "ID=ubuntu\nID_LIKE=debian\n",
+        )
+        .unwrap();
         assert_eq!(default_image(&root, k), Path::new("/boot/initrd.img-6.1.0-57-amd64"));
-        std::fs::write(root.host_entry("/usr/lib/os-release").unwrap(), "ID=\"rhel\"\nID_LIKE=\"fedora\"\n")
-            .unwrap();
+        std::fs::write(
+            root.host_entry("/usr/lib/os-release").unwrap(),
+            "ID=\"rhel\"\nID_LIKE=\"fedora\"\n",
+        )
+        .unwrap();
         assert_eq!(default_image(&root, k), Path::new("/boot/initramfs-6.1.0-57-amd64.img"));
         // An existing image wins over the default name.
         std::fs::create_dir_all(root.host_entry("/boot").unwrap()).unwrap();

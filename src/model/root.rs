@@ -266,7 +266,10 @@ mod tests {
         assert!(root.alike_on_host("/rel/x").unwrap());
         symlink("../../..", t.path().join("usr/lib/up")).unwrap();
         assert!(!root.alike_on_host("/usr/lib/up/usr").unwrap());
-        assert!(Root::link_alike_on_host(Path::new("/lib/modules/k/weak-updates"), Path::new("../../j/extra/a.ko")));
+        assert!(Root::link_alike_on_host(
+            Path::new("/lib/modules/k/weak-updates"),
+            Path::new("../../j/extra/a.ko")
+        ));
         assert!(!Root::link_alike_on_host(Path::new("/lib"), Path::new("../../etc")));
         assert!(!Root::link_alike_on_host(Path::new("/lib"), Path::new("/etc")));
     }
@@ -278,8 +281,14 @@ mod tests {
         std::fs::create_dir_all(t.path().join("real")).unwrap();
         symlink("/real", t.path().join("boot")).unwrap();
         assert_eq!(root.target_of(&t.path().join("boot/x.img")).unwrap(), Path::new("/boot/x.img"));
-        assert_eq!(root.confine(&t.path().join("boot/x.img")).unwrap(), t.path().join("real/x.img"));
-        assert_eq!(root.confine(Path::new("/elsewhere/x.ko")).unwrap(), Path::new("/elsewhere/x.ko"));
+        assert_eq!(
+            root.confine(&t.path().join("boot/x.img")).unwrap(),
+            t.path().join("real/x.img")
+        );
+        assert_eq!(
+            root.confine(Path::new("/elsewhere/x.ko")).unwrap(),
+            Path::new("/elsewhere/x.ko")
+        );
         let slash = Root::new("/");
         assert_eq!(slash.confine(Path::new("/boot/x")).unwrap(), Path::new("/boot/x"));
         assert_eq!(slash.host("/boot/x").unwrap(), Path::new("/boot/x"));

@@ -155,7 +155,8 @@ fn initrd_mounts(fstab: &str) -> Vec<String> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let opts = f.get(3)?;
-            opts.split(',').any(|o| o == "x-initrd.mount").then(|| unescape_octal(f.get(1)?))
+            let point = f.get(1)?;
+            opts.split(',').any(|o| o == "x-initrd.mount").then(|| unescape_octal(point))
         })
         .collect()
 }
@@ -171,12 +172,15 @@ fn link_name(path: &Path) -> Option<String> {
 impl RootChain {
     /// Read the chain of the system under `root` (its `/proc` and `/sys`).
     pub fn read(root: &Root) -> Result<RootChain> {
-        let mountinfo_path = root.path("/proc/self/mountinfo");
+        let mountinfo_path = root.host("/proc/self/mountinfo")?;
         let text = std::fs::read_to_string(&mountinfo_path).with_context(|| {
             format!("{}: cannot read (is /proc mounted there?)", mountinfo_path.display())
         })?;
         let mountinfo = parse_mountinfo(&text);
-        let fstab = std::fs::read_to_string(root.path("/etc/fstab")).unwrap_or_default();
+        let fstab = root
+            .read("/etc/fstab")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         // Under --root DIR the target's mounts appear below DIR.
         let prefix = std::fs::canonicalize(root.dir()).unwrap_or_else(|_| root.dir().into());
         let as_target = |point: &str| -> Option<String> {
@@ -197,7 +201,7 @@ impl RootChain {
             mounts: Vec::new(),
             devices: BTreeMap::new(),
         };
-        let sys = root.path("/sys");
+        let sys = root.host("/sys")?;
         for (point, why) in wanted {
             let Some(m) =
                 mountinfo.iter().find(|m| as_target(&m.mount_point).as_deref() == Some(&point))

@@ -35,7 +35,8 @@ impl ModuleTree {
     pub fn module_files(&self) -> Result<Vec<PathBuf>> {
         let dir = self.host_dir()?;
         let mut out = Vec::new();
-        walk(&self.root, &dir, &mut out).with_context(|| format!("reading module tree {}", dir.display()))?;
+        walk(&self.root, &dir, &mut out)
+            .with_context(|| format!("reading module tree {}", dir.display()))?;
         out.sort();
         Ok(out)
     }

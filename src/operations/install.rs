@@ -273,7 +273,13 @@ pub(crate) fn start(
         _ => match &ledger.journal {
             Some(journal) => bail!(
                 "{}: an interrupted {} is pending; run without --dry-run to complete it first",
-                state.root.shown(Path::new(crate::operations::ledger::STATE_DIR).join(crate::operations::ledger::LEDGER_FILE)).display(),
+                state
+                    .root
+                    .shown(
+                        Path::new(crate::operations::ledger::STATE_DIR)
+                            .join(crate::operations::ledger::LEDGER_FILE)
+                    )
+                    .display(),
                 describe(journal)
             ),
             None => Ok(None),
@@ -400,9 +406,7 @@ pub(crate) fn refresh(
         .collect::<Result<Vec<_>>>()?;
     // (Dry run) is the installed file the recorded one? A new module is not there yet,
     // so inject cannot plan from the tree.
-    let in_place = |r: &ModuleRecord| {
-        root.read(&r.path).is_ok_and(|b| sha256_hex(&b) == r.sha256)
-    };
+    let in_place = |r: &ModuleRecord| root.read(&r.path).is_ok_and(|b| sha256_hex(&b) == r.sha256);
     let opts = KernelOptions { interest: Some(Interest::of(&modules)), ..Default::default() };
 
     let mut outcomes = Vec::new();

@@ -128,10 +128,13 @@ mod tests {
     fn prune_removes_only_a_tree_reduced_to_an_empty_weak_updates() {
         let t = tempfile::tempdir().unwrap();
         let root = Root::new(t.path());
-        std::fs::create_dir_all(root.host_entry("/lib/modules/gone/weak-updates").unwrap()).unwrap();
-        std::fs::create_dir_all(root.host_entry("/lib/modules/kept/weak-updates").unwrap()).unwrap();
+        std::fs::create_dir_all(root.host_entry("/lib/modules/gone/weak-updates").unwrap())
+            .unwrap();
+        std::fs::create_dir_all(root.host_entry("/lib/modules/kept/weak-updates").unwrap())
+            .unwrap();
         std::fs::write(root.host_entry("/lib/modules/kept/modules.dep").unwrap(), b"").unwrap();
-        std::fs::create_dir_all(root.host_entry("/lib/modules/foreign/weak-updates/x").unwrap()).unwrap();
+        std::fs::create_dir_all(root.host_entry("/lib/modules/foreign/weak-updates/x").unwrap())
+            .unwrap();
         assert_eq!(
             prune_gone_tree(&root, "gone").unwrap(),
             [Path::new("/lib/modules/gone/weak-updates"), Path::new("/lib/modules/gone")]
