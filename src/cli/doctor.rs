@@ -167,7 +167,11 @@ fn render(out: &mut impl Write, e: &Examination, fixes: Option<&[FixReport]>) ->
                 writeln!(out, "         - {p}")?;
             }
             if !k.fix.is_empty() && fixes.is_none() {
-                writeln!(out, "         `bootkmod doctor --fix` would inject {}", k.fix.join(", "))?;
+                writeln!(
+                    out,
+                    "         `bootkmod doctor --fix` would inject {}",
+                    k.fix.join(", ")
+                )?;
             }
         }
         for l in k.links.iter().filter_map(|l| l.note.as_ref()) {
@@ -182,7 +186,12 @@ fn render(out: &mut impl Write, e: &Examination, fixes: Option<&[FixReport]>) ->
 }
 
 /// The device `name`, its needs, then the devices below it, indented by depth.
-fn device_rows(e: &Examination, name: &str, depth: usize, lines: &mut Vec<(usize, String, Option<usize>)>) {
+fn device_rows(
+    e: &Examination,
+    name: &str,
+    depth: usize,
+    lines: &mut Vec<(usize, String, Option<usize>)>,
+) {
     let Some(dev) = e.chain.devices.get(name) else { return };
     let kind = match &dev.kind {
         crate::model::root_chain::DeviceKind::Disk => "disk".to_string(),

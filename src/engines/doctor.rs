@@ -303,8 +303,13 @@ pub fn judge(chain_needs: &[Need], input: &KernelInput) -> Result<KernelVerdict>
     let mut problems = Vec::new();
     let mut fix: Vec<String> = Vec::new();
     for (i, need) in chain_needs.iter().enumerate() {
-        let mut verdict =
-            LinkVerdict { need: i, state: LinkState::Present, module: None, reason: None, note: None };
+        let mut verdict = LinkVerdict {
+            need: i,
+            state: LinkState::Present,
+            module: None,
+            reason: None,
+            note: None,
+        };
         let (key, found) = resolve(input.host, &need.keys)?;
         if !found.is_empty() && found.iter().all(|(_, builtin)| *builtin) {
             verdict.state = LinkState::BuiltIn;
@@ -314,7 +319,8 @@ pub fn judge(chain_needs: &[Need], input: &KernelInput) -> Result<KernelVerdict>
         }
         // What this kernel would use: the recorded module when it still matches,
         // otherwise whatever the kernel's own indexes name.
-        let mut wanted: Vec<String> = found.iter().filter(|(_, b)| !b).map(|(m, _)| m.clone()).collect();
+        let mut wanted: Vec<String> =
+            found.iter().filter(|(_, b)| !b).map(|(m, _)| m.clone()).collect();
         wanted.dedup();
         if let Some(bound) = &need.bound {
             if wanted.contains(bound) {
@@ -369,7 +375,13 @@ pub fn judge(chain_needs: &[Need], input: &KernelInput) -> Result<KernelVerdict>
         let mut failure: Option<String> = None;
         let mut chosen = None;
         for w in &wanted {
-            match image_loads(input.host, image, tree, w, need.modalias.then_some((&key, &image_found)))? {
+            match image_loads(
+                input.host,
+                image,
+                tree,
+                w,
+                need.modalias.then_some((&key, &image_found)),
+            )? {
                 Ok(()) => {
                     chosen = Some(w.clone());
                     break;
@@ -404,7 +416,9 @@ pub fn judge(chain_needs: &[Need], input: &KernelInput) -> Result<KernelVerdict>
     // What status knows: a root-critical driver bootkmod installed but cannot use here.
     for (name, m) in input.ledger.modules.iter().filter(|(_, m)| m.root_critical) {
         if let Some(why) = refusal(name) {
-            let used = links.iter().any(|l| l.module.as_deref() == Some(name.as_str()) && l.state != LinkState::NoModule);
+            let used = links.iter().any(|l| {
+                l.module.as_deref() == Some(name.as_str()) && l.state != LinkState::NoModule
+            });
             if !used {
                 problems.push(format!(
                     "root-critical driver {} installed by bootkmod is not usable on {release}: {why}",
@@ -425,6 +439,18 @@ pub fn judge(chain_needs: &[Need], input: &KernelInput) -> Result<KernelVerdict>
     })
 }
 
+/// The modules `module` needs by `modules.dep` (its whole line: depmod lists the
+/// transitive closure), not its soft dependencies.
+fn hard_deps(indexes: &TreeIndexes, module: &str) -> Result<Vec<String>> {
+    if indexes.dep.is_empty() {
+        return Ok(Vec::new());
+    }
+    let index = crate::formats::kmod_index::Index::parse(&indexes.dep)?;
+    let Some(line) = index.lookup(module)?.into_iter().next() else { return Ok(Vec::new()) };
+    let deps = line.value.split_once(':').map_or("", |(_, d)| d);
+    Ok(deps.split_whitespace().map(|d| name_from_path(Path::new(d))).collect())
+}
+
 /// Would the image load `module` (and everything it needs)? `alias` is the modalias
 /// and what the image's own alias index maps it to.
 fn image_loads(
@@ -437,9 +463,10 @@ fn image_loads(
     if !tree.modules.contains(module) {
         return Ok(Err(format!("{module} is not in the image")));
     }
-    // Everything the kernel's own tree says it needs must be in the image...
-    for (dep, path) in closure(host, module)? {
-        if path.is_some() && !tree.modules.contains(&dep) {
+    // Everything the kernel's own tree says it needs (modules.dep; soft dependencies
+    // are optional) must be in the image...
+    for dep in hard_deps(host, module)? {
+        if !tree.modules.contains(&dep) {
             return Ok(Err(format!("{module} needs {dep}, which is not in the image")));
         }
     }
@@ -548,7 +575,11 @@ mod tests {
     use crate::model::root_chain::{BlockDevice, ChainMount, DeviceNode};
 
     fn chain() -> RootChain {
-        let node = |sysfs: &str, sub: &str, driver: Option<&str>, module: Option<&str>, alias: Option<&str>| DeviceNode {
+        let node = |sysfs: &str,
+                    sub: &str,
+                    driver: Option<&str>,
+                    module: Option<&str>,
+                    alias: Option<&str>| DeviceNode {
             sysfs: sysfs.into(),
             subsystem: Some(sub.into()),
             driver: driver.map(Into::into),
@@ -581,9 +612,21 @@ mod tests {
                 kind: DeviceKind::Disk,
                 lower: vec![],
                 path: vec![
-                    node("pci0000:00/0000:00:03.0/host0/0:0:0:0", "scsi", Some("sd"), Some("sd_mod"), Some("scsi:t-0x00")),
+                    node(
+                        "pci0000:00/0000:00:03.0/host0/0:0:0:0",
+                        "scsi",
+                        Some("sd"),
+                        Some("sd_mod"),
+                        Some("scsi:t-0x00"),
+                    ),
                     node("pci0000:00/0000:00:03.0/host0", "scsi", None, None, None),
-                    node("pci0000:00/0000:00:03.0", "pci", Some("megaraid_sas"), Some("megaraid_sas"), Some("pci:v00001000d00000060sv00001000sd00001013bc01sc04i00")),
+                    node(
+                        "pci0000:00/0000:00:03.0",
+                        "pci",
+                        Some("megaraid_sas"),
+                        Some("megaraid_sas"),
+                        Some("pci:v00001000d00000060sv00001000sd00001013bc01sc04i00"),
+                    ),
                     node("pci0000:00/0000:00:01.0", "pci", Some("pcieport"), None, None),
                 ],
             },
@@ -591,7 +634,12 @@ mod tests {
         RootChain {
             format: 1,
             recorded_on: "k".into(),
-            mounts: vec![ChainMount { target: "/".into(), fstype: "ext4".into(), device: Some("dm-0".into()), why: "root".into() }],
+            mounts: vec![ChainMount {
+                target: "/".into(),
+                fstype: "ext4".into(),
+                device: Some("dm-0".into()),
+                why: "root".into(),
+            }],
             devices,
         }
     }

@@ -132,7 +132,8 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let digits = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let digits =
+            bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         if let (b'\\', Some(d)) = (bytes[i], digits) {
             let v = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
             out.push(v as u8);
@@ -154,7 +155,8 @@ fn initrd_mounts(fstab: &str) -> Vec<String> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let opts = f.get(3)?;
-            opts.split(',').any(|o| o == "x-initrd.mount").then(|| unescape_octal(f.get(1)?))
+            let point = f.get(1)?;
+            opts.split(',').any(|o| o == "x-initrd.mount").then(|| unescape_octal(point))
         })
         .collect()
 }
@@ -175,8 +177,10 @@ impl RootChain {
             format!("{}: cannot read (is /proc mounted there?)", mountinfo_path.display())
         })?;
         let mountinfo = parse_mountinfo(&text);
-        let fstab = root.read("/etc/fstab").map(|b| String::from_utf8_lossy(&b).into_owned());
-        let fstab = fstab.unwrap_or_default();
+        let fstab = root
+            .read("/etc/fstab")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         // Under --root DIR the target's mounts appear below DIR.
         let prefix = std::fs::canonicalize(root.dir()).unwrap_or_else(|_| root.dir().into());
         let as_target = |point: &str| -> Option<String> {
@@ -199,7 +203,8 @@ impl RootChain {
         };
         let sys = root.host("/sys")?;
         for (point, why) in wanted {
-            let Some(m) = mountinfo.iter().find(|m| as_target(&m.mount_point).as_deref() == Some(&point))
+            let Some(m) =
+                mountinfo.iter().find(|m| as_target(&m.mount_point).as_deref() == Some(&point))
             else {
                 if why == "root" {
                     bail!("{}: no mount of the root filesystem", mountinfo_path.display());
@@ -310,7 +315,8 @@ impl RootChain {
 /// The nodes from a disk's own device up to the bus root that carry a modalias or a
 /// bound driver.
 fn device_path(sys: &Path, disk: &Path) -> Vec<DeviceNode> {
-    let devices = std::fs::canonicalize(sys.join("devices")).unwrap_or_else(|_| sys.join("devices"));
+    let devices =
+        std::fs::canonicalize(sys.join("devices")).unwrap_or_else(|_| sys.join("devices"));
     let Ok(mut at) = std::fs::canonicalize(disk.join("device")) else { return Vec::new() };
     let mut out = Vec::new();
     while at.starts_with(&devices) && at != devices {

@@ -74,7 +74,8 @@ pub fn fix(root: &Root, kernels: &[KernelVerdict], dry_run: bool) -> Result<Vec<
                 .into();
                 if done.outcome == Outcome::Refused {
                     report.why = done.plan.verdicts.iter().find(|v| !v.compatible).map(|v| {
-                        let first = v.first_refusal().map_or(String::new(), |r| format!(": {}", r.message));
+                        let first =
+                            v.first_refusal().map_or(String::new(), |r| format!(": {}", r.message));
                         format!("bootkmod check refuses {} on {}{first}", v.module, v.kernel)
                     });
                 }

@@ -3,8 +3,8 @@
 
 pub mod atomic;
 pub mod depmod;
-pub mod dracut;
 pub mod doctor;
+pub mod dracut;
 pub mod dud;
 pub mod extract;
 pub mod failpoint;
