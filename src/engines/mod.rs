@@ -3,7 +3,6 @@
 
 pub mod compat;
 pub mod depmod;
-pub mod doctor;
 pub mod dud;
 pub mod dud_package;
 pub mod initramfs;

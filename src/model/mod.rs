@@ -5,5 +5,4 @@ pub mod kernel;
 pub mod ledger;
 pub mod module;
 pub mod root;
-pub mod root_chain;
 pub mod tree;

@@ -3,7 +3,6 @@
 
 pub mod atomic;
 pub mod depmod;
-pub mod doctor;
 pub mod dracut;
 pub mod dud;
 pub mod extract;

@@ -108,7 +108,6 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
 }
 pub mod check;
 pub mod depmod;
-pub mod doctor;
 pub mod initramfs;
 pub mod inject;
 pub mod jail;
