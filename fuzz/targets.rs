@@ -14,8 +14,11 @@ use bootkmod::model::dud::{Medium, MediumKind, Repo, RpmOnMedium};
 use bootkmod::model::module::{Module, ReadOptions};
 use std::path::PathBuf;
 
+/// A target's body: bytes in, nothing out; a panic is the finding.
+pub type Target = fn(&[u8]);
+
 /// Every target: its name (the directory under `fuzz/corpus/`) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("module_from_bytes", module_from_bytes),
     ("initramfs_walk", initramfs_walk),
     ("kmod_index", kmod_index),

@@ -167,7 +167,7 @@ impl Root {
     fn walk(&self, path: &Path) -> Result<(PathBuf, bool)> {
         let mut alike = true;
         let mut pending: Vec<std::ffi::OsString> = Vec::new();
-        push_components(&mut pending, path.as_ref());
+        push_components(&mut pending, path);
         let mut resolved = PathBuf::from("/");
         let mut hops = 0;
         while let Some(part) = pending.pop() {
