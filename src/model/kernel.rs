@@ -154,6 +154,10 @@ pub struct Kernel {
     pub allow_missing_namespace_imports: bool,
     pub enforcement: Enforcement,
     pub trusted_keys: Vec<TrustedKey>,
+    /// Files of the tree that could not be read (a dangling weak-updates link, an
+    /// unreadable module): left out, each named.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Kernel {
@@ -174,7 +178,7 @@ impl Kernel {
                 tree_dir.display()
             );
         }
-        let (exports, modules) = read_exports(&tree, symvers_path.as_deref(), opts)?;
+        let (exports, modules, warnings) = read_exports(&tree, symvers_path.as_deref(), opts)?;
 
         let reference = reference_module(&tree)?;
         let config = read_optional(&root.path(format!("/boot/config-{release}")))?
@@ -220,6 +224,7 @@ impl Kernel {
             allow_missing_namespace_imports,
             enforcement,
             trusted_keys,
+            warnings,
         })
     }
 
@@ -261,8 +266,9 @@ fn read_exports(
     tree: &ModuleTree,
     symvers_path: Option<&Path>,
     opts: &KernelOptions,
-) -> Result<(HashMap<String, KernelExport>, HashSet<String>)> {
+) -> Result<(HashMap<String, KernelExport>, HashSet<String>, Vec<String>)> {
     let tree_dir = tree.host_dir();
+    let mut warnings = Vec::new();
     let symvers_text = match symvers_path {
         Some(path) => read_symvers_text(path)?,
         None => Vec::new(),
@@ -366,7 +372,18 @@ fn read_exports(
         };
         exports.insert(e.symbol.to_string(), export);
     }
-    for m in read_all(&to_read)? {
+    for (path, m) in to_read.iter().zip(read_all(&to_read)?) {
+        // A dangling weak-updates link (left by an erased kmod package) or an unreadable
+        // file is a warning naming it, as kmod's depmod reports it and carries on.
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                let warning = format!("{}: skipped: {e:#}", path.display());
+                tracing::warn!("{warning}");
+                warnings.push(warning);
+                continue;
+            }
+        };
         let owner = m.name();
         for e in m.exports {
             exports.insert(
@@ -380,7 +397,7 @@ fn read_exports(
             );
         }
     }
-    Ok((exports, modules))
+    Ok((exports, modules, warnings))
 }
 
 /// The build's own key (from the reference module's signature) and each certificate given.
@@ -488,8 +505,8 @@ fn reference_module(tree: &ModuleTree) -> Result<Option<Module>> {
     Module::read(&path, ReadOptions::default()).map(Some)
 }
 
-/// Read every module, in parallel over the machine's cores.
-fn read_all(files: &[PathBuf]) -> Result<Vec<Module>> {
+/// Read every module, in parallel over the machine's cores; one result per file.
+fn read_all(files: &[PathBuf]) -> Result<Vec<Result<Module>>> {
     if files.is_empty() {
         return Ok(Vec::new());
     }
@@ -500,15 +517,13 @@ fn read_all(files: &[PathBuf]) -> Result<Vec<Module>> {
             .chunks(chunk)
             .map(|part| {
                 s.spawn(move || {
-                    part.iter()
-                        .map(|p| Module::read(p, ReadOptions::default()))
-                        .collect::<Result<Vec<_>>>()
+                    part.iter().map(|p| Module::read(p, ReadOptions::default())).collect::<Vec<_>>()
                 })
             })
             .collect();
         let mut out = Vec::with_capacity(files.len());
         for h in handles {
-            out.extend(h.join().map_err(|_| anyhow::anyhow!("module reader thread panicked"))??);
+            out.extend(h.join().map_err(|_| anyhow::anyhow!("module reader thread panicked"))?);
         }
         Ok(out)
     })
