@@ -20,6 +20,7 @@ pub use crate::model::ledger::*;
 use crate::model::root::Root;
 use crate::operations::atomic::AtomicSet;
 pub use crate::operations::atomic::Lock;
+pub use crate::operations::fault::failpoint;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -94,15 +95,11 @@ impl StateDir {
 
 /// `mkdir -p` with an error naming the directory.
 pub fn create_dirs(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))
-}
-
-/// Test hook: when `BOOTKMOD_FAILPOINT` names this point, the process kills itself with
-/// SIGKILL right here, which is how the tests prove a crash mid-operation is recoverable.
-pub fn failpoint(name: &str) {
-    if std::env::var("BOOTKMOD_FAILPOINT").is_ok_and(|v| v == name) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    if !dir.is_dir() {
+        crate::operations::fault::step("mkdir", dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
     }
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))
 }
 
 #[cfg(test)]
