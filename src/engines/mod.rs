@@ -3,6 +3,7 @@
 
 pub mod compat;
 pub mod depmod;
+pub mod doctor;
 pub mod dud;
 pub mod dud_package;
 pub mod initramfs;

@@ -69,8 +69,7 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
         let image_record = recorded.and_then(|k| k.image.as_ref());
         let image_unchanged = match (&image, image_record) {
             (Some(p), Some(rec)) if &rec.path == p => {
-                let bytes = std::fs::read(root.path(p))
-                    .with_context(|| format!("{}: cannot read", root.path(p).display()))?;
+                let bytes = root.read(p)?;
                 Some(sha256_hex(&bytes) == rec.sha256)
             }
             _ => None,
@@ -80,12 +79,12 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
         for (name, m) in &ledger.modules {
             let on = recorded.and_then(|k| k.modules.get(name));
             let placed = match on.map(|o| o.placement) {
-                Some(Placement::Own) => root.path(&m.path).is_file(),
+                Some(Placement::Own) => root.host(&m.path).is_ok_and(|h| h.is_file()),
                 Some(Placement::WeakUpdates) => {
                     on.and_then(|o| o.link.as_ref()).is_some_and(|l| is_linked(root, l, &m.path))
                 }
                 Some(Placement::LocalFallback) => {
-                    on.and_then(|o| o.fallback.as_ref()).is_some_and(|f| root.path(f).is_file())
+                    on.and_then(|o| o.fallback.as_ref()).is_some_and(|f| root.host(f).is_ok_and(|h| h.is_file()))
                 }
                 Some(Placement::Refused) | None => false,
             };
@@ -142,7 +141,7 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
 
 /// Names of the modules of `release` inside an image.
 fn image_module_names(root: &Root, image: &Path, release: &str) -> Result<Vec<String>> {
-    let host = root.path(image);
+    let host = root.host(image)?;
     let file =
         std::fs::File::open(&host).with_context(|| format!("{}: cannot open", host.display()))?;
     let (view, _) =
@@ -173,7 +172,7 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
         drift.push(Drift { path: path.to_path_buf(), problem });
     };
     for m in ledger.modules.values() {
-        match std::fs::read(root.path(&m.path)) {
+        match root.read(&m.path) {
             Ok(bytes) if sha256_hex(&bytes) == m.sha256 => {}
             Ok(bytes) => push(
                 &m.path,
@@ -184,13 +183,13 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
                     m.sha256
                 ),
             ),
-            Err(e) => push(&m.path, format!("module {} unreadable: {e}", m.name)),
+            Err(e) => push(&m.path, format!("module {} unreadable: {}", m.name, e.root_cause())),
         }
         let stored = store_path(&m.sha256);
-        match std::fs::read(root.path(&stored)) {
+        match root.read(&stored) {
             Ok(bytes) if sha256_hex(&bytes) == m.sha256 => {}
             Ok(_) => push(&stored, format!("stored copy of {} does not match its sha256", m.name)),
-            Err(e) => push(&stored, format!("stored copy of {} unreadable: {e}", m.name)),
+            Err(e) => push(&stored, format!("stored copy of {} unreadable: {}", m.name, e.root_cause())),
         }
     }
     for (release, k) in &ledger.kernels {
@@ -198,14 +197,15 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
             let Some(m) = ledger.modules.get(name) else { continue };
             if let (Placement::WeakUpdates, Some(link)) = (on.placement, &on.link) {
                 if !is_linked(root, link, &m.path) {
-                    let now = std::fs::read_link(root.path(link))
+                    let now = root
+                        .read_link(link)
                         .map_or("missing".to_string(), |t| format!("points to {}", t.display()));
                     push(link, format!("weak-updates link of {name} for {release} {now}"));
                 }
             }
         }
         if let Some(image) = &k.image {
-            match std::fs::read(root.path(&image.path)) {
+            match root.read(&image.path) {
                 Ok(bytes) if sha256_hex(&bytes) == image.sha256 => {}
                 Ok(_) => push(
                     &image.path,
@@ -213,7 +213,7 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
                         "initramfs of {release} was replaced or changed since bootkmod recorded it"
                     ),
                 ),
-                Err(e) => push(&image.path, format!("initramfs of {release} unreadable: {e}")),
+                Err(e) => push(&image.path, format!("initramfs of {release} unreadable: {}", e.root_cause())),
             }
             // kmod sniffs content, but `xz -t`, rpm and people go by the name.
             for problem in misencoded_modules(root, &image.path, release) {

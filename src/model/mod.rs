@@ -4,5 +4,6 @@ pub mod dud;
 pub mod kernel;
 pub mod ledger;
 pub mod module;
+pub mod root_chain;
 pub mod root;
 pub mod tree;

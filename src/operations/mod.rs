@@ -4,8 +4,10 @@
 pub mod atomic;
 pub mod depmod;
 pub mod dracut;
+pub mod doctor;
 pub mod dud;
 pub mod extract;
+pub mod failpoint;
 pub mod images;
 pub mod inject;
 pub mod install;

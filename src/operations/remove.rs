@@ -268,7 +268,7 @@ pub fn forget_kernel(root: &Root, release: &str, dry_run: bool) -> Result<Forget
     }
     let state = StateDir::new(root);
     // Nothing installed here: nothing to forget, and nothing to create.
-    if !state.dir().join(crate::operations::ledger::LEDGER_FILE).is_file() {
+    if !state.dir()?.join(crate::operations::ledger::LEDGER_FILE).is_file() {
         return Ok(ForgetReport { dry_run, ..plan_forget(root, &Ledger::default(), release)? });
     }
     let lock = lock_for(&state, dry_run)?;
@@ -304,7 +304,7 @@ fn plan_forget(root: &Root, ledger: &Ledger, release: &str) -> Result<ForgetRepo
     let backup = record
         .and_then(|k| k.image.as_ref())
         .and_then(|i| i.backup.clone())
-        .filter(|b| std::fs::symlink_metadata(root.path(b)).is_ok());
+        .filter(|b| root.host_entry(b).is_ok_and(|h| std::fs::symlink_metadata(h).is_ok()));
     Ok(ForgetReport {
         kernel: release.to_string(),
         known: record.is_some() || ledger.removed_kernels.contains(release),
@@ -351,7 +351,7 @@ pub(crate) fn forget_kernel_apply(
         report.pruned = weak_updates::prune_gone_tree(root, release)?;
     }
     if let Some(backup) = &report.backup {
-        remove_synced(&root.path(backup))?;
+        remove_synced(&root.host_entry(backup)?)?;
     }
     ledger.kernels.remove(release);
     Ok(report)
@@ -365,7 +365,7 @@ pub(crate) fn take_out(
     record: &ModuleRecord,
 ) -> Result<BTreeSet<String>> {
     let mut changed = BTreeSet::new();
-    let lib_modules = root.path("/lib/modules");
+    let lib_modules = root.host("/lib/modules")?;
     let releases: Vec<String> = std::fs::read_dir(&lib_modules)
         .with_context(|| format!("{}: cannot list kernels", lib_modules.display()))?
         .flatten()
@@ -376,7 +376,7 @@ pub(crate) fn take_out(
             changed.insert(release.clone());
         }
     }
-    let host = root.path(&record.path);
+    let host = root.host_entry(&record.path)?;
     if std::fs::symlink_metadata(&host).is_ok() {
         remove_synced(&host)?;
         changed.insert(record.built_for.clone());
