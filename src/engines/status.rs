@@ -83,9 +83,9 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
                 Some(Placement::WeakUpdates) => {
                     on.and_then(|o| o.link.as_ref()).is_some_and(|l| is_linked(root, l, &m.path))
                 }
-                Some(Placement::LocalFallback) => {
-                    on.and_then(|o| o.fallback.as_ref()).is_some_and(|f| root.host(f).is_ok_and(|h| h.is_file()))
-                }
+                Some(Placement::LocalFallback) => on
+                    .and_then(|o| o.fallback.as_ref())
+                    .is_some_and(|f| root.host(f).is_ok_and(|h| h.is_file())),
                 Some(Placement::Refused) | None => false,
             };
             let in_image = image_files.as_ref().map(|files| files.iter().any(|f| f == name));
@@ -189,7 +189,9 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
         match root.read(&stored) {
             Ok(bytes) if sha256_hex(&bytes) == m.sha256 => {}
             Ok(_) => push(&stored, format!("stored copy of {} does not match its sha256", m.name)),
-            Err(e) => push(&stored, format!("stored copy of {} unreadable: {}", m.name, e.root_cause())),
+            Err(e) => {
+                push(&stored, format!("stored copy of {} unreadable: {}", m.name, e.root_cause()))
+            }
         }
     }
     for (release, k) in &ledger.kernels {
@@ -213,7 +215,10 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
                         "initramfs of {release} was replaced or changed since bootkmod recorded it"
                     ),
                 ),
-                Err(e) => push(&image.path, format!("initramfs of {release} unreadable: {}", e.root_cause())),
+                Err(e) => push(
+                    &image.path,
+                    format!("initramfs of {release} unreadable: {}", e.root_cause()),
+                ),
             }
             // kmod sniffs content, but `xz -t`, rpm and people go by the name.
             for problem in misencoded_modules(root, &image.path, release) {
@@ -227,7 +232,7 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
 /// Module files of `release` in an image whose content is not what their name promises
 /// (or why the image could not be read).
 fn misencoded_modules(root: &Root, image: &Path, release: &str) -> Vec<String> {
-    let host = root.path(image);
+    let Ok(host) = root.host(image) else { return Vec::new() };
     let Ok(file) = std::fs::File::open(&host) else { return Vec::new() };
     let none = std::collections::HashSet::new();
     match ImageContents::read(

@@ -78,7 +78,7 @@ pub fn undo(
     rels: &[String],
     dry_run: bool,
 ) -> Result<Undone> {
-    let host = root.path(&record.path);
+    let host = root.host(&record.path)?;
     if !host.is_file() {
         return Ok(Undone::LeftAsIs);
     }

@@ -190,7 +190,7 @@ pub(crate) fn apply(run: &Run, ledger: &mut Ledger, names: &[String]) -> Result<
                 // A backup from before another tool's rebuild must never be restored.
                 image.backup = None;
             }
-            if root.path(&image.path).is_file() {
+            if root.host(&image.path).is_ok_and(|h| h.is_file()) {
                 image.sha256 = images::digest(root, &image.path)?;
             }
         }

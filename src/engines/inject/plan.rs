@@ -1,7 +1,7 @@
 //! The plan: the requests checked as a set, closed over `depends=`, `softdep=` and the
 //! disk-class driver, placed, their firmware found, the image's indexes regenerated.
 
-use super::early_load::early_load;
+use super::early_load::{early_load, EarlyLoad};
 use super::place::{Placer, TreeState};
 use super::read::ImageContents;
 use crate::engines::compat::{self, Verdict};
