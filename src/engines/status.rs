@@ -13,7 +13,9 @@
 
 use crate::engines::initramfs;
 use crate::model::kernel;
-use crate::model::ledger::{find_image, is_linked, store_path, Ledger, Placement};
+use crate::model::ledger::{
+    find_image, is_linked, store_path, Build, Ledger, PassedOver, Placement,
+};
 use crate::model::module::{name_from_path, sha256_hex};
 use crate::model::root::Root;
 use anyhow::{Context, Result};
@@ -32,6 +34,48 @@ pub struct ModuleStatus {
     /// The module is in the kernel's initramfs (`None`: no image).
     pub in_image: Option<bool>,
     pub reasons: Vec<String>,
+    /// The build serving the kernel (or, when none can, the newest one, whose reasons
+    /// are given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+    /// Newer builds the kernel does not take, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub passed_over: Vec<PassedOver>,
+}
+
+/// One build of a driver and the kernels it serves.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildUse {
+    pub name: String,
+    #[serde(flatten)]
+    pub build: Build,
+    /// Kernels whose tree offers this build (own `extra/` or a weak-updates link).
+    pub serves: Vec<String>,
+}
+
+/// Every build of every driver with the kernels it serves, per the ledger: builds that
+/// serve none are what `remove --unused` prunes.
+pub fn builds(ledger: &Ledger) -> Vec<BuildUse> {
+    let mut out = Vec::new();
+    for (name, record) in &ledger.modules {
+        for build in &record.builds {
+            let serves = ledger
+                .kernels
+                .iter()
+                .filter(|(k, _)| !ledger.removed_kernels.contains(*k))
+                .filter(|(_, k)| {
+                    k.modules.get(name).is_some_and(|on| {
+                        on.usable_on_boot()
+                            && on.placement != Placement::LocalFallback
+                            && record.build_on(on).is_some_and(|b| b.sha256 == build.sha256)
+                    })
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            out.push(BuildUse { name: name.clone(), build: build.clone(), serves });
+        }
+    }
+    out
 }
 
 /// One installed kernel.
@@ -73,11 +117,13 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
         let mut at_risk = Vec::new();
         for (name, m) in &ledger.modules {
             let on = recorded.and_then(|k| k.modules.get(name));
+            let build = on.and_then(|o| m.build_on(o));
             let placed = match on.map(|o| o.placement) {
-                Some(Placement::Own) => root.path(&m.path).is_file(),
-                Some(Placement::WeakUpdates) => {
-                    on.and_then(|o| o.link.as_ref()).is_some_and(|l| is_linked(root, l, &m.path))
-                }
+                Some(Placement::Own) => build.is_some_and(|b| root.path(&b.path).is_file()),
+                Some(Placement::WeakUpdates) => on
+                    .and_then(|o| o.link.as_ref())
+                    .zip(build)
+                    .is_some_and(|(l, b)| is_linked(root, l, &b.path)),
                 Some(Placement::LocalFallback) => {
                     on.and_then(|o| o.fallback.as_ref()).is_some_and(|f| root.path(f).is_file())
                 }
@@ -117,6 +163,8 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
                 placed,
                 in_image,
                 reasons,
+                build: build.cloned(),
+                passed_over: on.map(|o| o.passed_over.clone()).unwrap_or_default(),
             });
         }
         out.push(KernelStatus {
@@ -163,32 +211,32 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
     let mut push = |path: &Path, problem: String| {
         drift.push(Drift { path: path.to_path_buf(), problem });
     };
-    for m in ledger.modules.values() {
-        match std::fs::read(root.path(&m.path)) {
-            Ok(bytes) if sha256_hex(&bytes) == m.sha256 => {}
+    for (m, b) in ledger.modules.values().flat_map(|m| m.builds.iter().map(move |b| (m, b))) {
+        match std::fs::read(root.path(&b.path)) {
+            Ok(bytes) if sha256_hex(&bytes) == b.sha256 => {}
             Ok(bytes) => push(
-                &m.path,
+                &b.path,
                 format!(
                     "module {} changed: sha256 {} (installed {})",
                     m.name,
                     sha256_hex(&bytes),
-                    m.sha256
+                    b.sha256
                 ),
             ),
-            Err(e) => push(&m.path, format!("module {} unreadable: {e}", m.name)),
+            Err(e) => push(&b.path, format!("module {} unreadable: {e}", m.name)),
         }
-        let stored = store_path(&m.sha256);
+        let stored = store_path(&b.sha256);
         match std::fs::read(root.path(&stored)) {
-            Ok(bytes) if sha256_hex(&bytes) == m.sha256 => {}
+            Ok(bytes) if sha256_hex(&bytes) == b.sha256 => {}
             Ok(_) => push(&stored, format!("stored copy of {} does not match its sha256", m.name)),
             Err(e) => push(&stored, format!("stored copy of {} unreadable: {e}", m.name)),
         }
     }
     for (release, k) in &ledger.kernels {
         for (name, on) in &k.modules {
-            let Some(m) = ledger.modules.get(name) else { continue };
+            let Some(b) = ledger.modules.get(name).and_then(|m| m.build_on(on)) else { continue };
             if let (Placement::WeakUpdates, Some(link)) = (on.placement, &on.link) {
-                if !is_linked(root, link, &m.path) {
+                if !is_linked(root, link, &b.path) {
                     let now = std::fs::read_link(root.path(link))
                         .map_or("missing".to_string(), |t| format!("points to {}", t.display()));
                     push(link, format!("weak-updates link of {name} for {release} {now}"));

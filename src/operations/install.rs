@@ -35,9 +35,10 @@ use crate::model::module::{name_from_path, sha256_hex, Module, ReadOptions};
 use crate::model::root::Root;
 use crate::model::tree::ModuleTree;
 use crate::operations::atomic::AtomicSet;
+use crate::engines::choose::{self, Candidate};
 use crate::operations::ledger::{
-    create_dirs, failpoint, ImageMethod, Journal, KernelRecord, Ledger, Lock, ModuleOnKernel,
-    ModuleRecord, Placement, StateDir,
+    create_dirs, failpoint, Build, ImageMethod, Journal, KernelRecord, Ledger, Lock,
+    ModuleOnKernel, ModuleRecord, Placement, StateDir,
 };
 use crate::operations::{depmod, images, remove, weak_updates};
 use anyhow::{bail, Context, Result};
@@ -53,6 +54,9 @@ pub struct InstallOptions {
     pub images: ImageMethod,
     /// Report what would be done; change nothing under the root.
     pub dry_run: bool,
+    /// Install even when a kernel would be left worse off, or a new build would serve
+    /// no installed kernel (see [`guard`]).
+    pub force: bool,
 }
 
 /// What to do when a kernel would boot without a root-critical module.
@@ -114,6 +118,12 @@ pub struct InstallReport {
     pub policy: Policy,
     /// Nothing was changed: the report says what a real run would do.
     pub dry_run: bool,
+    /// Why the install was refused before anything changed (empty: not refused).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+    /// Every driver with all its builds, as the run leaves them (or, refused or dry,
+    /// would leave them): what the kernels' `build` digests refer to.
+    pub drivers: Vec<ModuleRecord>,
 }
 
 impl InstallReport {
@@ -161,46 +171,139 @@ pub fn install(root: &Root, files: &[PathBuf], opts: &InstallOptions) -> Result<
             .filter(|n| name_from_path(Path::new(n)) == name)
             .unwrap_or_else(|| format!("{name}.ko"));
         let sha256 = sha256_hex(&bytes);
-        if !opts.dry_run {
-            state.store(&sha256, &bytes)?;
-        }
-        given.insert(sha256.clone(), module);
+        let version = module.modinfo.get("version").map(str::to_string);
+        given.insert(sha256.clone(), (module, bytes));
         records.push(ModuleRecord {
-            path: Path::new("/lib/modules")
-                .join(&built_for)
-                .join("extra")
-                .join(&name)
-                .join(file_name),
+            builds: vec![Build {
+                path: Path::new("/lib/modules")
+                    .join(&built_for)
+                    .join("extra")
+                    .join(&name)
+                    .join(file_name),
+                sha256,
+                version,
+                origin: file.display().to_string(),
+                built_for,
+            }],
             name,
-            sha256,
-            origin: file.display().to_string(),
-            built_for,
             root_critical: opts.root_critical,
         });
     }
-    let kernels = match &lock {
-        Some(lock) if !opts.dry_run => {
-            ledger.journal =
-                Some(Journal::Install { modules: records.clone(), images: opts.images });
-            state.save(&ledger, lock)?;
-            failpoint("install:journaled");
-            apply(&state, &mut ledger, lock)?
-        }
-        _ => {
-            for record in &records {
-                ledger.modules.insert(record.name.clone(), record.clone());
-            }
-            let run = Run { state: &state, lock: None, images: opts.images, dry_run: true, given };
-            refresh(&run, &mut ledger, &[])?
-        }
+    // What every kernel would get, computed on a copy before anything is written: the
+    // dry run's report, and the real run's guard.
+    let mut planned = ledger.clone();
+    for record in &records {
+        planned.add_builds(record);
+    }
+    let dry = Run {
+        state: &state,
+        lock: None,
+        images: opts.images,
+        dry_run: true,
+        given: given.iter().map(|(sha, (m, _))| (sha.clone(), m.clone())).collect(),
     };
-    Ok(InstallReport {
-        installed: records,
-        kernels,
-        recovered,
-        policy: Policy::read(root)?,
-        dry_run: opts.dry_run,
-    })
+    let plan = refresh(&dry, &mut planned, &[])?;
+    let mut refused = guard(&ledger, &plan);
+    refused.extend(unused_builds(&ledger, &records, &plan));
+    let drivers: Vec<ModuleRecord> = planned.modules.values().cloned().collect();
+    let report = |kernels, refused| -> Result<InstallReport> {
+        Ok(InstallReport {
+            installed: records.clone(),
+            kernels,
+            recovered: recovered.clone(),
+            policy: Policy::read(root)?,
+            dry_run: opts.dry_run,
+            refused,
+            drivers: drivers.clone(),
+        })
+    };
+    if !refused.is_empty() && !opts.force {
+        return report(plan, refused);
+    }
+    let Some(lock) = lock.as_ref().filter(|_| !opts.dry_run) else {
+        return report(plan, Vec::new());
+    };
+    for (sha256, (_, bytes)) in &given {
+        state.store(sha256, bytes)?;
+    }
+    ledger.journal = Some(Journal::Install { modules: records.clone(), images: opts.images });
+    state.save(&ledger, lock)?;
+    failpoint("install:journaled");
+    let kernels = apply(&state, &mut ledger, lock)?;
+    report(kernels, Vec::new())
+}
+
+/// Never worse off: the kernels that would lose a usable build of a root-critical
+/// driver they have now (per the ledger), one message each naming kernel, driver and
+/// reason. `plan` is a dry refresh of the ledger as it would be.
+pub(crate) fn guard(before: &Ledger, plan: &[KernelOutcome]) -> Vec<String> {
+    let mut lost = Vec::new();
+    for outcome in plan {
+        let Some(had) = before.kernels.get(&outcome.release) else { continue };
+        for (name, was) in &had.modules {
+            let critical = before.modules.get(name).is_some_and(|m| m.root_critical);
+            if !critical || !was.usable_on_boot() {
+                continue;
+            }
+            let now = outcome.record.modules.get(name);
+            if now.is_some_and(ModuleOnKernel::usable_on_boot) {
+                continue;
+            }
+            let why = now
+                .and_then(|n| n.reasons.first().cloned())
+                .unwrap_or_else(|| "no build of it would be left".to_string());
+            lost.push(format!(
+                "kernel {} would lose root-critical driver {name}, which it has now: {why}",
+                outcome.release
+            ));
+        }
+    }
+    lost
+}
+
+/// An update no kernel takes: a new build of a driver that already has builds, which
+/// would serve no installed kernel. The admin asked for it to take effect; it would
+/// not (and the next dracut run would not carry it either). One message per build,
+/// with each kernel's reason.
+fn unused_builds(before: &Ledger, new: &[ModuleRecord], plan: &[KernelOutcome]) -> Vec<String> {
+    let mut unused = Vec::new();
+    for record in new.iter().filter(|r| before.modules.contains_key(&r.name)) {
+        for build in &record.builds {
+            let serves = |k: &KernelOutcome| {
+                k.record.modules.get(&record.name).is_some_and(|m| {
+                    m.build.as_deref() == Some(&build.sha256)
+                        && matches!(m.placement, Placement::Own | Placement::WeakUpdates)
+                        && m.compatible
+                })
+            };
+            if plan.is_empty() || plan.iter().any(serves) {
+                continue;
+            }
+            let reasons: Vec<String> = plan
+                .iter()
+                .map(|k| {
+                    let on = k.record.modules.get(&record.name);
+                    let why = on
+                        .and_then(|m| m.passed_over.iter().find(|p| p.sha256 == build.sha256))
+                        .map(|p| p.why.clone())
+                        .or_else(|| {
+                            on.filter(|m| m.build.as_deref() == Some(&build.sha256))
+                                .and_then(|m| m.reasons.first().cloned())
+                        })
+                        .unwrap_or_else(|| "a newer build serves it".to_string());
+                    format!("{}: {why}", k.release)
+                })
+                .collect();
+            unused.push(format!(
+                "build {} of {} would serve no installed kernel ({}); every kernel keeps \
+                 the build it has",
+                build.label(),
+                record.name,
+                reasons.join("; ")
+            ));
+        }
+    }
+    unused
 }
 
 /// Re-evaluate the ledger's modules for `kernels` (every installed kernel when empty):
@@ -239,6 +342,8 @@ pub fn refresh_kernels(
         recovered,
         policy: Policy::read(root)?,
         dry_run: opts.dry_run,
+        refused: Vec::new(),
+        drivers: ledger.modules.values().cloned().collect(),
     })
 }
 
@@ -289,6 +394,10 @@ fn describe(journal: &Journal) -> String {
             modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
         ),
         Journal::Remove { names } => format!("remove of {}", names.join(", ")),
+        Journal::RemoveBuilds { builds } => format!(
+            "remove of build(s) {}",
+            builds.iter().map(|b| format!("{} {}", b.name, b.sha256)).collect::<Vec<_>>().join(", ")
+        ),
         Journal::Refresh { .. } => "refresh".to_string(),
         Journal::ForgetKernel { release } => format!("removal of kernel {release}"),
     }
@@ -318,21 +427,17 @@ pub(crate) struct Run<'a> {
 /// Run the journaled operation to its end and clear the journal.
 fn apply(state: &StateDir, ledger: &mut Ledger, lock: &Lock) -> Result<Vec<KernelOutcome>> {
     let Some(journal) = ledger.journal.clone() else { return Ok(Vec::new()) };
-    let root = &state.root;
     let run =
         |images| Run { state, lock: Some(lock), images, dry_run: false, given: BTreeMap::new() };
     let outcomes = match journal {
         Journal::Install { modules, images } => {
+            // Builds are added beside the ones kept (issue 21); the refresh chooses.
             for record in &modules {
-                if let Some(old) = ledger.modules.get(&record.name).cloned() {
-                    if old.path != record.path {
-                        // Another file of that name was installed before: take it out.
-                        remove::take_out(root, ledger, &old)?;
-                    }
+                for build in &record.builds {
+                    place(state, build)?;
                 }
-                place(state, record)?;
                 failpoint("install:placed");
-                ledger.modules.insert(record.name.clone(), record.clone());
+                ledger.add_builds(record);
             }
             refresh(&run(images), ledger, &[])?
         }
@@ -341,8 +446,11 @@ fn apply(state: &StateDir, ledger: &mut Ledger, lock: &Lock) -> Result<Vec<Kerne
             remove::apply(&run(ImageMethod::Inject), ledger, &names)?;
             Vec::new()
         }
+        Journal::RemoveBuilds { builds } => {
+            remove::apply_builds(&run(ImageMethod::Inject), ledger, &builds)?
+        }
         Journal::ForgetKernel { release } => {
-            remove::forget_kernel_apply(root, ledger, &release)?;
+            remove::forget_kernel_apply(&state.root, ledger, &release)?;
             Vec::new()
         }
     };
@@ -351,8 +459,8 @@ fn apply(state: &StateDir, ledger: &mut Ledger, lock: &Lock) -> Result<Vec<Kerne
     Ok(outcomes)
 }
 
-/// Put a module's stored bytes at its installed path, unless already there.
-fn place(state: &StateDir, record: &ModuleRecord) -> Result<()> {
+/// Put a build's stored bytes at its installed path, unless already there.
+fn place(state: &StateDir, record: &Build) -> Result<()> {
     let host = state.root.path(&record.path);
     if std::fs::read(&host).is_ok_and(|b| sha256_hex(&b) == record.sha256) {
         return Ok(());
@@ -390,62 +498,88 @@ pub(crate) fn refresh(
         })
         .collect();
     let records: Vec<ModuleRecord> = ledger.modules.values().cloned().collect();
-    let modules = records
+    // Every build of every driver, checked together as one set on each kernel.
+    let builds: Vec<(&ModuleRecord, &Build)> =
+        records.iter().flat_map(|r| r.builds.iter().map(move |b| (r, b))).collect();
+    let modules = builds
         .iter()
-        .map(|r| match run.given.get(&r.sha256) {
+        .map(|(_, b)| match run.given.get(&b.sha256) {
             Some(m) => Ok(m.clone()),
-            None => Module::read(&root.path(&r.path), ReadOptions::default()),
+            None => Module::read(&root.path(&b.path), ReadOptions::default()),
         })
         .collect::<Result<Vec<_>>>()?;
     // (Dry run) is the installed file the recorded one? A new module is not there yet,
     // so inject cannot plan from the tree.
-    let in_place = |r: &ModuleRecord| {
-        std::fs::read(root.path(&r.path)).is_ok_and(|b| sha256_hex(&b) == r.sha256)
-    };
+    let in_place =
+        |b: &Build| std::fs::read(root.path(&b.path)).is_ok_and(|f| sha256_hex(&f) == b.sha256);
     let opts = KernelOptions { interest: Some(Interest::of(&modules)), ..Default::default() };
 
     let mut outcomes = Vec::new();
     for release in releases {
         let kernel = Kernel::read(root, &release, &opts)?;
         let verdicts = compat::check_set(&kernel, &modules);
+        let all_refusals: Vec<Vec<String>> = verdicts.iter().map(refusals).collect();
         let mut changed = false;
         let mut placed = true;
         let mut record = KernelRecord::default();
         let mut at_risk = Vec::new();
-        for (r, verdict) in records.iter().zip(&verdicts) {
-            let reasons = refusals(verdict);
+        for r in &records {
+            let mine: Vec<usize> =
+                (0..builds.len()).filter(|&i| builds[i].0.name == r.name).collect();
+            let candidates: Vec<Candidate> = mine
+                .iter()
+                .map(|&i| Candidate { build: builds[i].1, refusals: &all_refusals[i] })
+                .collect();
+            let choice = choose::choose(&release, &candidates);
+            let serving = choice.serving.map(|c| candidates[c].build);
+            let reported = choice.reported.map(|c| candidates[c]);
+            let reasons = reported.map(|c| c.refusals.to_vec()).unwrap_or_default();
             let mut entry = ModuleOnKernel {
-                compatible: verdict.compatible,
+                compatible: serving.is_some(),
                 reasons: reasons.clone(),
                 placement: Placement::Refused,
                 link: None,
                 fallback: None,
+                build: reported.map(|c| c.build.sha256.clone()),
+                passed_over: choice.passed_over,
             };
-            if r.built_for == release {
-                entry.placement =
-                    if verdict.compatible { Placement::Own } else { Placement::Refused };
-                placed &= !run.dry_run || !verdict.compatible || in_place(r);
-            } else if verdict.compatible {
-                let (link, did) = weak_updates::link(root, &r.path, &release, run.dry_run)?;
-                placed &= !run.dry_run || (!did && in_place(r));
-                // A run killed between linking and depmod left the link unindexed.
-                changed |= did || !indexed(root, &release, &link);
-                entry.placement = Placement::WeakUpdates;
-                entry.link = Some(link);
-            } else {
-                changed |= weak_updates::unlink(root, &r.path, &release, run.dry_run)?;
-                if let Ok(link) = weak_updates::link_path(&r.path, &release) {
+            // The one weak-updates link this kernel keeps for the driver, if any.
+            let keep_link = match serving {
+                Some(b) if b.built_for != release => Some(weak_updates::link_path(&b.path, &release)?),
+                _ => None,
+            };
+            for b in &r.builds {
+                let link = weak_updates::link_path(&b.path, &release)?;
+                if b.built_for != release && keep_link.as_ref() != Some(&link) {
+                    changed |= weak_updates::unlink(root, &b.path, &release, run.dry_run)?;
                     changed |= indexed(root, &release, &link);
                 }
-                if let Some(local) = local_fallback(root, &kernel, &r.name, &r.path)? {
-                    entry.placement = Placement::LocalFallback;
-                    entry.fallback = Some(local);
+                if b.built_for == release {
+                    // The tree gained the file (install) or holds it unchanged: depmod
+                    // only when its indexes do not list it yet.
+                    changed |= !indexed(root, &release, &b.path);
                 }
             }
-            if r.built_for == release {
-                // The tree gained the file (install) or holds it unchanged: depmod only
-                // when its indexes do not list it yet.
-                changed |= !indexed(root, &release, &r.path);
+            match serving {
+                Some(b) if b.built_for == release => {
+                    entry.placement = Placement::Own;
+                    placed &= !run.dry_run || in_place(b);
+                }
+                Some(b) => {
+                    let (link, did) = weak_updates::link(root, &b.path, &release, run.dry_run)?;
+                    placed &= !run.dry_run || (!did && in_place(b));
+                    // A run killed between linking and depmod left the link unindexed.
+                    changed |= did || !indexed(root, &release, &link);
+                    entry.placement = Placement::WeakUpdates;
+                    entry.link = Some(link);
+                }
+                None => {
+                    let ours: Vec<&Path> = r.builds.iter().map(|b| b.path.as_path()).collect();
+                    if let Some(local) = local_fallback(root, &kernel, &r.name, &ours)? {
+                        entry.placement = Placement::LocalFallback;
+                        entry.fallback = Some(local);
+                    }
+                }
             }
             if r.root_critical && !entry.usable_on_boot() {
                 at_risk.push(format!(
@@ -513,7 +647,7 @@ fn local_fallback(
     root: &Root,
     kernel: &Kernel,
     name: &str,
-    ours: &Path,
+    ours: &[&Path],
 ) -> Result<Option<PathBuf>> {
     let tree = ModuleTree::new(root.clone(), &kernel.release);
     let mut candidates = BTreeMap::new();
@@ -528,7 +662,7 @@ fn local_fallback(
         for f in files.into_iter().filter(|f| name_from_path(f) == name) {
             let rel = f.strip_prefix(root.dir()).map(|r| Path::new("/").join(r));
             if let Ok(target) = rel {
-                if target != ours {
+                if !ours.contains(&target.as_path()) {
                     candidates.insert(target, f);
                 }
             }

@@ -18,8 +18,10 @@
 
 use crate::model::root::Root;
 use crate::operations::atomic::remove_synced;
-use crate::operations::install::{lock_for, start, Run};
-use crate::operations::ledger::{failpoint, ImageMethod, Journal, Ledger, ModuleRecord, StateDir};
+use crate::operations::install::{lock_for, start, KernelOutcome, Run};
+use crate::operations::ledger::{
+    failpoint, Build, BuildRef, ImageMethod, Journal, Ledger, Placement, StateDir,
+};
 use crate::operations::{depmod, images, install, weak_updates};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
@@ -95,7 +97,7 @@ fn touched_kernels(root: &Root, ledger: &Ledger, names: &[String]) -> Result<Vec
     let mut touched = BTreeSet::new();
     for name in names {
         let Some(record) = ledger.modules.get(name) else { continue };
-        touched.insert(record.built_for.clone());
+        touched.extend(record.builds.iter().map(|b| b.built_for.clone()));
         touched.extend(
             ledger
                 .kernels
@@ -104,8 +106,10 @@ fn touched_kernels(root: &Root, ledger: &Ledger, names: &[String]) -> Result<Vec
                 .map(|(r, _)| r.clone()),
         );
         for release in &installed {
-            if weak_updates::unlink(root, &record.path, release, true)? {
-                touched.insert(release.clone());
+            for b in &record.builds {
+                if weak_updates::unlink(root, &b.path, release, true)? {
+                    touched.insert(release.clone());
+                }
             }
         }
     }
@@ -120,7 +124,7 @@ pub(crate) fn apply(run: &Run, ledger: &mut Ledger, names: &[String]) -> Result<
         let Some(record) = ledger.modules.get(name).cloned() else { continue };
         // Every kernel that had it gets depmod, even when a killed run already removed
         // the file or link: its indexes may still list the module.
-        changed.insert(record.built_for.clone());
+        changed.extend(record.builds.iter().map(|b| b.built_for.clone()));
         changed.extend(
             ledger
                 .kernels
@@ -128,7 +132,10 @@ pub(crate) fn apply(run: &Run, ledger: &mut Ledger, names: &[String]) -> Result<
                 .filter(|(_, k)| k.modules.contains_key(name))
                 .map(|(r, _)| r.clone()),
         );
-        changed.extend(take_out(root, ledger, &record)?);
+        for build in &record.builds {
+            changed.extend(take_out(root, &record.name, build)?);
+        }
+        forget(ledger, &record.name, None);
         failpoint("remove:unlinked");
     }
     let installed = crate::model::kernel::releases(root)?;
@@ -210,12 +217,13 @@ pub fn forget_kernel(root: &Root, release: &str, dry_run: bool) -> Result<Forget
 fn plan_forget(root: &Root, ledger: &Ledger, release: &str) -> Result<ForgetReport> {
     let mut unlinked = Vec::new();
     let mut kept = Vec::new();
-    for m in ledger.modules.values() {
-        if weak_updates::unlink(root, &m.path, release, true)? {
-            unlinked.push(weak_updates::link_path(&m.path, release)?);
+    for b in ledger.modules.values().flat_map(|m| &m.builds) {
+        let link = weak_updates::link_path(&b.path, release)?;
+        if !unlinked.contains(&link) && weak_updates::unlink(root, &b.path, release, true)? {
+            unlinked.push(link);
         }
-        if m.built_for == release {
-            kept.push(m.path.clone());
+        if b.built_for == release {
+            kept.push(b.path.clone());
         }
     }
     let record = ledger.kernels.get(release);
@@ -243,8 +251,8 @@ pub(crate) fn forget_kernel_apply(
     release: &str,
 ) -> Result<ForgetReport> {
     let mut report = plan_forget(root, ledger, release)?;
-    for m in ledger.modules.values() {
-        weak_updates::unlink(root, &m.path, release, false)?;
+    for b in ledger.modules.values().flat_map(|m| &m.builds) {
+        weak_updates::unlink(root, &b.path, release, false)?;
     }
     failpoint("remove-kernel:unlinked");
     let installed = crate::model::kernel::releases(root).unwrap_or_default();
@@ -255,8 +263,8 @@ pub(crate) fn forget_kernel_apply(
         // kernel-install runs before the package deletes the files: keep the tree's
         // indexes true to it meanwhile, and remember the kernel is going.
         // A run killed after unlinking left the indexes listing the links.
-        let listed = ledger.modules.values().any(|m| {
-            weak_updates::link_path(&m.path, release)
+        let listed = ledger.modules.values().flat_map(|m| &m.builds).any(|b| {
+            weak_updates::link_path(&b.path, release)
                 .is_ok_and(|l| install::indexed(root, release, &l))
         });
         if !report.unlinked.is_empty() || listed {
@@ -275,13 +283,9 @@ pub(crate) fn forget_kernel_apply(
     Ok(report)
 }
 
-/// Unlink a module everywhere, delete its file, drop it from the ledger. Returns the
-/// kernels whose trees changed (depmod is the caller's).
-pub(crate) fn take_out(
-    root: &Root,
-    ledger: &mut Ledger,
-    record: &ModuleRecord,
-) -> Result<BTreeSet<String>> {
+/// Unlink one build everywhere (only links that point at it), delete its file. Returns
+/// the kernels whose trees changed (depmod and the ledger are the caller's).
+pub(crate) fn take_out(root: &Root, name: &str, build: &Build) -> Result<BTreeSet<String>> {
     let mut changed = BTreeSet::new();
     let lib_modules = root.path("/lib/modules");
     let releases: Vec<String> = std::fs::read_dir(&lib_modules)
@@ -290,26 +294,205 @@ pub(crate) fn take_out(
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     for release in &releases {
-        if weak_updates::unlink(root, &record.path, release, false)? {
+        let link = weak_updates::link_path(&build.path, release)?;
+        // Another build of the driver may hold the same link name: leave that one.
+        let foreign = std::fs::read_link(root.path(&link)).is_ok_and(|t| t != build.path);
+        if !foreign && weak_updates::unlink(root, &build.path, release, false)? {
             changed.insert(release.clone());
         }
     }
-    let host = root.path(&record.path);
+    let host = root.path(&build.path);
     if std::fs::symlink_metadata(&host).is_ok() {
         remove_synced(&host)?;
-        changed.insert(record.built_for.clone());
+        changed.insert(build.built_for.clone());
     }
     // extra/<name>/ was bootkmod's; leave it only if something else lives there.
     if let Some(dir) = host.parent() {
-        if dir.file_name().is_some_and(|n| n.to_string_lossy() == record.name)
+        if dir.file_name().is_some_and(|n| n.to_string_lossy() == name)
             && dir.parent().and_then(Path::file_name).is_some_and(|n| n == "extra")
         {
             let _ = std::fs::remove_dir(dir);
         }
     }
-    ledger.modules.remove(&record.name);
-    for kernel in ledger.kernels.values_mut() {
-        kernel.modules.remove(&record.name);
-    }
     Ok(changed)
+}
+
+/// Drop a driver (`sha256` `None`) or one build of it from the ledger; a driver left
+/// without builds goes, with its per-kernel entries.
+fn forget(ledger: &mut Ledger, name: &str, sha256: Option<&str>) {
+    if let (Some(record), Some(sha)) = (ledger.modules.get_mut(name), sha256) {
+        record.builds.retain(|b| b.sha256 != sha);
+        if !record.builds.is_empty() {
+            return;
+        }
+    }
+    ledger.modules.remove(name);
+    for kernel in ledger.kernels.values_mut() {
+        kernel.modules.remove(name);
+    }
+}
+
+/// Which build(s) of a driver `remove --version/--sha256` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildSelector {
+    /// Every build whose `version=` is this.
+    Version(String),
+    /// The build whose sha256 is this, or starts with it (unambiguously).
+    Sha256(String),
+    /// Every build no kernel uses (`remove --unused`).
+    Unused,
+}
+
+/// What removing builds did or, refused or in a dry run, would do.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RemoveBuildsReport {
+    pub removed: Vec<BuildRef>,
+    /// Per kernel, which build serves it afterwards (as install reports it).
+    pub kernels: Vec<KernelOutcome>,
+    /// Kernels whose indexes were (or would be) rewritten.
+    pub depmod: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<String>,
+    pub dry_run: bool,
+    /// Why the removal was refused before anything changed (empty: not refused).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+}
+
+/// The builds `selector` names among `names`' (every driver when empty), checked.
+fn select_builds(
+    ledger: &Ledger,
+    names: &[String],
+    selector: &BuildSelector,
+) -> Result<Vec<BuildRef>> {
+    let mut out = Vec::new();
+    let names: Vec<&String> =
+        if names.is_empty() { ledger.modules.keys().collect() } else { names.iter().collect() };
+    for name in names {
+        let Some(record) = ledger.modules.get(name) else {
+            bail!("{name} is not installed by bootkmod (see bootkmod status)");
+        };
+        let serving: BTreeSet<&str> = ledger
+            .kernels
+            .iter()
+            .filter(|(k, _)| !ledger.removed_kernels.contains(*k))
+            .filter_map(|(_, k)| k.modules.get(name))
+            .filter(|on| on.usable_on_boot() && on.placement != Placement::LocalFallback)
+            .filter_map(|on| record.build_on(on))
+            .map(|b| b.sha256.as_str())
+            .collect();
+        let picked: Vec<&Build> = match selector {
+            BuildSelector::Version(v) => {
+                record.builds.iter().filter(|b| b.version.as_deref() == Some(v)).collect()
+            }
+            BuildSelector::Sha256(s) => {
+                record.builds.iter().filter(|b| b.sha256.starts_with(s.as_str())).collect()
+            }
+            BuildSelector::Unused => {
+                record.builds.iter().filter(|b| !serving.contains(b.sha256.as_str())).collect()
+            }
+        };
+        let labels = || record.builds.iter().map(Build::label).collect::<Vec<_>>().join(", ");
+        match (selector, picked.len()) {
+            (BuildSelector::Unused, _) => {}
+            (_, 0) => bail!("{name} has no such build; its builds: {}", labels()),
+            (BuildSelector::Sha256(s), n) if n > 1 => {
+                bail!("sha256 {s} names {n} builds of {name}; give more digits ({})", labels())
+            }
+            _ => {}
+        }
+        out.extend(picked.into_iter().map(|b| BuildRef { name: name.clone(), sha256: b.sha256.clone() }));
+    }
+    Ok(out)
+}
+
+/// Remove the builds `selector` names (of `names`, or of every driver for
+/// [`BuildSelector::Unused`]) and choose again per kernel among the builds left.
+/// Refused before anything changes when a kernel would lose a usable build of a
+/// root-critical driver (unless `force`).
+pub fn remove_builds(
+    root: &Root,
+    names: &[String],
+    selector: &BuildSelector,
+    force: bool,
+    dry_run: bool,
+) -> Result<RemoveBuildsReport> {
+    let state = StateDir::new(root);
+    let lock = lock_for(&state, dry_run)?;
+    let mut ledger = state.load()?;
+    let recovered = start(&state, &mut ledger, lock.as_ref(), dry_run)?;
+    let names: Vec<String> = names.iter().map(|n| n.replace('-', "_")).collect();
+    let removed = select_builds(&ledger, &names, selector)?;
+    let mut planned = ledger.clone();
+    for b in &removed {
+        forget(&mut planned, &b.name, Some(&b.sha256));
+    }
+    let dry = Run {
+        state: &state,
+        lock: None,
+        images: ImageMethod::Inject,
+        dry_run: true,
+        given: Default::default(),
+    };
+    let plan = if removed.is_empty() { Vec::new() } else { install::refresh(&dry, &mut planned, &[])? };
+    let refused = install::guard(&ledger, &plan);
+    let mut report = RemoveBuildsReport {
+        removed: removed.clone(),
+        depmod: plan.iter().filter(|k| k.depmod).map(|k| k.release.clone()).collect(),
+        kernels: plan,
+        recovered,
+        dry_run,
+        refused: Vec::new(),
+    };
+    if !refused.is_empty() && !force {
+        report.refused = refused;
+        return Ok(report);
+    }
+    let Some(lock) = lock.filter(|_| !dry_run && !removed.is_empty()) else { return Ok(report) };
+    ledger.journal = Some(Journal::RemoveBuilds { builds: removed });
+    state.save(&ledger, &lock)?;
+    failpoint("remove:journaled");
+    let run = Run {
+        state: &state,
+        lock: Some(&lock),
+        images: ImageMethod::Inject,
+        dry_run: false,
+        given: Default::default(),
+    };
+    report.kernels = apply_builds(&run, &mut ledger, report.removed.as_slice())?;
+    report.depmod = report.kernels.iter().filter(|k| k.depmod).map(|k| k.release.clone()).collect();
+    ledger.journal = None;
+    state.save(&ledger, &lock)?;
+    Ok(report)
+}
+
+/// The journaled part of [`remove_builds`]: idempotent. Takes each build's links and
+/// file out, forgets it, then refreshes every kernel: the builds left are chosen
+/// again, depmod runs where the tree changed, and images follow by injection.
+pub(crate) fn apply_builds(
+    run: &Run,
+    ledger: &mut Ledger,
+    builds: &[BuildRef],
+) -> Result<Vec<KernelOutcome>> {
+    let root = &run.state.root;
+    let mut changed = BTreeSet::new();
+    for r in builds {
+        let Some(build) = ledger.modules.get(&r.name).and_then(|m| m.build(&r.sha256)).cloned()
+        else {
+            continue;
+        };
+        changed.extend(take_out(root, &r.name, &build)?);
+        forget(ledger, &r.name, Some(&r.sha256));
+    }
+    failpoint("remove:unlinked");
+    let installed = crate::model::kernel::releases(root)?;
+    for release in changed.iter().filter(|r| installed.contains(*r)) {
+        depmod::run(root, release, false)
+            .with_context(|| format!("depmod for kernel {release}"))?;
+    }
+    let mut outcomes = install::refresh(run, ledger, &[])?;
+    for k in &mut outcomes {
+        k.depmod |= changed.contains(&k.release);
+    }
+    Ok(outcomes)
 }
