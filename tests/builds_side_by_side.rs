@@ -37,16 +37,21 @@ fn sha_of(path: &Path) -> String {
 fn in_image(image: &Path, release: &str, name: &str) -> Option<(String, String)> {
     for prefix in ["usr/lib/modules", "lib/modules"] {
         let tree = format!("{prefix}/{release}");
-        let dep = run(bootkmod().args(["initramfs", "cat"]).arg(image).arg(format!("{tree}/modules.dep")));
+        let dep = run(bootkmod()
+            .args(["initramfs", "cat"])
+            .arg(image)
+            .arg(format!("{tree}/modules.dep")));
         if !dep.status.success() {
             continue;
         }
         let text = String::from_utf8_lossy(&dep.stdout).into_owned();
         let rel = text.lines().find_map(|l| {
             let path = l.split(':').next()?;
-            (bootkmod::model::module::name_from_path(Path::new(path)) == name).then(|| path.to_string())
+            (bootkmod::model::module::name_from_path(Path::new(path)) == name)
+                .then(|| path.to_string())
         })?;
-        let file = run(bootkmod().args(["initramfs", "cat"]).arg(image).arg(format!("{tree}/{rel}")));
+        let file =
+            run(bootkmod().args(["initramfs", "cat"]).arg(image).arg(format!("{tree}/{rel}")));
         assert!(file.status.success(), "{rel} listed but not in {}", image.display());
         return Some((rel, bootkmod::model::module::sha256_hex(&file.stdout)));
     }
@@ -204,7 +209,8 @@ fn the_newest_build_that_fits_wins_and_removing_it_falls_back() {
     let out = bk(&root, &["--json", "install", "--root-critical"], &[&old]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     // The dry run shows the per-kernel choice; the real run does it.
-    let planned = json_of(&bk(&root, &["--json", "install", "--root-critical", "--dry-run"], &[&new]));
+    let planned =
+        json_of(&bk(&root, &["--json", "install", "--root-critical", "--dry-run"], &[&new]));
     let out = bk(&root, &["--json", "install", "--root-critical"], &[&new]);
     let report = json_of(&out);
     assert_eq!(out.status.code(), Some(0), "{report:#}");

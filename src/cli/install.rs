@@ -155,7 +155,11 @@ fn render(out: &mut impl Write, report: &InstallReport) -> std::io::Result<()> {
             }
             for p in &m.passed_over {
                 let v = p.version.as_deref().unwrap_or("without version");
-                writeln!(out, "{:<28}   not taken: {v} (built for {}): {}", "", p.built_for, p.why)?;
+                writeln!(
+                    out,
+                    "{:<28}   not taken: {v} (built for {}): {}",
+                    "", p.built_for, p.why
+                )?;
             }
         }
         if k.depmod {

@@ -5,7 +5,9 @@
 
 use super::{print_json, Context};
 use crate::exit::Exit;
-use crate::operations::remove::{self, BuildSelector, ForgetReport, RemoveBuildsReport, RemoveReport};
+use crate::operations::remove::{
+    self, BuildSelector, ForgetReport, RemoveBuildsReport, RemoveReport,
+};
 use anyhow::Result;
 
 /// Remove drivers bootkmod installed: unlink from weak-updates/, delete from extra/,

@@ -137,8 +137,10 @@ mod tests {
     fn the_kernels_own_build_outranks_a_newer_link() {
         let own = build("a", Some("1.0"), "k1");
         let newer = build("b", Some("2.0"), "k2");
-        let c =
-            [Candidate { build: &own, refusals: NONE }, Candidate { build: &newer, refusals: NONE }];
+        let c = [
+            Candidate { build: &own, refusals: NONE },
+            Candidate { build: &newer, refusals: NONE },
+        ];
         let choice = choose("k1", &c);
         assert_eq!(choice.serving, Some(0));
         assert!(choice.passed_over[0].why.contains("own build 1.0 in extra/"));
@@ -158,7 +160,10 @@ mod tests {
         assert_eq!(choice.reported, Some(1), "a version beats none");
         assert_eq!(choice.passed_over.len(), 1);
         assert_eq!(choice.passed_over[0].sha256, "a");
-        assert_eq!(choose("k3", &[]), Choice { serving: None, reported: None, passed_over: vec![] });
+        assert_eq!(
+            choose("k3", &[]),
+            Choice { serving: None, reported: None, passed_over: vec![] }
+        );
     }
 
     #[test]

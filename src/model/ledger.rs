@@ -69,7 +69,11 @@ pub struct Build {
 #[derive(serde::Deserialize)]
 #[serde(untagged)]
 pub enum ModuleRecordOnDisk {
-    Builds { name: String, root_critical: bool, builds: Vec<Build> },
+    Builds {
+        name: String,
+        root_critical: bool,
+        builds: Vec<Build>,
+    },
     Single {
         name: String,
         sha256: String,
@@ -386,8 +390,11 @@ mod tests {
         let again: Ledger = serde_json::from_slice(&serde_json::to_vec(&ledger).unwrap()).unwrap();
         assert_eq!(again, ledger);
         // A format this bootkmod does not know is refused.
-        std::fs::write(root.path(STATE_DIR).join(LEDGER_FILE), r#"{"version":9,"modules":{},"kernels":{}}"#)
-            .unwrap();
+        std::fs::write(
+            root.path(STATE_DIR).join(LEDGER_FILE),
+            r#"{"version":9,"modules":{},"kernels":{}}"#,
+        )
+        .unwrap();
         assert!(format!("{:#}", load(&root).unwrap_err()).contains("ledger format 9"));
     }
 
@@ -411,7 +418,8 @@ mod tests {
         assert_eq!(ledger.modules["d"].builds.len(), 2);
         assert!(ledger.modules["d"].root_critical, "an install without the flag keeps it");
         ledger.add_builds(&record(build("c", "k1"), false));
-        let shas: Vec<&str> = ledger.modules["d"].builds.iter().map(|b| b.sha256.as_str()).collect();
+        let shas: Vec<&str> =
+            ledger.modules["d"].builds.iter().map(|b| b.sha256.as_str()).collect();
         assert_eq!(shas, ["b", "c"], "same path: the new file replaces the old build");
     }
 

@@ -29,13 +29,13 @@
 //! [`Policy`] decides whether a kernel that would boot without a root-critical module
 //! is an error (`refuse`, the default) or a warning.
 
+use crate::engines::choose::{self, Candidate};
 use crate::engines::compat::{self, Outcome, Verdict};
 use crate::model::kernel::{self, Interest, Kernel, KernelOptions};
 use crate::model::module::{name_from_path, sha256_hex, Module, ReadOptions};
 use crate::model::root::Root;
 use crate::model::tree::ModuleTree;
 use crate::operations::atomic::AtomicSet;
-use crate::engines::choose::{self, Candidate};
 use crate::operations::ledger::{
     create_dirs, failpoint, Build, ImageMethod, Journal, KernelRecord, Ledger, Lock,
     ModuleOnKernel, ModuleRecord, Placement, StateDir,
@@ -396,7 +396,11 @@ fn describe(journal: &Journal) -> String {
         Journal::Remove { names } => format!("remove of {}", names.join(", ")),
         Journal::RemoveBuilds { builds } => format!(
             "remove of build(s) {}",
-            builds.iter().map(|b| format!("{} {}", b.name, b.sha256)).collect::<Vec<_>>().join(", ")
+            builds
+                .iter()
+                .map(|b| format!("{} {}", b.name, b.sha256))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Journal::Refresh { .. } => "refresh".to_string(),
         Journal::ForgetKernel { release } => format!("removal of kernel {release}"),
@@ -545,7 +549,9 @@ pub(crate) fn refresh(
             };
             // The one weak-updates link this kernel keeps for the driver, if any.
             let keep_link = match serving {
-                Some(b) if b.built_for != release => Some(weak_updates::link_path(&b.path, &release)?),
+                Some(b) if b.built_for != release => {
+                    Some(weak_updates::link_path(&b.path, &release)?)
+                }
                 _ => None,
             };
             for b in &r.builds {

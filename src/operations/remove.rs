@@ -401,7 +401,9 @@ fn select_builds(
             }
             _ => {}
         }
-        out.extend(picked.into_iter().map(|b| BuildRef { name: name.clone(), sha256: b.sha256.clone() }));
+        out.extend(
+            picked.into_iter().map(|b| BuildRef { name: name.clone(), sha256: b.sha256.clone() }),
+        );
     }
     Ok(out)
 }
@@ -434,7 +436,8 @@ pub fn remove_builds(
         dry_run: true,
         given: Default::default(),
     };
-    let plan = if removed.is_empty() { Vec::new() } else { install::refresh(&dry, &mut planned, &[])? };
+    let plan =
+        if removed.is_empty() { Vec::new() } else { install::refresh(&dry, &mut planned, &[])? };
     let refused = install::guard(&ledger, &plan);
     let mut report = RemoveBuildsReport {
         removed: removed.clone(),

@@ -52,7 +52,11 @@ pub fn other_build_of(
     break_layout: bool,
 ) -> PathBuf {
     let mut bytes = std::fs::read(module).unwrap();
-    patch_modinfo(&mut bytes, &format!("version={}", versions.0), &format!("version={}", versions.1));
+    patch_modinfo(
+        &mut bytes,
+        &format!("version={}", versions.0),
+        &format!("version={}", versions.1),
+    );
     if let Some(release) = release {
         patch_modinfo(&mut bytes, &format!("vermagic={kver} "), &format!("vermagic={release} "));
     }
