@@ -18,7 +18,9 @@ check() {
     local root
     root="$(bootkmod_root)"
     require_binaries "${BOOTKMOD:-bootkmod}" || return 1
-    [[ -f "$root/var/lib/bootkmod/ledger.json" ]] || return 255
+    # bootkmod resolves inside the root; a test of "$root/var/..." here would follow the
+    # target's links on the host.
+    "${BOOTKMOD:-bootkmod}" --root "$root" status --installed || return 255
     return 0
 }
 

@@ -86,7 +86,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<Exit> {
         None => kernel::releases(&ctx.root)?,
     };
     if releases.is_empty() {
-        anyhow::bail!("no kernels under {}", ctx.root.path("/lib/modules").display());
+        anyhow::bail!("no kernels under {}", ctx.root.shown("/lib/modules").display());
     }
     let opts = KernelOptions {
         symvers: args.symvers.clone(),

@@ -305,7 +305,7 @@ fn run_inspect(ctx: &Context, args: InspectArgs) -> Result<Exit> {
 }
 
 fn apply(ctx: &Context, args: ApplyArgs) -> Result<Exit> {
-    let inspection = inspect_medium(&args.dud, &args.kver, &args.arch, None)?;
+    let inspection = inspect_medium(&ctx.root.confine(&args.dud)?, &args.kver, &args.arch, None)?;
     if !inspection.takes_anything() {
         eprintln!(
             "bootkmod: {}: nothing on it is for kernel {} on {} (see `bootkmod dud inspect`)",
@@ -323,7 +323,7 @@ fn apply(ctx: &Context, args: ApplyArgs) -> Result<Exit> {
     let mut out = std::io::stdout().lock();
     let verb = if report.dry_run { "would write" } else { "wrote" };
     for f in &report.files {
-        writeln!(out, "{verb} {}{f}", ctx.root.dir().display().to_string().trim_end_matches('/'))?;
+        writeln!(out, "{verb} {}", ctx.root.shown(f).display())?;
     }
     writeln!(out, "indexes: {}", report.indexes)?;
     Ok(Exit::Ok)

@@ -65,7 +65,7 @@ pub fn run(ctx: &Context, args: InfoArgs) -> Result<Exit> {
         } else if let Some(found) = tree.find(arg)? {
             paths.push(found);
         } else {
-            eprintln!("bootkmod: module {arg} not found in {}", tree.host_dir().display());
+            eprintln!("bootkmod: module {arg} not found in {}", tree.dir().display());
             status = status.worst(Exit::Negative);
         }
     }

@@ -93,9 +93,13 @@ pub fn run(ctx: &Context, args: InitramfsArgs) -> Result<Exit> {
 }
 
 fn run_command(ctx: &Context, args: InitramfsArgs) -> Result<Exit> {
+    // A path under --root names the target's file: resolved inside the root (an
+    // extraction into ROOT/tmp/x never follows the target's links onto the host).
+    let at = |p: PathBuf| ctx.root.confine(&p);
     match args.command {
-        InitramfsCommand::Ls { image, long, segments } => ls(ctx, &image, long, segments),
+        InitramfsCommand::Ls { image, long, segments } => ls(ctx, &at(image)?, long, segments),
         InitramfsCommand::Extract { image, dir, paths, devices } => {
+            let (image, dir) = (at(image)?, at(dir)?);
             let report = extract::extract(&image, &dir, &ExtractOptions { paths, devices })?;
             if ctx.json {
                 print_json(&report)?;
@@ -108,12 +112,14 @@ fn run_command(ctx: &Context, args: InitramfsArgs) -> Result<Exit> {
             Ok(Exit::Ok)
         }
         InitramfsCommand::Cat { image, path } => {
+            let image = at(image)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             extract::cat(&image, &path, &mut out)?;
             Ok(Exit::Ok)
         }
         InitramfsCommand::KernelVersions { image } => {
+            let image = at(image)?;
             let (view, _) = read_view(open(&image)?, &image.display().to_string())?;
             let trees = kernel_versions(&view);
             if ctx.json {
@@ -126,6 +132,7 @@ fn run_command(ctx: &Context, args: InitramfsArgs) -> Result<Exit> {
             Ok(if trees.is_empty() { Exit::Negative } else { Exit::Ok })
         }
         InitramfsCommand::Create { dir, image, compress, level, crc, mtime } => {
+            let (dir, image) = (at(dir)?, at(image)?);
             let kind = parse_compression(&compress)?;
             let options = PackOptions {
                 compression: EncoderSettings { level, ..EncoderSettings::new(kind) },

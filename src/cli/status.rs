@@ -31,9 +31,19 @@ pub struct StatusArgs {
     /// kernel when a root-critical driver is unusable, unless policy=warn.
     #[arg(long, requires = "kver")]
     pub dracut: bool,
+
+    /// Print nothing; exit 0 when bootkmod has installed anything under the root (its
+    /// ledger exists), 3 when not. For the kernel-install plugin and the dracut module,
+    /// which must not look at ROOT/var/lib/bootkmod themselves: the shell would follow
+    /// the target's links on the host.
+    #[arg(long, conflicts_with_all = ["kver", "dracut"])]
+    pub installed: bool,
 }
 
 pub fn run(ctx: &Context, args: StatusArgs) -> Result<Exit> {
+    if args.installed {
+        return Ok(if ledger::exists(&ctx.root)? { Exit::Ok } else { Exit::Negative });
+    }
     let ledger = ledger::load(&ctx.root)?;
     if args.dracut {
         let kver = args.kver.as_deref().unwrap_or_default();
@@ -43,7 +53,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> Result<Exit> {
     if let Some(k) = &args.kver {
         kernels.retain(|s| &s.release == k);
         if kernels.is_empty() {
-            anyhow::bail!("no kernel {k} under {}", ctx.root.path("/lib/modules").display());
+            anyhow::bail!("no kernel {k} under {}", ctx.root.shown("/lib/modules").display());
         }
     }
     let at_risk = kernels.iter().any(|k| !k.at_risk.is_empty());
@@ -99,7 +109,8 @@ fn dracut_list(ctx: &Context, ledger: &ledger::Ledger, kver: &str) -> Result<Exi
             (_, _, _, Some(path)) => (path.clone(), path),
             _ => anyhow::bail!("ledger: driver {name} on kernel {kver} names no build it has"),
         };
-        writeln!(out, "{name}\t{}\t{}", ctx.root.path(&source).display(), dest.display())?;
+        // dracut opens SOURCE on the host: the file the target sees, resolved inside it.
+        writeln!(out, "{name}\t{}\t{}", ctx.root.host(&source)?.display(), dest.display())?;
     }
     if !refusals.is_empty() {
         let text = refusals.join("; ");

@@ -107,8 +107,7 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
         let image_record = recorded.and_then(|k| k.image.as_ref());
         let image_unchanged = match (&image, image_record) {
             (Some(p), Some(rec)) if &rec.path == p => {
-                let bytes = std::fs::read(root.path(p))
-                    .with_context(|| format!("{}: cannot read", root.path(p).display()))?;
+                let bytes = root.read(p)?;
                 Some(sha256_hex(&bytes) == rec.sha256)
             }
             _ => None,
@@ -119,14 +118,16 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
             let on = recorded.and_then(|k| k.modules.get(name));
             let build = on.and_then(|o| m.build_on(o));
             let placed = match on.map(|o| o.placement) {
-                Some(Placement::Own) => build.is_some_and(|b| root.path(&b.path).is_file()),
+                Some(Placement::Own) => {
+                    build.is_some_and(|b| root.host(&b.path).is_ok_and(|h| h.is_file()))
+                }
                 Some(Placement::WeakUpdates) => on
                     .and_then(|o| o.link.as_ref())
                     .zip(build)
                     .is_some_and(|(l, b)| is_linked(root, l, &b.path)),
-                Some(Placement::LocalFallback) => {
-                    on.and_then(|o| o.fallback.as_ref()).is_some_and(|f| root.path(f).is_file())
-                }
+                Some(Placement::LocalFallback) => on
+                    .and_then(|o| o.fallback.as_ref())
+                    .is_some_and(|f| root.host(f).is_ok_and(|h| h.is_file())),
                 Some(Placement::Refused) | None => false,
             };
             let in_image = image_files.as_ref().map(|files| files.iter().any(|f| f == name));
@@ -181,7 +182,7 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
 
 /// Names of the modules of `release` inside an image.
 fn image_module_names(root: &Root, image: &Path, release: &str) -> Result<Vec<String>> {
-    let host = root.path(image);
+    let host = root.host(image)?;
     let file =
         std::fs::File::open(&host).with_context(|| format!("{}: cannot open", host.display()))?;
     let (view, _) =
@@ -212,7 +213,7 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
         drift.push(Drift { path: path.to_path_buf(), problem });
     };
     for (m, b) in ledger.modules.values().flat_map(|m| m.builds.iter().map(move |b| (m, b))) {
-        match std::fs::read(root.path(&b.path)) {
+        match root.read(&b.path) {
             Ok(bytes) if sha256_hex(&bytes) == b.sha256 => {}
             Ok(bytes) => push(
                 &b.path,
@@ -223,13 +224,15 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
                     b.sha256
                 ),
             ),
-            Err(e) => push(&b.path, format!("module {} unreadable: {e}", m.name)),
+            Err(e) => push(&b.path, format!("module {} unreadable: {}", m.name, e.root_cause())),
         }
         let stored = store_path(&b.sha256);
-        match std::fs::read(root.path(&stored)) {
+        match root.read(&stored) {
             Ok(bytes) if sha256_hex(&bytes) == b.sha256 => {}
             Ok(_) => push(&stored, format!("stored copy of {} does not match its sha256", m.name)),
-            Err(e) => push(&stored, format!("stored copy of {} unreadable: {e}", m.name)),
+            Err(e) => {
+                push(&stored, format!("stored copy of {} unreadable: {}", m.name, e.root_cause()))
+            }
         }
     }
     for (release, k) in &ledger.kernels {
@@ -237,14 +240,15 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
             let Some(b) = ledger.modules.get(name).and_then(|m| m.build_on(on)) else { continue };
             if let (Placement::WeakUpdates, Some(link)) = (on.placement, &on.link) {
                 if !is_linked(root, link, &b.path) {
-                    let now = std::fs::read_link(root.path(link))
+                    let now = root
+                        .read_link(link)
                         .map_or("missing".to_string(), |t| format!("points to {}", t.display()));
                     push(link, format!("weak-updates link of {name} for {release} {now}"));
                 }
             }
         }
         if let Some(image) = &k.image {
-            match std::fs::read(root.path(&image.path)) {
+            match root.read(&image.path) {
                 Ok(bytes) if sha256_hex(&bytes) == image.sha256 => {}
                 Ok(_) => push(
                     &image.path,
@@ -252,7 +256,10 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
                         "initramfs of {release} was replaced or changed since bootkmod recorded it"
                     ),
                 ),
-                Err(e) => push(&image.path, format!("initramfs of {release} unreadable: {e}")),
+                Err(e) => push(
+                    &image.path,
+                    format!("initramfs of {release} unreadable: {}", e.root_cause()),
+                ),
             }
         }
     }

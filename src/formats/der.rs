@@ -1,7 +1,8 @@
 //! A minimal, bounds-checked DER reader, and the two things bootkmod reads with it:
-//! the signer of a PKCS#7 module signature (in [`super::signature`]) and the identity of
-//! an X.509 certificate ([`CertIdentity`]: issuer common name and serial number), which
-//! is how a module signature names its key. Certificates may be given as DER or PEM.
+//! the signer of a PKCS#7 module signature (in `formats::signature`, which builds on
+//! this module, never the other way round) and the identity of an X.509 certificate
+//! ([`CertIdentity`]: issuer common name and serial number), which is how a module
+//! signature names its key. Certificates may be given as DER or PEM.
 //!
 //! Only definite-length, single-byte-tag DER is accepted: that is all module signatures
 //! and signing certificates use. Every read is checked; hostile input is an error.
@@ -98,7 +99,13 @@ pub struct CertIdentity {
 }
 
 fn serialize_hex<S: serde::Serializer>(k: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&super::signature::key_id_hex(k))
+    s.serialize_str(&key_id_hex(k))
+}
+
+/// `AA:BB:CC` upper-case hex, the form `modinfo` prints a signature's key id in (a
+/// certificate serial or subject key identifier).
+pub fn key_id_hex(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
 /// Read the identity of an X.509 certificate given as DER or PEM.

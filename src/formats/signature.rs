@@ -7,6 +7,8 @@
 //! zero and the signer, key id and hash algorithm are inside the PKCS#7 `SignedData`,
 //! read with the bounds-checked DER walker in [`super::der`].
 
+/// How key ids are shown; owned by [`super::der`], which certificates need it for too.
+pub use super::der::key_id_hex;
 use super::der::{
     common_name, der_children, der_next, expect, serial_bytes, INTEGER, OID, SEQUENCE, SET,
 };
@@ -54,11 +56,6 @@ pub struct Signature {
 
 fn serialize_key_id<S: serde::Serializer>(k: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&key_id_hex(k))
-}
-
-/// `AA:BB:CC` upper-case hex, the form `modinfo` prints.
-pub fn key_id_hex(key: &[u8]) -> String {
-    key.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
 /// Names of the kernel's `enum hash_algo` values used by the legacy (non-PKCS#7) layout.

@@ -163,9 +163,9 @@ impl Kernel {
             bail!("invalid kernel release {release:?}");
         }
         let tree = ModuleTree::new(root.clone(), release);
-        let tree_dir = tree.host_dir();
+        let tree_dir = tree.host_dir()?;
         let symvers_path = match &opts.symvers {
-            Some(p) => Some(p.clone()),
+            Some(p) => Some(root.confine(p)?),
             None => find_symvers(root, release),
         };
         if symvers_path.is_none() && !tree_dir.is_dir() {
@@ -177,7 +177,7 @@ impl Kernel {
         let (exports, modules) = read_exports(&tree, symvers_path.as_deref(), opts)?;
 
         let reference = reference_module(&tree)?;
-        let config = read_optional(&root.path(format!("/boot/config-{release}")))?
+        let config = read_optional(&root.host(format!("/boot/config-{release}"))?)?
             .map(|b| KernelConfig::parse_only(&b, CONFIG_OPTIONS));
         let enabled = |name: &str| config.as_ref().map(|c| c.enabled(name));
         let modversions = enabled("CONFIG_MODVERSIONS")
@@ -262,7 +262,7 @@ fn read_exports(
     symvers_path: Option<&Path>,
     opts: &KernelOptions,
 ) -> Result<(HashMap<String, KernelExport>, HashSet<String>)> {
-    let tree_dir = tree.host_dir();
+    let tree_dir = tree.host_dir()?;
     let symvers_text = match symvers_path {
         Some(path) => read_symvers_text(path)?,
         None => Vec::new(),
@@ -309,7 +309,7 @@ fn read_exports(
             entries.iter().filter(|e| !e.is_vmlinux()).map(|e| e.module).collect();
         owners.extend(all_owners);
         for path in owners {
-            let base = tree_dir.join("kernel").join(path);
+            let base = tree.root.host(tree.dir().join("kernel").join(path))?;
             let exists = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().any(|ext| {
                 let mut p = base.clone().into_os_string();
                 p.push(ext);
@@ -323,22 +323,14 @@ fn read_exports(
         for entry in std::fs::read_dir(&tree_dir).into_iter().flatten().flatten() {
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if is_dir && entry.file_name() != "kernel" {
-                walk(&entry.path(), &mut to_read)
+                walk(&tree.root, &entry.path(), &mut to_read)
                     .with_context(|| format!("reading {}", entry.path().display()))?;
             }
         }
     }
+    // weak-updates/ links (absolute paths of the target system) were collected as the
+    // files they name inside the root.
     modules.extend(to_read.iter().map(|p| name_from_path(p)));
-    // weak-updates/ links are absolute paths of the target system: read what they
-    // point to inside the root, not on the host.
-    let root = &tree.root;
-    let to_read = to_read
-        .into_iter()
-        .map(|p| match (p.is_symlink(), p.strip_prefix(root.dir())) {
-            (true, Ok(rel)) => root.resolve(Path::new("/").join(rel)).map(|t| root.path(t)),
-            _ => Ok(p),
-        })
-        .collect::<Result<Vec<_>>>()?;
     // Built into the image: present as far as depends= and modprobe are concerned.
     let builtin = read_optional(&tree_dir.join("modules.builtin"))?.unwrap_or_default();
     modules.extend(
@@ -417,12 +409,28 @@ pub fn release_version(release: &str) -> Option<(u32, u32)> {
 
 /// Every kernel release under `root` that has a module tree.
 pub fn releases(root: &Root) -> Result<Vec<String>> {
-    let dir = root.path("/lib/modules");
-    let mut out: Vec<String> = std::fs::read_dir(&dir)
-        .with_context(|| format!("{}: cannot list kernels", dir.display()))?
+    let dir = root.host("/lib/modules")?;
+    // A tree reached only through links that point outside the root is no kernel of
+    // this root: each candidate is resolved inside it, never on the host.
+    let is_tree = |name: &str| {
+        let tree = Path::new("/lib/modules").join(name);
+        root.host(tree.join("kernel")).is_ok_and(|p| p.is_dir())
+            || root.host(tree.join("modules.dep")).is_ok_and(|p| p.is_file())
+    };
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        // No /lib/modules (or only a link to nowhere inside the root): no kernels.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("/lib/modules: cannot list kernels in {}", root.dir().display())
+            })
+        }
+    };
+    let mut out: Vec<String> = entries
         .flatten()
-        .filter(|e| e.path().join("kernel").is_dir() || e.path().join("modules.dep").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| is_tree(name))
         .collect();
     out.sort();
     Ok(out)
@@ -438,8 +446,7 @@ fn find_symvers(root: &Root, release: &str) -> Option<PathBuf> {
         format!("/usr/src/kernels/{release}/Module.symvers"),
     ];
     candidates.iter().find_map(|c| {
-        let resolved = root.resolve(c).ok()?;
-        let host = root.path(resolved);
+        let host = root.host(c).ok()?;
         host.is_file().then_some(host)
     })
 }
@@ -472,14 +479,15 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
 /// kernel's: the first of `modules.order` present (in-tree by definition), else the first
 /// module file found.
 fn reference_module(tree: &ModuleTree) -> Result<Option<Module>> {
-    let order = read_optional(&tree.host_dir().join("modules.order"))?.unwrap_or_default();
+    let tree_dir = tree.host_dir()?;
+    let order = read_optional(&tree_dir.join("modules.order"))?.unwrap_or_default();
     let from_order = String::from_utf8_lossy(&order)
         .lines()
-        .map(|l| tree.host_dir().join(l.trim()))
+        .filter_map(|l| tree.root.host(tree.dir().join(l.trim())).ok())
         .find(|p| p.is_file());
     let path = match from_order {
         Some(p) => p,
-        None if tree.host_dir().is_dir() => match tree.module_files()?.into_iter().next() {
+        None if tree_dir.is_dir() => match tree.module_files()?.into_iter().next() {
             Some(p) => p,
             None => return Ok(None),
         },
@@ -518,7 +526,7 @@ fn read_all(files: &[PathBuf]) -> Result<Vec<Module>> {
 /// (`module.sig_enforce=1`, `lockdown=`), when lockdown is active, or when EFI Secure
 /// Boot is on (distribution kernels lock down under Secure Boot).
 fn detect_enforcement(root: &Root) -> Result<Enforcement> {
-    let cmdline = read_optional(&root.path("/proc/cmdline"))?.unwrap_or_default();
+    let cmdline = read_optional(&root.host("/proc/cmdline")?)?.unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline);
     for word in cmdline.split_whitespace() {
         if word == "--" {
@@ -540,7 +548,7 @@ fn detect_enforcement(root: &Root) -> Result<Enforcement> {
             _ => {}
         }
     }
-    let lockdown = read_optional(&root.path("/sys/kernel/security/lockdown"))?.unwrap_or_default();
+    let lockdown = read_optional(&root.host("/sys/kernel/security/lockdown")?)?.unwrap_or_default();
     let lockdown = String::from_utf8_lossy(&lockdown);
     if lockdown.contains("[integrity]") || lockdown.contains("[confidentiality]") {
         return Ok(Enforcement {
@@ -549,7 +557,7 @@ fn detect_enforcement(root: &Root) -> Result<Enforcement> {
         });
     }
     let secure_boot =
-        root.path("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c");
+        root.host("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c")?;
     // efivarfs files are 4 attribute bytes then the value.
     if read_optional(&secure_boot)?.is_some_and(|v| v.get(4) == Some(&1)) {
         return Ok(Enforcement { enforced: true, because: "EFI Secure Boot is enabled".into() });

@@ -265,9 +265,15 @@ pub struct BuildRef {
     pub sha256: String,
 }
 
+/// Has bootkmod installed anything under `root` (does its ledger exist, resolved inside
+/// the root)?
+pub fn exists(root: &Root) -> Result<bool> {
+    Ok(root.host(Path::new(STATE_DIR).join(LEDGER_FILE))?.is_file())
+}
+
 /// Read the ledger under `root` (an empty one when bootkmod never ran there).
 pub fn load(root: &Root) -> Result<Ledger> {
-    let path = root.path(STATE_DIR).join(LEDGER_FILE);
+    let path = root.host(Path::new(STATE_DIR).join(LEDGER_FILE))?;
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -313,7 +319,7 @@ pub fn weak_link_path(module: &Path, release: &str) -> Result<PathBuf> {
 
 /// Does `link` exist under `root` and point at `module`?
 pub fn is_linked(root: &Root, link: &Path, module: &Path) -> bool {
-    std::fs::read_link(root.path(link)).is_ok_and(|t| t == module)
+    root.read_link(link).is_ok_and(|t| t == module)
 }
 
 /// Target-absolute path of the kernel's initramfs, in Debian's then RHEL's naming.
@@ -321,7 +327,7 @@ pub fn find_image(root: &Root, release: &str) -> Option<PathBuf> {
     [format!("/boot/initrd.img-{release}"), format!("/boot/initramfs-{release}.img")]
         .into_iter()
         .map(PathBuf::from)
-        .find(|p| root.path(p).is_file())
+        .find(|p| root.host(p).is_ok_and(|h| h.is_file()))
 }
 
 /// Where the distribution under `root` puts the initramfs of `release` when there is
@@ -330,7 +336,7 @@ pub fn find_image(root: &Root, release: &str) -> Option<PathBuf> {
 pub fn default_image(root: &Root, release: &str) -> PathBuf {
     let os_release = ["/etc/os-release", "/usr/lib/os-release"]
         .iter()
-        .find_map(|p| std::fs::read_to_string(root.path(root.resolve(p).ok()?)).ok())
+        .find_map(|p| std::fs::read_to_string(root.host(p).ok()?).ok())
         .unwrap_or_default();
     let debian_like = os_release.lines().any(|l| {
         let (key, value) = l.split_once('=').unwrap_or_default();
@@ -430,20 +436,35 @@ mod tests {
         let k = "6.1.0-57-amd64";
         // No os-release at all: dracut's own default name.
         assert_eq!(default_image(&root, k), Path::new("/boot/initramfs-6.1.0-57-amd64.img"));
-        std::fs::create_dir_all(root.path("/usr/lib")).unwrap();
-        std::fs::create_dir_all(root.path("/etc")).unwrap();
+        std::fs::create_dir_all(root.host_entry("/usr/lib").unwrap()).unwrap();
+        std::fs::create_dir_all(root.host_entry("/etc").unwrap()).unwrap();
         // Debian links /etc/os-release into /usr/lib; the link resolves inside the root.
-        std::fs::write(root.path("/usr/lib/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
-        std::os::unix::fs::symlink("../usr/lib/os-release", root.path("/etc/os-release")).unwrap();
+        std::fs::write(
+            root.host_entry("/usr/lib/os-release").unwrap(),
+            "ID=debian\nVERSION_ID=\"12\"\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "../usr/lib/os-release",
+            root.host_entry("/etc/os-release").unwrap(),
+        )
+        .unwrap();
         assert_eq!(default_image(&root, k), Path::new("/boot/initrd.img-6.1.0-57-amd64"));
-        std::fs::write(root.path("/usr/lib/os-release"), "ID=ubuntu\nID_LIKE=debian\n").unwrap();
+        std::fs::write(
+            root.host_entry("/usr/lib/os-release").unwrap(),
+            "ID=ubuntu\nID_LIKE=debian\n",
+        )
+        .unwrap();
         assert_eq!(default_image(&root, k), Path::new("/boot/initrd.img-6.1.0-57-amd64"));
-        std::fs::write(root.path("/usr/lib/os-release"), "ID=\"rhel\"\nID_LIKE=\"fedora\"\n")
-            .unwrap();
+        std::fs::write(
+            root.host_entry("/usr/lib/os-release").unwrap(),
+            "ID=\"rhel\"\nID_LIKE=\"fedora\"\n",
+        )
+        .unwrap();
         assert_eq!(default_image(&root, k), Path::new("/boot/initramfs-6.1.0-57-amd64.img"));
         // An existing image wins over the default name.
-        std::fs::create_dir_all(root.path("/boot")).unwrap();
-        std::fs::write(root.path("/boot/initrd.img-6.1.0-57-amd64"), b"x").unwrap();
+        std::fs::create_dir_all(root.host_entry("/boot").unwrap()).unwrap();
+        std::fs::write(root.host_entry("/boot/initrd.img-6.1.0-57-amd64").unwrap(), b"x").unwrap();
         assert_eq!(find_image(&root, k).unwrap(), Path::new("/boot/initrd.img-6.1.0-57-amd64"));
     }
 }

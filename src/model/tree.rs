@@ -26,16 +26,17 @@ impl ModuleTree {
         PathBuf::from("/lib/modules").join(&self.release)
     }
 
-    /// Host path of the tree.
-    pub fn host_dir(&self) -> PathBuf {
-        self.root.path(self.dir())
+    /// Host path of the tree, resolved inside the root.
+    pub fn host_dir(&self) -> Result<PathBuf> {
+        self.root.host(self.dir())
     }
 
     /// Every module file below the tree (host paths), sorted; symlinked files included.
     pub fn module_files(&self) -> Result<Vec<PathBuf>> {
-        let dir = self.host_dir();
+        let dir = self.host_dir()?;
         let mut out = Vec::new();
-        walk(&dir, &mut out).with_context(|| format!("reading module tree {}", dir.display()))?;
+        walk(&self.root, &dir, &mut out)
+            .with_context(|| format!("reading module tree {}", dir.display()))?;
         out.sort();
         Ok(out)
     }
@@ -47,17 +48,19 @@ impl ModuleTree {
     }
 }
 
-/// Collect module files below `dir` (real directories only; symlinked files included).
-pub(crate) fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Collect module files below `dir`, a host path resolved inside `root` (real
+/// directories only; a symlinked file is collected as the file it names inside the root,
+/// never as what the link would name on the host).
+pub(crate) fn walk(root: &Root, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
         let kind = entry.file_type()?;
         if kind.is_dir() {
             // `build` and `source` are symlinks to header trees; real dirs only.
-            walk(&path, out)?;
+            walk(root, &path, out)?;
         } else if is_module_file(&entry.file_name().to_string_lossy()) {
-            out.push(path);
+            out.push(if kind.is_symlink() { root.confine(&path)? } else { path });
         }
     }
     Ok(())

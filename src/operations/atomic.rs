@@ -58,8 +58,10 @@ impl AtomicSet {
             }
         }
         let dir = self.dir.clone();
+        // A symlink in a target's place is replaced, never read or written through: it
+        // may name a file outside the root.
         self.files.retain(|(name, bytes)| {
-            std::fs::read(dir.join(name)).map_or(true, |current| current != *bytes)
+            read_no_follow(&dir.join(name)).map_or(true, |current| current != *bytes)
         });
         if self.files.is_empty() {
             return Ok(Vec::new());
@@ -100,7 +102,7 @@ impl AtomicSet {
         let mut backups: Vec<(PathBuf, PathBuf)> = Vec::new();
         for (name, _) in &self.files {
             let target = self.dir.join(name);
-            if target.exists() {
+            if std::fs::symlink_metadata(&target).is_ok() {
                 let b = backup(name);
                 let _ = std::fs::remove_file(&b);
                 if let Err(e) = std::fs::hard_link(&target, &b) {
@@ -137,6 +139,15 @@ impl AtomicSet {
         sync_dir(&self.dir)?;
         Ok(self.files.into_iter().map(|(name, _)| name).collect())
     }
+}
+
+/// The content of the file at `path`, refusing to follow a symlink there.
+fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The directory a file path is in (`.` for a bare name).

@@ -38,7 +38,7 @@ pub fn run(root: &Root, release: &str, dry_run: bool) -> Result<DepmodReport> {
 
 /// Write the indexes of an already computed graph.
 pub fn write(root: &Root, release: &str, graph: &Graph, dry_run: bool) -> Result<DepmodReport> {
-    let dir = root.path(root.resolve(depmod::tree_dir(release))?);
+    let dir = root.host(depmod::tree_dir(release))?;
     let files = graph.files()?;
     let sizes =
         files.iter().map(|(n, b)| IndexFile { name: n.to_string(), bytes: b.len() }).collect();

@@ -24,10 +24,8 @@ const DRACUT_PATHS: &[&str] =
 /// there is none and what to do instead.
 pub fn find(root: &Root) -> Result<PathBuf> {
     for p in DRACUT_PATHS {
-        if let Ok(resolved) = root.resolve(p) {
-            if root.path(&resolved).is_file() {
-                return Ok(PathBuf::from(p));
-            }
+        if root.host(p).is_ok_and(|h| h.is_file()) {
+            return Ok(PathBuf::from(p));
         }
     }
     bail!(
@@ -50,7 +48,10 @@ fn is_host(root: &Root) -> bool {
 /// dracut, replacing the image atomically.
 pub fn regenerate(root: &Root, image: &Path, release: &str) -> Result<()> {
     let dracut = find(root)?;
-    let host_image = root.path(image);
+    // Through a link at the image's place, the file it names (inside the root), as a
+    // dracut writing the image would: the temp file goes beside that file.
+    let image = &root.resolve(image)?;
+    let host_image = root.host(image)?;
     let (dir, name) = match (host_image.parent(), image.file_name()) {
         (Some(d), Some(n)) => (d.to_path_buf(), n.to_string_lossy().into_owned()),
         _ => bail!("{}: not a file path", image.display()),

@@ -237,9 +237,9 @@ pub fn apply(
     dry_run: bool,
 ) -> Result<ApplyReport> {
     // Never create a module tree for a kernel the root does not have.
-    let tree = root.path(root.resolve(format!("/lib/modules/{kver}"))?);
-    if !tree.is_dir() {
-        bail!("{}: no module tree for kernel {kver} in this root", tree.display());
+    let tree = format!("/lib/modules/{kver}");
+    if !root.host(&tree)?.is_dir() {
+        bail!("{tree}: no module tree for kernel {kver} in {}", root.dir().display());
     }
     let mut files = Vec::new();
     for file in inspection.taken_files() {
@@ -252,7 +252,7 @@ pub fn apply(
         if dry_run {
             continue;
         }
-        let host_parent = root.path(&resolved_parent);
+        let host_parent = root.host(&resolved_parent)?;
         std::fs::create_dir_all(&host_parent)
             .with_context(|| format!("{}: cannot create", host_parent.display()))?;
         let host = host_parent.join(name);
@@ -276,14 +276,56 @@ fn write_one(path: &Path, bytes: &[u8]) -> Result<()> {
     AtomicSet::new(dir).file(name, bytes.to_vec()).commit().map(|_| ())
 }
 
+/// Do the host's OS and the target resolve alike everything `depmod -b ROOT KVER`
+/// reads: the configuration directories, the tree, and every link inside the tree?
+fn links_alike_on_host(root: &Root, kver: &str) -> Result<bool> {
+    let tree = PathBuf::from(format!("/lib/modules/{kver}"));
+    for dir in ["/etc/depmod.d", "/lib/depmod.d", "/usr/lib/depmod.d", "/run/depmod.d"] {
+        if !root.alike_on_host(dir)? {
+            return Ok(false);
+        }
+    }
+    if !root.alike_on_host(&tree)? {
+        return Ok(false);
+    }
+    fn walk(root: &Root, dir: &Path) -> Result<bool> {
+        let Ok(entries) = std::fs::read_dir(root.host(dir)?) else { return Ok(true) };
+        for entry in entries.flatten() {
+            // depmod never descends into the header links.
+            if entry.file_name() == "build" || entry.file_name() == "source" {
+                continue;
+            }
+            let kind = entry.file_type()?;
+            let inside = dir.join(entry.file_name());
+            if kind.is_symlink() {
+                let target = std::fs::read_link(entry.path())?;
+                if !Root::link_alike_on_host(dir, &target) {
+                    return Ok(false);
+                }
+            } else if kind.is_dir() && !walk(root, &inside)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+    walk(root, &tree)
+}
+
 /// Regenerate `kver`'s module indexes in `root`.
 fn regenerate_indexes(root: &Root, kver: &str) -> Result<String> {
     // The system depmod is the reference while bootkmod's own index writer (issue 5,
     // `operations::depmod`) is in progress; it is the fallback where kmod is missing.
     // NATIVE DEPMOD: make `crate::operations::depmod::run` the first choice here once
     // issue 5 is closed.
-    let depmod =
-        ["/usr/sbin/depmod", "/sbin/depmod"].into_iter().map(Path::new).find(|p| p.exists());
+    // kmod's `depmod -b ROOT` joins paths onto ROOT itself, so the host's OS follows
+    // the target's links: an absolute one (weak-updates/, a `lib` link) would lead it
+    // onto the host. It is used only where every link resolves alike on both sides;
+    // bootkmod's own depmod, which resolves inside the root, everywhere else.
+    let alike = links_alike_on_host(root, kver)?;
+    let depmod = ["/usr/sbin/depmod", "/sbin/depmod"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| alike && p.exists());
     let Some(depmod) = depmod else {
         let report = crate::operations::depmod::run(root, kver, false)?;
         return Ok(format!(
@@ -292,10 +334,10 @@ fn regenerate_indexes(root: &Root, kver: &str) -> Result<String> {
             report.dir.display()
         ));
     };
-    if !root.path(format!("/lib/modules/{kver}")).is_dir() {
+    if !root.host(format!("/lib/modules/{kver}"))?.is_dir() {
         bail!(
             "{}: no module tree for kernel {kver}",
-            root.path(format!("/lib/modules/{kver}")).display()
+            root.shown(format!("/lib/modules/{kver}")).display()
         );
     }
     let out = std::process::Command::new(depmod)

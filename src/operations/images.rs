@@ -24,9 +24,7 @@ use std::path::{Path, PathBuf};
 
 /// sha256 of a file under the root.
 pub fn digest(root: &Root, path: &Path) -> Result<String> {
-    let host = root.path(path);
-    let bytes = std::fs::read(&host).with_context(|| format!("{}: cannot read", host.display()))?;
-    Ok(sha256_hex(&bytes))
+    Ok(sha256_hex(&root.read(path)?))
 }
 
 /// Target-absolute path of the copy [`backup`] keeps of `image` as it is at `sha256`.
@@ -42,16 +40,14 @@ pub fn backup_path(image: &Path, sha256: &str) -> PathBuf {
 /// Keep the image as it is now, once: the copy `remove` restores.
 pub fn backup(root: &Root, image: &Path, sha256: &str) -> Result<PathBuf> {
     let target = backup_path(image, sha256);
-    let host_target = root.path(&target);
+    let host_target = root.host_entry(&target)?;
     if !host_target.is_file() {
         let (dir, name) = match (host_target.parent(), host_target.file_name()) {
             (Some(d), Some(n)) => (d.to_path_buf(), n.to_string_lossy().into_owned()),
             _ => anyhow::bail!("{}: not a file path", host_target.display()),
         };
         create_dirs(&dir)?;
-        let host = root.path(image);
-        let bytes =
-            std::fs::read(&host).with_context(|| format!("{}: cannot read", host.display()))?;
+        let bytes = root.read(image)?;
         AtomicSet::new(&dir).file(name, bytes).commit()?;
     }
     Ok(target)
@@ -60,10 +56,9 @@ pub fn backup(root: &Root, image: &Path, sha256: &str) -> Result<PathBuf> {
 /// Put back the backed-up bytes of an image (atomic replace).
 pub fn restore(root: &Root, record: &ImageRecord) -> Result<bool> {
     let Some(backup) = &record.backup else { return Ok(false) };
-    let host_backup = root.path(backup);
-    let bytes = std::fs::read(&host_backup)
-        .with_context(|| format!("{}: cannot read backup", host_backup.display()))?;
-    let host = root.path(&record.path);
+    let bytes = root.read(backup).context("cannot read the backup")?;
+    // The image as the target names it: through a link there, the file it names.
+    let host = root.host(&record.path)?;
     let (dir, name) = match (host.parent(), host.file_name()) {
         (Some(d), Some(n)) => (d.to_path_buf(), n.to_string_lossy().into_owned()),
         _ => anyhow::bail!("{}: not a file path", host.display()),
@@ -168,7 +163,7 @@ pub fn update(
         ..InjectOptions::default()
     };
     let args: Vec<ModuleArg> = usable.iter().map(|n| ModuleArg::Name(n.clone())).collect();
-    let report = inject::inject(root, &root.path(&path), &args, &inject_opts)
+    let report = inject::inject(root, &root.host(&path)?, &args, &inject_opts)
         .with_context(|| format!("injecting into the initramfs of {release}"))?;
     let (updated, note) = match report.outcome {
         inject::Outcome::Written | inject::Outcome::Unchanged => (true, None),

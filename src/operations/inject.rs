@@ -157,7 +157,7 @@ pub struct Report {
 pub fn find_image(root: &Root, release: &str) -> Result<PathBuf> {
     let names = [format!("/boot/initramfs-{release}.img"), format!("/boot/initrd.img-{release}")];
     for name in &names {
-        let host = root.path(root.resolve(name)?);
+        let host = root.host(name)?;
         if host.is_file() {
             return Ok(host);
         }
@@ -186,13 +186,16 @@ pub fn inject(
     if modules.is_empty() {
         bail!("no module to inject");
     }
+    // An image (or output) under the root is the target's file, resolved inside it.
+    let confined = root.confine(image)?;
+    let image = confined.as_path();
     // Files first: their names, like the named ones, are the image modules worth a digest.
     let mut files = HashMap::new();
     let mut names = HashSet::new();
     for arg in modules {
         match arg {
             ModuleArg::File(path) => {
-                let bytes = std::fs::read(path)
+                let bytes = std::fs::read(root.confine(path)?)
                     .with_context(|| format!("{}: cannot read", path.display()))?;
                 let mut module = Module::from_bytes(&bytes, ReadOptions::default())
                     .with_context(|| path.display().to_string())?;
@@ -206,7 +209,10 @@ pub fn inject(
             }
         }
     }
-    let output = opts.output.clone().unwrap_or_else(|| image.to_path_buf());
+    let output = match &opts.output {
+        Some(o) => root.confine(o)?,
+        None => image.to_path_buf(),
+    };
     // Two bootkmod runs on one image would each append to the original and the second
     // rename would drop the first's modules: writers serialize on the output's
     // directory, and a run that waited reads the image the other one left.
@@ -391,7 +397,7 @@ impl<'a> Target<'a> {
                 ModuleArg::Name(name) => sources.tree_module(name)?.with_context(|| {
                     format!(
                         "no module {name} in {}",
-                        root.path(format!("/lib/modules/{release}")).display()
+                        root.shown(format!("/lib/modules/{release}")).display()
                     )
                 })?,
             });
@@ -755,7 +761,7 @@ impl<'a> TreeSources<'a> {
         if self.by_name.is_none() {
             let tree = crate::engines::depmod::tree_dir(&self.release);
             let mut map = HashMap::new();
-            if self.root.path(&tree).is_dir() {
+            if self.root.host(&tree)?.is_dir() {
                 let config = Config::load(self.root, &self.release)?;
                 let mut warnings = Vec::new();
                 for c in scan::scan(self.root, &tree, &config, &mut warnings)? {
@@ -774,7 +780,7 @@ impl Sources for TreeSources<'_> {
     fn tree_module(&mut self, name: &str) -> Result<Option<Request>> {
         let wanted = name.replace('-', "_");
         let Some((target, rel)) = self.index()?.get(&wanted).cloned() else { return Ok(None) };
-        let host = self.root.path(self.root.resolve(&target)?);
+        let host = self.root.host(&target)?;
         let bytes =
             std::fs::read(&host).with_context(|| format!("{}: cannot read", host.display()))?;
         let mut module = Module::from_bytes(&bytes, ReadOptions::default())
@@ -785,7 +791,7 @@ impl Sources for TreeSources<'_> {
 
     fn tree_file(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
         let path = crate::engines::depmod::tree_dir(&self.release).join(name);
-        let host = self.root.path(self.root.resolve(&path)?);
+        let host = self.root.host(&path)?;
         match std::fs::read(&host) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -799,7 +805,7 @@ impl Sources for TreeSources<'_> {
         }
         for suffix in ["", ".xz", ".zst"] {
             let found = format!("{name}{suffix}");
-            let host = self.root.path(self.root.resolve(format!("/lib/firmware/{found}"))?);
+            let host = self.root.host(format!("/lib/firmware/{found}"))?;
             if host.is_file() {
                 let bytes = std::fs::read(&host)
                     .with_context(|| format!("{}: cannot read", host.display()))?;

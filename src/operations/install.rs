@@ -76,7 +76,7 @@ impl Policy {
     /// `policy=warn|refuse` from `etc/bootkmod/bootkmod.conf` under the root (default
     /// refuse). Unknown values are an error: a typo must not silently mean "warn".
     pub fn read(root: &Root) -> Result<Policy> {
-        let path = root.path(CONFIG_FILE);
+        let path = root.host(CONFIG_FILE)?;
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Policy::Refuse),
@@ -378,7 +378,13 @@ pub(crate) fn start(
         _ => match &ledger.journal {
             Some(journal) => bail!(
                 "{}: an interrupted {} is pending; run without --dry-run to complete it first",
-                state.dir().join(crate::operations::ledger::LEDGER_FILE).display(),
+                state
+                    .root
+                    .shown(
+                        Path::new(crate::operations::ledger::STATE_DIR)
+                            .join(crate::operations::ledger::LEDGER_FILE)
+                    )
+                    .display(),
                 describe(journal)
             ),
             None => Ok(None),
@@ -465,10 +471,11 @@ fn apply(state: &StateDir, ledger: &mut Ledger, lock: &Lock) -> Result<Vec<Kerne
 
 /// Put a build's stored bytes at its installed path, unless already there.
 fn place(state: &StateDir, record: &Build) -> Result<()> {
-    let host = state.root.path(&record.path);
-    if std::fs::read(&host).is_ok_and(|b| sha256_hex(&b) == record.sha256) {
+    if state.root.read(&record.path).is_ok_and(|b| sha256_hex(&b) == record.sha256) {
         return Ok(());
     }
+    // The file itself is replaced (a link there too), never written through.
+    let host = state.root.host_entry(&record.path)?;
     let bytes = state.stored(&record.sha256)?;
     let (dir, name) = match (host.parent(), host.file_name()) {
         (Some(d), Some(n)) => (d.to_path_buf(), n.to_string_lossy().into_owned()),
@@ -509,13 +516,12 @@ pub(crate) fn refresh(
         .iter()
         .map(|(_, b)| match run.given.get(&b.sha256) {
             Some(m) => Ok(m.clone()),
-            None => Module::read(&root.path(&b.path), ReadOptions::default()),
+            None => Module::read(&root.host(&b.path)?, ReadOptions::default()),
         })
         .collect::<Result<Vec<_>>>()?;
     // (Dry run) is the installed file the recorded one? A new module is not there yet,
     // so inject cannot plan from the tree.
-    let in_place =
-        |b: &Build| std::fs::read(root.path(&b.path)).is_ok_and(|f| sha256_hex(&f) == b.sha256);
+    let in_place = |b: &Build| root.read(&b.path).is_ok_and(|f| sha256_hex(&f) == b.sha256);
     let opts = KernelOptions { interest: Some(Interest::of(&modules)), ..Default::default() };
 
     let mut outcomes = Vec::new();
@@ -636,9 +642,9 @@ fn refusals(verdict: &Verdict) -> Vec<String> {
 
 /// Does the tree's modules.dep already list `module` (target-absolute)?
 pub(crate) fn indexed(root: &Root, release: &str, module: &Path) -> bool {
-    let dep = root.path(Path::new("/lib/modules").join(release).join("modules.dep"));
+    let dep = root.read(Path::new("/lib/modules").join(release).join("modules.dep"));
     let rel = module.strip_prefix(Path::new("/lib/modules").join(release)).ok();
-    match (std::fs::read_to_string(dep), rel) {
+    match (dep.map(|b| String::from_utf8_lossy(&b).into_owned()), rel) {
         (Ok(text), Some(rel)) => {
             let want = format!("{}:", rel.display());
             text.lines().any(|l| l.starts_with(&want))
@@ -658,16 +664,15 @@ fn local_fallback(
     let tree = ModuleTree::new(root.clone(), &kernel.release);
     let mut candidates = BTreeMap::new();
     for sub in ["updates", "extra"] {
-        let dir = tree.host_dir().join(sub);
+        let dir = root.host(tree.dir().join(sub))?;
         if !dir.is_dir() {
             continue;
         }
         let mut files = Vec::new();
-        crate::model::tree::walk(&dir, &mut files)
+        crate::model::tree::walk(root, &dir, &mut files)
             .with_context(|| format!("reading {}", dir.display()))?;
         for f in files.into_iter().filter(|f| name_from_path(f) == name) {
-            let rel = f.strip_prefix(root.dir()).map(|r| Path::new("/").join(r));
-            if let Ok(target) = rel {
+            if let Some(target) = root.target_of(&f) {
                 if !ours.contains(&target.as_path()) {
                     candidates.insert(target, f);
                 }
@@ -692,10 +697,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = Root::new(t.path());
         assert_eq!(Policy::read(&root).unwrap(), Policy::Refuse);
-        std::fs::create_dir_all(root.path("/etc/bootkmod")).unwrap();
-        std::fs::write(root.path(CONFIG_FILE), "# comment\npolicy=warn\n").unwrap();
+        std::fs::create_dir_all(root.host_entry("/etc/bootkmod").unwrap()).unwrap();
+        std::fs::write(root.host_entry(CONFIG_FILE).unwrap(), "# comment\npolicy=warn\n").unwrap();
         assert_eq!(Policy::read(&root).unwrap(), Policy::Warn);
-        std::fs::write(root.path(CONFIG_FILE), "policy=warm\n").unwrap();
+        std::fs::write(root.host_entry(CONFIG_FILE).unwrap(), "policy=warm\n").unwrap();
         let err = format!("{:#}", Policy::read(&root).unwrap_err());
         assert!(err.contains("bootkmod.conf: policy=warm is not warn or refuse"), "{err}");
     }

@@ -20,10 +20,12 @@ pub use crate::model::ledger::*;
 use crate::model::root::Root;
 use crate::operations::atomic::AtomicSet;
 pub use crate::operations::atomic::Lock;
+/// The test hooks' one owner is `operations::failpoint`; install and remove reach it here.
+pub use crate::operations::failpoint::failpoint;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Host paths of bootkmod's state under a root.
+/// Host paths of bootkmod's state under a root (resolved inside it, as every path).
 #[derive(Debug, Clone)]
 pub struct StateDir {
     pub root: Root,
@@ -34,16 +36,16 @@ impl StateDir {
         StateDir { root: root.clone() }
     }
 
-    pub fn dir(&self) -> PathBuf {
-        self.root.path(STATE_DIR)
+    pub fn dir(&self) -> Result<PathBuf> {
+        self.root.host(STATE_DIR)
     }
 
     /// Keep `bytes` in the store under their digest (idempotent).
     pub fn store(&self, sha256: &str, bytes: &[u8]) -> Result<PathBuf> {
         let path = store_path(sha256);
-        let host = self.root.path(&path);
+        let host = self.root.host(&path)?;
         if !host.is_file() {
-            let dir = self.root.path(Path::new(STATE_DIR).join("store"));
+            let dir = self.root.host(Path::new(STATE_DIR).join("store"))?;
             create_dirs(&dir)?;
             AtomicSet::new(&dir).file(format!("{sha256}.ko"), bytes.to_vec()).commit()?;
         }
@@ -52,7 +54,7 @@ impl StateDir {
 
     /// Read a stored module back, checking its digest.
     pub fn stored(&self, sha256: &str) -> Result<Vec<u8>> {
-        let host = self.root.path(store_path(sha256));
+        let host = self.root.host(store_path(sha256))?;
         let bytes =
             std::fs::read(&host).with_context(|| format!("{}: cannot read", host.display()))?;
         if crate::model::module::sha256_hex(&bytes) != sha256 {
@@ -67,7 +69,7 @@ impl StateDir {
 
     /// Replace the ledger atomically. Only under a [`Lock`].
     pub fn save(&self, ledger: &Ledger, _lock: &Lock) -> Result<()> {
-        let dir = self.dir();
+        let dir = self.dir()?;
         create_dirs(&dir)?;
         let mut bytes = serde_json::to_vec_pretty(ledger)?;
         bytes.push(b'\n');
@@ -76,15 +78,14 @@ impl StateDir {
 
     /// Take the exclusive lock, waiting for any other run to finish.
     pub fn lock(&self) -> Result<Lock> {
-        let dir = self.dir();
-        create_dirs(&dir)?;
-        Lock::exclusive(&dir.join("lock"))
+        create_dirs(&self.dir()?)?;
+        Lock::exclusive(&self.root.host(Path::new(STATE_DIR).join("lock"))?)
     }
 
     /// The lock, when its file exists (else `None`): a dry run waits for a running
     /// operation like any run, but must not create the state directory or the file.
     pub fn lock_if_present(&self) -> Result<Option<Lock>> {
-        let path = self.dir().join("lock");
+        let path = self.root.host(Path::new(STATE_DIR).join("lock"))?;
         if !path.exists() {
             return Ok(None);
         }
@@ -95,14 +96,6 @@ impl StateDir {
 /// `mkdir -p` with an error naming the directory.
 pub fn create_dirs(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))
-}
-
-/// Test hook: when `BOOTKMOD_FAILPOINT` names this point, the process kills itself with
-/// SIGKILL right here, which is how the tests prove a crash mid-operation is recoverable.
-pub fn failpoint(name: &str) {
-    if std::env::var("BOOTKMOD_FAILPOINT").is_ok_and(|v| v == name) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
 }
 
 #[cfg(test)]
@@ -120,7 +113,7 @@ mod tests {
         let lock = state.lock().unwrap();
         state.save(&ledger, &lock).unwrap();
         assert_eq!(state.load().unwrap(), ledger);
-        std::fs::write(state.dir().join(LEDGER_FILE), b"{not json").unwrap();
+        std::fs::write(state.dir().unwrap().join(LEDGER_FILE), b"{not json").unwrap();
         let err = format!("{:#}", state.load().unwrap_err());
         assert!(err.contains("ledger.json: not a bootkmod ledger"), "{err}");
     }
@@ -132,7 +125,7 @@ mod tests {
         let sha = crate::model::module::sha256_hex(b"abc");
         state.store(&sha, b"abc").unwrap();
         assert_eq!(state.stored(&sha).unwrap(), b"abc");
-        std::fs::write(state.root.path(store_path(&sha)), b"abd").unwrap();
+        std::fs::write(state.root.host_entry(store_path(&sha)).unwrap(), b"abd").unwrap();
         assert!(state.stored(&sha).is_err());
     }
 }

@@ -3,9 +3,11 @@
 
 pub mod atomic;
 pub mod depmod;
+pub mod doctor;
 pub mod dracut;
 pub mod dud;
 pub mod extract;
+pub mod failpoint;
 pub mod images;
 pub mod inject;
 pub mod install;

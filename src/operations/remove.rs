@@ -193,7 +193,7 @@ pub fn forget_kernel(root: &Root, release: &str, dry_run: bool) -> Result<Forget
     }
     let state = StateDir::new(root);
     // Nothing installed here: nothing to forget, and nothing to create.
-    if !state.dir().join(crate::operations::ledger::LEDGER_FILE).is_file() {
+    if !state.dir()?.join(crate::operations::ledger::LEDGER_FILE).is_file() {
         return Ok(ForgetReport { dry_run, ..plan_forget(root, &Ledger::default(), release)? });
     }
     let lock = lock_for(&state, dry_run)?;
@@ -230,7 +230,7 @@ fn plan_forget(root: &Root, ledger: &Ledger, release: &str) -> Result<ForgetRepo
     let backup = record
         .and_then(|k| k.image.as_ref())
         .and_then(|i| i.backup.clone())
-        .filter(|b| std::fs::symlink_metadata(root.path(b)).is_ok());
+        .filter(|b| root.host_entry(b).is_ok_and(|h| std::fs::symlink_metadata(h).is_ok()));
     Ok(ForgetReport {
         kernel: release.to_string(),
         known: record.is_some() || ledger.removed_kernels.contains(release),
@@ -277,7 +277,7 @@ pub(crate) fn forget_kernel_apply(
         report.pruned = weak_updates::prune_gone_tree(root, release)?;
     }
     if let Some(backup) = &report.backup {
-        remove_synced(&root.path(backup))?;
+        remove_synced(&root.host_entry(backup)?)?;
     }
     ledger.kernels.remove(release);
     Ok(report)
@@ -287,7 +287,7 @@ pub(crate) fn forget_kernel_apply(
 /// the kernels whose trees changed (depmod and the ledger are the caller's).
 pub(crate) fn take_out(root: &Root, name: &str, build: &Build) -> Result<BTreeSet<String>> {
     let mut changed = BTreeSet::new();
-    let lib_modules = root.path("/lib/modules");
+    let lib_modules = root.host("/lib/modules")?;
     let releases: Vec<String> = std::fs::read_dir(&lib_modules)
         .with_context(|| format!("{}: cannot list kernels", lib_modules.display()))?
         .flatten()
@@ -296,12 +296,12 @@ pub(crate) fn take_out(root: &Root, name: &str, build: &Build) -> Result<BTreeSe
     for release in &releases {
         let link = weak_updates::link_path(&build.path, release)?;
         // Another build of the driver may hold the same link name: leave that one.
-        let foreign = std::fs::read_link(root.path(&link)).is_ok_and(|t| t != build.path);
+        let foreign = root.read_link(&link).is_ok_and(|t| t != build.path);
         if !foreign && weak_updates::unlink(root, &build.path, release, false)? {
             changed.insert(release.clone());
         }
     }
-    let host = root.path(&build.path);
+    let host = root.host_entry(&build.path)?;
     if std::fs::symlink_metadata(&host).is_ok() {
         remove_synced(&host)?;
         changed.insert(build.built_for.clone());

@@ -23,7 +23,7 @@ pub fn link(root: &Root, module: &Path, release: &str, dry_run: bool) -> Result<
         let changes = !is_linked(root, &link, module);
         return Ok((link, changes));
     }
-    let host = root.path(&link);
+    let host = root.host_entry(&link)?;
     if let Some(dir) = host.parent() {
         create_dirs(dir)?;
     }
@@ -36,12 +36,12 @@ pub fn link(root: &Root, module: &Path, release: &str, dry_run: bool) -> Result<
 /// `dry_run`: would change; nothing is removed).
 pub fn unlink(root: &Root, module: &Path, release: &str, dry_run: bool) -> Result<bool> {
     let link = link_path(module, release)?;
-    let host = root.path(&link);
+    let host = root.host_entry(&link)?;
     if std::fs::symlink_metadata(&host).is_err() || dry_run {
         return Ok(std::fs::symlink_metadata(&host).is_ok());
     }
     remove_synced(&host)?;
-    let top = root.path(Path::new("/lib/modules").join(release).join("weak-updates"));
+    let top = root.host(Path::new("/lib/modules").join(release).join("weak-updates"))?;
     let mut dir = host.parent().map(Path::to_path_buf);
     while let Some(d) = dir {
         if d == top || !d.starts_with(&top) || std::fs::remove_dir(&d).is_err() {
@@ -59,7 +59,7 @@ pub fn unlink(root: &Root, module: &Path, release: &str, dry_run: bool) -> Resul
 pub fn prune_gone_tree(root: &Root, release: &str) -> Result<Vec<PathBuf>> {
     let tree = Path::new("/lib/modules").join(release);
     let weak = tree.join("weak-updates");
-    let only_weak = std::fs::read_dir(root.path(&tree))
+    let only_weak = std::fs::read_dir(root.host(&tree)?)
         .map(|d| d.flatten().all(|e| e.file_name() == "weak-updates"))
         .unwrap_or(false);
     let mut removed = Vec::new();
@@ -67,7 +67,8 @@ pub fn prune_gone_tree(root: &Root, release: &str) -> Result<Vec<PathBuf>> {
         return Ok(removed);
     }
     for dir in [weak, tree] {
-        let host = root.path(&dir);
+        // The directory itself: a link in its place is not bootkmod's to remove.
+        let host = root.host_entry(&dir)?;
         match std::fs::remove_dir(&host) {
             Ok(()) => removed.push(dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -105,21 +106,21 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = Root::new(t.path());
         let module = Path::new("/lib/modules/k/extra/a/a.ko");
-        std::fs::create_dir_all(root.path("/lib/modules/k/extra/a")).unwrap();
-        std::fs::write(root.path(module), b"x").unwrap();
+        std::fs::create_dir_all(root.host_entry("/lib/modules/k/extra/a").unwrap()).unwrap();
+        std::fs::write(root.host_entry(module).unwrap(), b"x").unwrap();
         let (planned, would) = link(&root, module, "j", true).unwrap();
-        assert!(would && !root.path(&planned).exists(), "a dry run links nothing");
+        assert!(would && !root.host_entry(&planned).unwrap().exists(), "a dry run links nothing");
         let (l, changed) = link(&root, module, "j", false).unwrap();
         assert!(changed);
         assert_eq!(planned, l);
-        assert_eq!(std::fs::read_link(root.path(&l)).unwrap(), module);
+        assert_eq!(std::fs::read_link(root.host_entry(&l).unwrap()).unwrap(), module);
         assert_eq!(root.resolve(&l).unwrap(), module);
         assert!(!link(&root, module, "j", false).unwrap().1);
         assert!(unlink(&root, module, "j", true).unwrap());
-        assert!(root.path(&l).is_symlink(), "a dry run unlinks nothing");
+        assert!(root.host_entry(&l).unwrap().is_symlink(), "a dry run unlinks nothing");
         assert!(unlink(&root, module, "j", false).unwrap());
-        assert!(!root.path("/lib/modules/j/weak-updates/a").exists());
-        assert!(root.path("/lib/modules/j/weak-updates").is_dir());
+        assert!(!root.host_entry("/lib/modules/j/weak-updates/a").unwrap().exists());
+        assert!(root.host_entry("/lib/modules/j/weak-updates").unwrap().is_dir());
         assert!(!unlink(&root, module, "j", false).unwrap());
     }
 
@@ -127,19 +128,22 @@ mod tests {
     fn prune_removes_only_a_tree_reduced_to_an_empty_weak_updates() {
         let t = tempfile::tempdir().unwrap();
         let root = Root::new(t.path());
-        std::fs::create_dir_all(root.path("/lib/modules/gone/weak-updates")).unwrap();
-        std::fs::create_dir_all(root.path("/lib/modules/kept/weak-updates")).unwrap();
-        std::fs::write(root.path("/lib/modules/kept/modules.dep"), b"").unwrap();
-        std::fs::create_dir_all(root.path("/lib/modules/foreign/weak-updates/x")).unwrap();
+        std::fs::create_dir_all(root.host_entry("/lib/modules/gone/weak-updates").unwrap())
+            .unwrap();
+        std::fs::create_dir_all(root.host_entry("/lib/modules/kept/weak-updates").unwrap())
+            .unwrap();
+        std::fs::write(root.host_entry("/lib/modules/kept/modules.dep").unwrap(), b"").unwrap();
+        std::fs::create_dir_all(root.host_entry("/lib/modules/foreign/weak-updates/x").unwrap())
+            .unwrap();
         assert_eq!(
             prune_gone_tree(&root, "gone").unwrap(),
             [Path::new("/lib/modules/gone/weak-updates"), Path::new("/lib/modules/gone")]
         );
-        assert!(!root.path("/lib/modules/gone").exists());
+        assert!(!root.host_entry("/lib/modules/gone").unwrap().exists());
         assert!(prune_gone_tree(&root, "kept").unwrap().is_empty());
-        assert!(root.path("/lib/modules/kept/weak-updates").is_dir());
+        assert!(root.host_entry("/lib/modules/kept/weak-updates").unwrap().is_dir());
         assert!(prune_gone_tree(&root, "foreign").unwrap().is_empty());
-        assert!(root.path("/lib/modules/foreign/weak-updates/x").is_dir());
+        assert!(root.host_entry("/lib/modules/foreign/weak-updates/x").unwrap().is_dir());
         assert!(prune_gone_tree(&root, "never").unwrap().is_empty());
     }
 }

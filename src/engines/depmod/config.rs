@@ -49,17 +49,19 @@ impl Config {
     pub fn load(root: &Root, release: &str) -> Result<Config> {
         let mut files: Vec<(String, PathBuf)> = Vec::new();
         for dir in CONFIG_DIRS {
-            let host = root.path(dir);
+            let host = root.host(dir)?;
             let Ok(entries) = std::fs::read_dir(&host) else { continue };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with('.') || name.len() < 6 || !name.ends_with(".conf") {
                     continue;
                 }
-                if entry.path().is_dir() || files.iter().any(|(n, _)| *n == name) {
+                // A link among the files names a file inside the root, not on the host.
+                let path = root.confine(&entry.path())?;
+                if path.is_dir() || files.iter().any(|(n, _)| *n == name) {
                     continue;
                 }
-                files.push((name, entry.path()));
+                files.push((name, path));
             }
         }
         files.sort();

@@ -120,7 +120,7 @@ pub fn read_tree(root: &Root, release: &str) -> Result<(Inputs, Vec<String>)> {
     let candidates = scan::scan(root, &tree, &config, &mut warnings)?;
     let modules = read_modules(candidates)?;
     let read_opt = |name: &str| -> Result<Option<Vec<u8>>> {
-        let path = root.path(tree.join(name));
+        let path = root.host(tree.join(name))?;
         match std::fs::read(&path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

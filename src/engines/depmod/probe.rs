@@ -22,7 +22,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Step {
-    /// Load this file (host path).
+    /// Load this file (as shown: `ROOT/lib/modules/K/...`).
     Insmod { name: String, path: PathBuf },
     /// Built into the kernel: nothing to load.
     Builtin { name: String },
@@ -31,7 +31,8 @@ pub enum Step {
 /// The index files of one tree, read once.
 #[derive(Debug, Default)]
 pub struct TreeIndexes {
-    /// Host path of the tree, joined to relative module paths.
+    /// The tree as shown (`ROOT/lib/modules/K`, as `modprobe -d ROOT` shows it), joined
+    /// to relative module paths for display.
     pub dir: PathBuf,
     pub dep: Vec<u8>,
     pub alias: Vec<u8>,
@@ -49,16 +50,16 @@ impl TreeIndexes {
     /// Read the indexes of `release` under `root`. Missing files count as empty, as
     /// libkmod treats them ("not found").
     pub fn load(root: &Root, release: &str) -> Result<TreeIndexes> {
-        let dir = root.path(root.resolve(super::tree_dir(release))?);
+        let dir = super::tree_dir(release);
         let read = |name: &str| -> Result<Vec<u8>> {
-            let path = dir.join(name);
+            let path = root.host(dir.join(name))?;
             match std::fs::read(&path) {
                 Ok(b) => Ok(b),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
                 Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
             }
         };
-        TreeIndexes::from_files(dir.clone(), read)
+        TreeIndexes::from_files(root.shown(&dir), read)
     }
 
     /// Build from index files read by `read` (missing ones as empty bytes): the same

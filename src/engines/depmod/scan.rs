@@ -24,12 +24,12 @@ pub fn scan(
 ) -> Result<Vec<Candidate>> {
     let mut state =
         Scan { root, tree, config, by_name: HashMap::new(), chosen: Vec::new(), warnings };
-    let host = root.path(root.resolve(tree)?);
+    let host = root.host(tree)?;
     std::fs::read_dir(&host)
         .with_context(|| format!("cannot read module directory {}", host.display()))?;
     state.walk(tree, host, 0)?;
     for ext in &config.externals {
-        let host = root.path(root.resolve(ext)?);
+        let host = root.host(ext)?;
         state.walk(ext, host, 0)?;
     }
     Ok(state.chosen)
@@ -67,7 +67,7 @@ impl Scan<'_> {
             let target = dir.join(&name);
             let kind = entry.file_type()?;
             let (is_dir, is_file, file_host) = if kind.is_symlink() {
-                let resolved = self.root.path(self.root.resolve(&target)?);
+                let resolved = self.root.host(&target)?;
                 match std::fs::metadata(&resolved) {
                     Ok(m) => (m.is_dir(), m.is_file(), resolved),
                     Err(e) => {
