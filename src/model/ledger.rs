@@ -369,7 +369,7 @@ mod tests {
     fn a_format_1_ledger_loads_as_one_build_per_driver() {
         let t = tempfile::tempdir().unwrap();
         let root = Root::new(t.path());
-        std::fs::create_dir_all(root.path(STATE_DIR)).unwrap();
+        std::fs::create_dir_all(t.path().join("var/lib/bootkmod")).unwrap();
         let old = r#"{"version":1,
           "modules":{"bkram":{"name":"bkram","sha256":"ab12","origin":"/tmp/bkram.ko",
             "built_for":"6.1.0-57-amd64","path":"/lib/modules/6.1.0-57-amd64/extra/bkram/bkram.ko",
@@ -379,7 +379,7 @@ mod tests {
           "journal":{"op":"install","modules":[{"name":"bkram","sha256":"ab12",
             "origin":"/tmp/bkram.ko","built_for":"6.1.0-57-amd64",
             "path":"/lib/modules/6.1.0-57-amd64/extra/bkram/bkram.ko","root_critical":true}]}}"#;
-        std::fs::write(root.path(STATE_DIR).join(LEDGER_FILE), old).unwrap();
+        std::fs::write(t.path().join("var/lib/bootkmod").join(LEDGER_FILE), old).unwrap();
         let ledger = load(&root).unwrap();
         assert_eq!(ledger.version, FORMAT_VERSION);
         let m = &ledger.modules["bkram"];
@@ -397,7 +397,7 @@ mod tests {
         assert_eq!(again, ledger);
         // A format this bootkmod does not know is refused.
         std::fs::write(
-            root.path(STATE_DIR).join(LEDGER_FILE),
+            t.path().join("var/lib/bootkmod").join(LEDGER_FILE),
             r#"{"version":9,"modules":{},"kernels":{}}"#,
         )
         .unwrap();
