@@ -83,11 +83,8 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<Exit> {
         .collect::<Result<Vec<_>>>()?;
     let releases = match &args.kver {
         Some(k) => vec![k.clone()],
-        None => kernel::releases(&ctx.root)?,
+        None => kernel::releases_present(&ctx.root)?,
     };
-    if releases.is_empty() {
-        anyhow::bail!("no kernels under {}", ctx.root.shown("/lib/modules").display());
-    }
     let opts = KernelOptions {
         symvers: args.symvers.clone(),
         trusted_keys: args.trusted_keys.clone(),

@@ -407,6 +407,16 @@ pub fn release_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+/// [`releases`], refusing a root that has none: a command that acts on "every kernel"
+/// must not quietly act on no kernel (or on the host's, through an outside link).
+pub fn releases_present(root: &Root) -> Result<Vec<String>> {
+    let found = releases(root)?;
+    if found.is_empty() {
+        anyhow::bail!("no kernels under {}", root.shown("/lib/modules").display());
+    }
+    Ok(found)
+}
+
 /// Every kernel release under `root` that has a module tree.
 pub fn releases(root: &Root) -> Result<Vec<String>> {
     let dir = root.host("/lib/modules")?;

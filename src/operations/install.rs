@@ -138,9 +138,7 @@ pub fn install(root: &Root, files: &[PathBuf], opts: &InstallOptions) -> Result<
     check_image_method(root, opts.images)?;
     // A root whose kernels are out of reach (its links name host paths) has none: say
     // so, rather than place a module under the built-for release's tree on its own.
-    if crate::model::kernel::releases(root)?.is_empty() {
-        bail!("no kernels under {}", root.shown("/lib/modules").display());
-    }
+    crate::model::kernel::releases_present(root)?;
     let state = StateDir::new(root);
     let lock = lock_for(&state, opts.dry_run)?;
     let mut ledger = state.load()?;
