@@ -99,6 +99,9 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     let mut results = Vec::new();
     for release in &releases {
         let kernel = Kernel::read(&ctx.root, release, &opts)?;
+        for warning in &kernel.warnings {
+            eprintln!("bootkmod: warning: kernel {release}: {warning}");
+        }
         let verdicts = compat::check_set(&kernel, &modules);
         results.push((kernel, verdicts));
     }

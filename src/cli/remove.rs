@@ -54,7 +54,12 @@ pub fn run(ctx: &Context, args: RemoveArgs) -> Result<Exit> {
     } else {
         render(&report);
     }
-    Ok(Exit::Ok)
+    for (k, why) in &report.failures {
+        eprintln!(
+            "bootkmod: kernel {k} not completed: {why} (fix it, then run bootkmod install --refresh --kver {k})"
+        );
+    }
+    Ok(if report.failures.is_empty() { Exit::Ok } else { Exit::Negative })
 }
 
 fn render(report: &RemoveReport) {
@@ -72,6 +77,9 @@ fn render(report: &RemoveReport) {
     }
     for i in &report.restored {
         println!("restored {i}");
+    }
+    for (k, why) in &report.failures {
+        println!("{k:<28} NOT COMPLETED: {why}");
     }
 }
 

@@ -3,7 +3,7 @@
 //! root-critical driver. Exit 3 when any kernel is at risk.
 
 use super::{print_json, Context};
-use crate::engines::status::{self, KernelStatus};
+use crate::engines::status::{self, Alert, KernelStatus};
 use crate::exit::Exit;
 use crate::model::ledger::{self, Placement};
 use crate::operations::install::{Policy, CONFIG_FILE};
@@ -14,7 +14,10 @@ use std::io::Write;
 /// (extra/ or weak-updates/), inside the initramfs, and whether the image is unchanged
 /// since bootkmod recorded it.
 ///
-/// Exit 3 when a kernel would boot without a root-critical driver.
+/// Exit 3 when a kernel would boot without a root-critical driver, or when something
+/// needs action first (a banner names the kernel and the command to run): an interrupted
+/// or failed operation, a kernel a run could not complete, a driver placed but not in an
+/// image, a weak-updates link the ledger does not record.
 ///
 /// Examples:
 ///   bootkmod status
@@ -56,18 +59,25 @@ pub fn run(ctx: &Context, args: StatusArgs) -> Result<Exit> {
             anyhow::bail!("no kernel {k} under {}", ctx.root.shown("/lib/modules").display());
         }
     }
+    let mut alerts = status::alerts(&ctx.root, &ledger, &kernels);
+    if let Some(k) = &args.kver {
+        alerts.retain(|a| a.kernel.as_ref().is_none_or(|a| a == k));
+    }
     let at_risk = kernels.iter().any(|k| !k.at_risk.is_empty());
     if ctx.json {
         #[derive(serde::Serialize)]
         struct Report<'a> {
             at_risk: bool,
+            alerts: &'a [Alert],
             kernels: &'a [KernelStatus],
         }
-        print_json(&Report { at_risk, kernels: &kernels })?;
+        print_json(&Report { at_risk, alerts: &alerts, kernels: &kernels })?;
     } else {
-        render(&mut std::io::stdout().lock(), &kernels)?;
+        let mut out = std::io::stdout().lock();
+        render_alerts(&mut out, &alerts)?;
+        render(&mut out, &kernels)?;
     }
-    Ok(if at_risk { Exit::Negative } else { Exit::Ok })
+    Ok(if at_risk || !alerts.is_empty() { Exit::Negative } else { Exit::Ok })
 }
 
 /// What dracut's `installkernel` needs: the drivers usable on `kver`, where to take each
@@ -122,6 +132,18 @@ fn yes_no(v: Option<bool>) -> &'static str {
         Some(false) => "no",
         None => "-",
     }
+}
+
+/// The banners that come before everything else: what is wrong and what to run.
+pub(crate) fn render_alerts(out: &mut impl Write, alerts: &[Alert]) -> std::io::Result<()> {
+    for a in alerts {
+        match &a.kernel {
+            Some(k) => writeln!(out, "!!! kernel {k}: {}", a.problem)?,
+            None => writeln!(out, "!!! {}", a.problem)?,
+        }
+        writeln!(out, "    next: {}", a.next)?;
+    }
+    Ok(())
 }
 
 fn render(out: &mut impl Write, kernels: &[KernelStatus]) -> std::io::Result<()> {

@@ -7,7 +7,9 @@ use crate::exit::Exit;
 use crate::model::ledger;
 use anyhow::Result;
 
-/// Re-hash what bootkmod installed and report anything tampered with or replaced.
+/// Re-hash what bootkmod installed and report anything tampered with or replaced, after
+/// what `status` reports first (an interrupted or failed operation, a kernel not
+/// completed, a driver placed but not in its image, an unrecorded link).
 ///
 /// Examples:
 ///   bootkmod verify
@@ -18,7 +20,19 @@ pub struct VerifyArgs {}
 
 pub fn run(ctx: &Context, _args: VerifyArgs) -> Result<Exit> {
     let ledger = ledger::load(&ctx.root)?;
-    let drift = status::verify(&ctx.root, &ledger)?;
+    // What status reports first is drift too: no state a crash or an error leaves is "ok".
+    let kernels = status::status(&ctx.root, &ledger)?;
+    let mut drift: Vec<status::Drift> = status::alerts(&ctx.root, &ledger, &kernels)
+        .into_iter()
+        .map(|a| status::Drift {
+            problem: match &a.kernel {
+                Some(k) => format!("kernel {k}: {} (next: {})", a.problem, a.next),
+                None => format!("{} (next: {})", a.problem, a.next),
+            },
+            path: a.path,
+        })
+        .collect();
+    drift.extend(status::verify(&ctx.root, &ledger)?);
     if ctx.json {
         print_json(&drift)?;
     } else if drift.is_empty() {

@@ -8,12 +8,22 @@
 //! *at risk* when a root-critical module would be missing at boot. Kernels
 //! `kernel-install remove` announced are not listed.
 //!
+//! [`alerts`] lists what must be seen before the table, each with the kernel, the
+//! problem and the next command to run: a pending journal (a killed run), a failed
+//! operation, a kernel a run could not complete, a driver placed for a kernel but not in
+//! its image, a weak-updates link to a driver the ledger does not record there. Any
+//! alert makes `status` and `verify` exit non-zero: no state a crash or an error leaves
+//! reads "ok".
+//!
 //! [`verify`] re-hashes every installed module, stored copy, link target and image and
 //! lists each [`Drift`].
 
 use crate::engines::initramfs;
 use crate::model::kernel;
-use crate::model::ledger::{find_image, is_linked, store_path, Ledger, Placement};
+use crate::model::ledger::{
+    find_image, is_linked, store_path, weak_link_path, Journal, Ledger, Placement, LEDGER_FILE,
+    STATE_DIR,
+};
 use crate::model::module::{name_from_path, sha256_hex};
 use crate::model::root::Root;
 use anyhow::{Context, Result};
@@ -56,15 +66,23 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
     for release in releases.into_iter().filter(|r| !ledger.removed_kernels.contains(r)) {
         let recorded = ledger.kernels.get(&release);
         let image = find_image(root, &release);
+        // An image that cannot be read (not an initramfs, truncated) is this kernel's
+        // problem, reported on its line, not a stop for the others.
+        let mut image_error = None;
         let image_files = match &image {
-            Some(p) => Some(image_module_names(root, p, &release)?),
+            Some(p) => match image_module_names(root, p, &release) {
+                Ok(names) => Some(names),
+                Err(e) => {
+                    image_error = Some(format!("{e:#}"));
+                    Some(Vec::new())
+                }
+            },
             None => None,
         };
         let image_record = recorded.and_then(|k| k.image.as_ref());
         let image_unchanged = match (&image, image_record) {
             (Some(p), Some(rec)) if &rec.path == p => {
-                let bytes = root.read(p)?;
-                Some(sha256_hex(&bytes) == rec.sha256)
+                root.read(p).ok().map(|bytes| sha256_hex(&bytes) == rec.sha256)
             }
             _ => None,
         };
@@ -96,8 +114,9 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
                     (_, false, _) => Some("its file or link is missing".to_string()),
                     (_, _, Some(false)) => Some(format!(
                         "not in the initramfs{}",
-                        image_record
-                            .and_then(|i| i.note.as_ref())
+                        image_error
+                            .as_ref()
+                            .or(image_record.and_then(|i| i.note.as_ref()))
                             .map_or(String::new(), |n| format!(" ({n})"))
                     )),
                     _ => None,
@@ -122,12 +141,124 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
             release,
             image,
             image_unchanged,
-            image_note: image_record.and_then(|i| i.note.clone()),
+            image_note: image_error.or_else(|| image_record.and_then(|i| i.note.clone())),
             modules,
             at_risk,
         });
     }
     Ok(out)
+}
+
+/// Something to act on before reading the table (see the module overview).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Alert {
+    /// The kernel concerned, when it is one kernel's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Target-absolute path of the thing at fault (the ledger for an operation).
+    pub path: PathBuf,
+    pub problem: String,
+    /// The command that completes or repairs it.
+    pub next: String,
+}
+
+/// What must be reported first. `kernels` is [`status`]'s answer for the same ledger.
+pub fn alerts(root: &Root, ledger: &Ledger, kernels: &[KernelStatus]) -> Vec<Alert> {
+    let ledger_path = Path::new(STATE_DIR).join(LEDGER_FILE);
+    let mut out = Vec::new();
+    if let Some(journal) = &ledger.journal {
+        out.push(Alert {
+            kernel: None,
+            path: ledger_path.clone(),
+            problem: format!(
+                "an interrupted {} is pending (a run was killed before it ended)",
+                journal.describe()
+            ),
+            next: "bootkmod install --refresh (any install or remove completes it first)"
+                .to_string(),
+        });
+    }
+    if let Some(failed) = &ledger.failed {
+        out.push(Alert {
+            kernel: None,
+            path: ledger_path.clone(),
+            problem: format!("the {} failed: {}", failed.operation, failed.error),
+            next: failed.next.clone(),
+        });
+    }
+    for k in kernels {
+        let release = &k.release;
+        let tree = Path::new("/lib/modules").join(release);
+        let refresh = format!("bootkmod install --refresh --kver {release}");
+        if let Some(failure) = ledger.kernels.get(release).and_then(|r| r.failure.as_ref()) {
+            out.push(Alert {
+                kernel: Some(release.clone()),
+                path: tree.clone(),
+                problem: format!("not completed by the last run: {failure}"),
+                next: format!("fix the cause, then {refresh}"),
+            });
+        }
+        for m in &k.modules {
+            let usable = m.placement == Some(Placement::LocalFallback)
+                || (m.compatible == Some(true) && m.placement != Some(Placement::Refused));
+            if usable && !m.placed {
+                out.push(Alert {
+                    kernel: Some(release.clone()),
+                    path: tree.clone(),
+                    problem: format!("driver {}'s file or weak-updates link is missing", m.name),
+                    next: refresh.clone(),
+                });
+            }
+            if usable && m.placed && m.in_image == Some(false) {
+                out.push(Alert {
+                    kernel: Some(release.clone()),
+                    path: k.image.clone().unwrap_or_else(|| tree.clone()),
+                    problem: format!("driver {} is placed but not in the initramfs", m.name),
+                    next: refresh.clone(),
+                });
+            }
+        }
+        // weak-updates links to a bootkmod driver that the ledger does not record for
+        // this kernel (a run that stopped between linking and recording).
+        let recorded = ledger.kernels.get(release);
+        let mut ours: Vec<(&str, &Path)> =
+            ledger.modules.values().map(|m| (m.name.as_str(), m.path.as_path())).collect();
+        let pending: Vec<_> = [ledger.journal.as_ref(), ledger.failed.as_ref().map(|f| &f.journal)]
+            .into_iter()
+            .flatten()
+            .filter_map(|j| match j {
+                Journal::Install { modules, .. } => Some(modules),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        ours.extend(pending.iter().map(|m| (m.name.as_str(), m.path.as_path())));
+        for (name, path) in ours {
+            let Ok(link) = weak_link_path(path, release) else { continue };
+            if !is_linked(root, &link, path) {
+                continue;
+            }
+            let known = recorded.and_then(|r| r.modules.get(name)).is_some_and(|on| {
+                on.placement == Placement::WeakUpdates && on.link.as_deref() == Some(&link)
+            }) && ledger.modules.get(name).is_some_and(|m| m.path == path);
+            if !known {
+                out.push(Alert {
+                    kernel: Some(release.clone()),
+                    path: link.clone(),
+                    problem: format!(
+                        "weak-updates link to {} that the ledger does not record for this kernel",
+                        path.display()
+                    ),
+                    next: if ledger.modules.get(name).is_some_and(|m| m.path == path) {
+                        refresh.clone()
+                    } else {
+                        format!("bootkmod install {} (or rm {})", path.display(), link.display())
+                    },
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Names of the modules of `release` inside an image.

@@ -154,6 +154,10 @@ pub struct Kernel {
     pub allow_missing_namespace_imports: bool,
     pub enforcement: Enforcement,
     pub trusted_keys: Vec<TrustedKey>,
+    /// Files of the tree that could not be read (a dangling weak-updates link, an
+    /// unreadable module): left out, each named.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Kernel {
@@ -174,7 +178,7 @@ impl Kernel {
                 tree_dir.display()
             );
         }
-        let (exports, modules) = read_exports(&tree, symvers_path.as_deref(), opts)?;
+        let (exports, modules, warnings) = read_exports(&tree, symvers_path.as_deref(), opts)?;
 
         let reference = reference_module(&tree)?;
         let config = read_optional(&root.host(format!("/boot/config-{release}"))?)?
@@ -220,6 +224,7 @@ impl Kernel {
             allow_missing_namespace_imports,
             enforcement,
             trusted_keys,
+            warnings,
         })
     }
 
@@ -261,8 +266,9 @@ fn read_exports(
     tree: &ModuleTree,
     symvers_path: Option<&Path>,
     opts: &KernelOptions,
-) -> Result<(HashMap<String, KernelExport>, HashSet<String>)> {
+) -> Result<(HashMap<String, KernelExport>, HashSet<String>, Vec<String>)> {
     let tree_dir = tree.host_dir()?;
+    let mut warnings = Vec::new();
     let symvers_text = match symvers_path {
         Some(path) => read_symvers_text(path)?,
         None => Vec::new(),
@@ -302,7 +308,9 @@ fn read_exports(
     let mut to_read = Vec::new();
     if scan_all {
         if tree_dir.is_dir() {
-            to_read = tree.module_files()?;
+            walk(&tree.root, &tree_dir, &mut to_read, &mut warnings)
+                .with_context(|| format!("reading module tree {}", tree_dir.display()))?;
+            to_read.sort();
         }
     } else {
         let mut owners: HashSet<&str> =
@@ -323,7 +331,7 @@ fn read_exports(
         for entry in std::fs::read_dir(&tree_dir).into_iter().flatten().flatten() {
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if is_dir && entry.file_name() != "kernel" {
-                walk(&tree.root, &entry.path(), &mut to_read)
+                walk(&tree.root, &entry.path(), &mut to_read, &mut warnings)
                     .with_context(|| format!("reading {}", entry.path().display()))?;
             }
         }
@@ -358,7 +366,16 @@ fn read_exports(
         };
         exports.insert(e.symbol.to_string(), export);
     }
-    for m in read_all(&to_read)? {
+    for (path, m) in to_read.iter().zip(read_all(&to_read)?) {
+        // A dangling weak-updates link (left by an erased kmod package) or an unreadable
+        // file is a warning naming it, as kmod's depmod reports it and carries on.
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                warnings.push(format!("{}: skipped: {e:#}", path.display()));
+                continue;
+            }
+        };
         let owner = m.name();
         for e in m.exports {
             exports.insert(
@@ -372,7 +389,7 @@ fn read_exports(
             );
         }
     }
-    Ok((exports, modules))
+    Ok((exports, modules, warnings))
 }
 
 /// The build's own key (from the reference module's signature) and each certificate given.
@@ -506,8 +523,8 @@ fn reference_module(tree: &ModuleTree) -> Result<Option<Module>> {
     Module::read(&path, ReadOptions::default()).map(Some)
 }
 
-/// Read every module, in parallel over the machine's cores.
-fn read_all(files: &[PathBuf]) -> Result<Vec<Module>> {
+/// Read every module, in parallel over the machine's cores; one result per file.
+fn read_all(files: &[PathBuf]) -> Result<Vec<Result<Module>>> {
     if files.is_empty() {
         return Ok(Vec::new());
     }
@@ -518,15 +535,13 @@ fn read_all(files: &[PathBuf]) -> Result<Vec<Module>> {
             .chunks(chunk)
             .map(|part| {
                 s.spawn(move || {
-                    part.iter()
-                        .map(|p| Module::read(p, ReadOptions::default()))
-                        .collect::<Result<Vec<_>>>()
+                    part.iter().map(|p| Module::read(p, ReadOptions::default())).collect::<Vec<_>>()
                 })
             })
             .collect();
         let mut out = Vec::with_capacity(files.len());
         for h in handles {
-            out.extend(h.join().map_err(|_| anyhow::anyhow!("module reader thread panicked"))??);
+            out.extend(h.join().map_err(|_| anyhow::anyhow!("module reader thread panicked"))?);
         }
         Ok(out)
     })

@@ -27,9 +27,28 @@ pub struct Ledger {
     /// takes K back. Dropped once the tree is gone.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub removed_kernels: BTreeSet<String>,
-    /// The operation in progress; present only between its start and its end.
+    /// The operation in progress; present only between its start and its end (or a
+    /// crash: the next run completes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<Journal>,
+    /// The last journaled operation that ended in an error rather than a crash: recorded
+    /// and released, so that later runs are not blocked by retrying it. Cleared by the
+    /// next operation that completes without failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<FailedOperation>,
+}
+
+/// A journaled operation that stopped on an error (see [`Ledger::failed`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FailedOperation {
+    /// What it was, in words ("install of bkram").
+    pub operation: String,
+    /// The operation itself, so that the one that completes it can clear this record.
+    pub journal: Journal,
+    /// The error it stopped on.
+    pub error: String,
+    /// The command that completes it once the cause is fixed.
+    pub next: String,
 }
 
 /// One installed module.
@@ -115,6 +134,11 @@ pub struct KernelRecord {
     pub modules: BTreeMap<String, ModuleOnKernel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageRecord>,
+    /// The last run could not finish this kernel (the other kernels went on): the step
+    /// and the reason. `modules` and `image` are then what was known before that run.
+    /// Cleared by the run that completes the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// An operation that was started and has not yet finished.
@@ -137,6 +161,66 @@ pub enum Journal {
     },
     /// Drop bootkmod's traces for a kernel being removed (kernel-install remove).
     ForgetKernel { release: String },
+}
+
+impl Journal {
+    /// What the operation is, in words ("install of bkram").
+    pub fn describe(&self) -> String {
+        match self {
+            Journal::Install { modules, .. } => format!(
+                "install of {}",
+                modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            Journal::Remove { names } => format!("remove of {}", names.join(", ")),
+            Journal::Refresh { kernels, .. } if kernels.is_empty() => "refresh".to_string(),
+            Journal::Refresh { kernels, .. } => format!("refresh of {}", kernels.join(", ")),
+            Journal::ForgetKernel { release } => format!("removal of kernel {release}"),
+        }
+    }
+
+    /// The command that runs this operation again (to complete it once the cause of a
+    /// failure is fixed).
+    pub fn next_command(&self) -> String {
+        match self {
+            Journal::Install { modules, images } => format!(
+                "bootkmod install{}{} {}",
+                if modules.iter().any(|m| m.root_critical) { " --root-critical" } else { "" },
+                if *images == ImageMethod::Regenerate { " --regenerate" } else { "" },
+                modules.iter().map(|m| m.origin.as_str()).collect::<Vec<_>>().join(" ")
+            ),
+            Journal::Remove { names } => format!("bootkmod remove {}", names.join(" ")),
+            Journal::Refresh { kernels, .. } => {
+                let kvers: String = kernels.iter().map(|k| format!(" --kver {k}")).collect();
+                format!("bootkmod install --refresh{kvers}")
+            }
+            Journal::ForgetKernel { release } => format!("bootkmod remove --kernel {release}"),
+        }
+    }
+
+    /// Does completing `self` also complete `failed` (so its failure record can go)?
+    pub fn covers(&self, failed: &Journal) -> bool {
+        let subset = |a: &[String], b: &[String]| a.iter().all(|x| b.contains(x));
+        let names = |m: &[ModuleRecord]| m.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+        match (self, failed) {
+            (Journal::Install { modules: d, .. }, Journal::Install { modules: f, .. }) => {
+                subset(&names(f), &names(d))
+            }
+            // An install refreshes every kernel.
+            (Journal::Install { .. }, Journal::Refresh { .. }) => true,
+            (Journal::Refresh { kernels: d, .. }, Journal::Refresh { kernels: f, .. }) => {
+                d.is_empty() || (!f.is_empty() && subset(f, d))
+            }
+            // Backing out what failed to install, or to be removed, ends it.
+            (Journal::Remove { names: d }, Journal::Install { modules: f, .. }) => {
+                subset(&names(f), d)
+            }
+            (Journal::Remove { names: d }, Journal::Remove { names: f }) => subset(f, d),
+            // A remove refreshes what remains on every kernel.
+            (Journal::Remove { .. }, Journal::Refresh { .. }) => true,
+            (Journal::ForgetKernel { release: d }, Journal::ForgetKernel { release: f }) => d == f,
+            _ => false,
+        }
+    }
 }
 
 /// Has bootkmod installed anything under `root` (does its ledger exist, resolved inside

@@ -32,11 +32,15 @@ impl ModuleTree {
     }
 
     /// Every module file below the tree (host paths), sorted; symlinked files included.
+    /// A link that leads nowhere inside the root is left out with a logged warning.
     pub fn module_files(&self) -> Result<Vec<PathBuf>> {
         let dir = self.host_dir()?;
-        let mut out = Vec::new();
-        walk(&self.root, &dir, &mut out)
+        let (mut out, mut dangling) = (Vec::new(), Vec::new());
+        walk(&self.root, &dir, &mut out, &mut dangling)
             .with_context(|| format!("reading module tree {}", dir.display()))?;
+        for warning in dangling {
+            tracing::warn!("{warning}");
+        }
         out.sort();
         Ok(out)
     }
@@ -50,17 +54,39 @@ impl ModuleTree {
 
 /// Collect module files below `dir`, a host path resolved inside `root` (real
 /// directories only; a symlinked file is collected as the file it names inside the root,
-/// never as what the link would name on the host).
-pub(crate) fn walk(root: &Root, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// never as what the link would name on the host). A link to nothing there (left by an
+/// erased kmod package) is not collected: `dangling` gets a warning naming the link, as
+/// kmod's depmod reports it and carries on.
+pub(crate) fn walk(
+    root: &Root,
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    dangling: &mut Vec<String>,
+) -> Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
         let kind = entry.file_type()?;
         if kind.is_dir() {
             // `build` and `source` are symlinks to header trees; real dirs only.
-            walk(root, &path, out)?;
+            walk(root, &path, out, dangling)?;
         } else if is_module_file(&entry.file_name().to_string_lossy()) {
-            out.push(if kind.is_symlink() { root.confine(&path)? } else { path });
+            if !kind.is_symlink() {
+                out.push(path);
+                continue;
+            }
+            let file = root.confine(&path)?;
+            if file.is_file() {
+                out.push(file);
+            } else {
+                let link = root.target_of(&path).unwrap_or_else(|| path.clone());
+                let to = std::fs::read_link(&path).unwrap_or_default();
+                dangling.push(format!(
+                    "{}: link to {}, which is not there: skipped",
+                    link.display(),
+                    to.display()
+                ));
+            }
         }
     }
     Ok(())

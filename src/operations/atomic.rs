@@ -26,7 +26,7 @@
 //! out is the file the caller read, and swaps back when it is not: the other writer's
 //! image stays, and the caller gets an error, never a lost write.
 
-use crate::operations::failpoint::failpoint;
+use crate::operations::failpoint::{failpoint, step};
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -114,7 +114,7 @@ impl AtomicSet {
             if std::fs::symlink_metadata(&target).is_ok() {
                 let b = backup(name);
                 let _ = std::fs::remove_file(&b);
-                if let Err(e) = std::fs::hard_link(&target, &b) {
+                if let Err(e) = step("link", &b).and_then(|()| std::fs::hard_link(&target, &b)) {
                     cleanup(&written);
                     cleanup(&backups.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>());
                     return Err(e).with_context(|| format!("{}: cannot back up", target.display()));
@@ -126,7 +126,7 @@ impl AtomicSet {
         let mut replaced: Vec<PathBuf> = Vec::new();
         for ((name, _), tmp) in self.files.iter().zip(&written) {
             let target = self.dir.join(name);
-            if let Err(e) = std::fs::rename(tmp, &target) {
+            if let Err(e) = step("rename", &target).and_then(|()| std::fs::rename(tmp, &target)) {
                 // Put back what was already replaced; remove what did not exist before.
                 for t in &replaced {
                     match backups.iter().find(|(_, orig)| orig == t) {
@@ -308,8 +308,9 @@ impl Staged {
         }
         // The check reads what the page cache holds while the disk catches up: both
         // must finish before the rename, neither needs the other.
+        step("write", temp).with_context(|| format!("{}: cannot write", temp.display()))?;
         std::thread::scope(|scope| {
-            let synced = scope.spawn(|| f.sync_all());
+            let synced = scope.spawn(|| step("fsync", temp).and_then(|()| f.sync_all()));
             let checked = check(temp);
             let synced = synced.join().map_err(|_| anyhow::anyhow!("fsync thread panicked"))?;
             synced.with_context(|| format!("{}: cannot fsync", temp.display()))?;
@@ -340,12 +341,17 @@ impl Staged {
             let name = target.file_name().unwrap_or_default().to_string_lossy();
             let link = self.dir.join(format!(".{name}.bootkmod-{}.bak", std::process::id()));
             let _ = std::fs::remove_file(&link);
-            std::fs::hard_link(target, &link)
+            step("link", &link)
+                .and_then(|()| std::fs::hard_link(target, &link))
                 .with_context(|| format!("{}: cannot back up", target.display()))?;
-            std::fs::rename(&link, backup)
-                .with_context(|| format!("{}: cannot create backup", backup.display()))?;
+            if let Err(e) = step("rename", backup).and_then(|()| std::fs::rename(&link, backup)) {
+                let _ = std::fs::remove_file(&link);
+                return Err(e)
+                    .with_context(|| format!("{}: cannot create backup", backup.display()));
+            }
         }
-        std::fs::rename(temp, target)
+        step("rename", target)
+            .and_then(|()| std::fs::rename(temp, target))
             .with_context(|| format!("{}: cannot replace", target.display()))?;
         // Renamed: nothing left for drop to remove.
         self.temp = PathBuf::new();
@@ -410,6 +416,7 @@ fn replaced_meanwhile(target: &Path) -> String {
 /// Swap two names in one step (both must exist).
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     use nix::fcntl::{renameat2, RenameFlags};
+    step("rename", b)?;
     renameat2(None, a, None, b, RenameFlags::RENAME_EXCHANGE).map_err(std::io::Error::from)
 }
 
@@ -495,8 +502,12 @@ fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .mode(mode)
         .open(path)
         .with_context(|| format!("{}: cannot create", path.display()))?;
-    f.write_all(bytes).with_context(|| format!("{}: cannot write", path.display()))?;
-    f.sync_all().with_context(|| format!("{}: cannot fsync", path.display()))?;
+    step("write", path)
+        .and_then(|()| f.write_all(bytes))
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    step("fsync", path)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("{}: cannot fsync", path.display()))?;
     Ok(())
 }
 
@@ -508,9 +519,10 @@ pub fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
     let name = link.file_name().with_context(|| format!("{}: no file name", link.display()))?;
     let temp = dir.join(format!(".{}.bootkmod-{}.new", name.to_string_lossy(), std::process::id()));
     let _ = std::fs::remove_file(&temp);
-    std::os::unix::fs::symlink(target, &temp)
+    step("symlink", &temp)
+        .and_then(|()| std::os::unix::fs::symlink(target, &temp))
         .with_context(|| format!("{}: cannot create symlink", temp.display()))?;
-    if let Err(e) = std::fs::rename(&temp, link) {
+    if let Err(e) = step("rename", link).and_then(|()| std::fs::rename(&temp, link)) {
         let _ = std::fs::remove_file(&temp);
         return Err(e).with_context(|| format!("{}: cannot replace", link.display()));
     }
@@ -519,7 +531,10 @@ pub fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
 
 /// Remove a file or symlink (absent is fine) and fsync its directory.
 pub fn remove_synced(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    match step("unlink", path).and_then(|()| std::fs::remove_file(path)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("{}: cannot remove", path.display())),
@@ -532,7 +547,8 @@ pub fn remove_synced(path: &Path) -> Result<()> {
 
 /// fsync a directory so renames inside it survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
+    step("fsync", dir)
+        .and_then(|()| File::open(dir))
         .and_then(|d| d.sync_all())
         .with_context(|| format!("{}: cannot fsync directory", dir.display()))
 }

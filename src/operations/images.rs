@@ -78,6 +78,14 @@ pub struct UpdateOptions {
     pub placed: bool,
 }
 
+/// What [`update`] left: the image's record, and whether its bytes changed (dry run:
+/// would change), so that a report says "updated" only when it was.
+#[derive(Debug, Clone)]
+pub struct Updated {
+    pub record: ImageRecord,
+    pub changed: bool,
+}
+
 /// Bring the image of `release` up to date with the modules usable on it (names).
 /// `previous` is what the ledger knew of the image. With [`ImageMethod::Regenerate`],
 /// the target's dracut builds the image (named as the distribution names it when there
@@ -89,7 +97,7 @@ pub fn update(
     usable: &[String],
     previous: Option<&ImageRecord>,
     opts: UpdateOptions,
-) -> Result<Option<ImageRecord>> {
+) -> Result<Option<Updated>> {
     let found = find(root, release);
     let path = match (&found, opts.method) {
         (Some(p), _) => p.clone(),
@@ -103,14 +111,15 @@ pub fn update(
     let mut backup_copy = previous.filter(|p| p.path == path).and_then(|p| p.backup.clone());
     if usable.is_empty() {
         let note = "no module of the ledger is usable on this kernel".to_string();
-        return Ok(Some(ImageRecord {
+        let record = ImageRecord {
             path,
             sha256,
             updated: false,
             method: None,
             note: Some(note),
             backup: backup_copy,
-        }));
+        };
+        return Ok(Some(Updated { record, changed: false }));
     }
     if backup_copy.is_none() && found.is_some() {
         backup_copy = Some(if opts.dry_run {
@@ -125,35 +134,40 @@ pub fn update(
             // Fails here as the real run would when the target has no dracut.
             crate::operations::dracut::find(root)?;
             let note = format!("dry run: the target's dracut would rebuild it with {names}");
-            return Ok(Some(ImageRecord {
+            let record = ImageRecord {
                 path,
                 sha256,
                 updated: true,
                 method: Some(ImageMethod::Regenerate),
                 note: Some(note),
                 backup: backup_copy,
-            }));
+            };
+            return Ok(Some(Updated { record, changed: true }));
         }
         crate::operations::dracut::regenerate(root, &path, release)?;
-        return Ok(Some(ImageRecord {
-            sha256: digest(root, &path)?,
+        let after = digest(root, &path)?;
+        let changed = after != sha256;
+        let record = ImageRecord {
+            sha256: after,
             path,
             updated: true,
             method: Some(ImageMethod::Regenerate),
             note: None,
             backup: backup_copy,
-        }));
+        };
+        return Ok(Some(Updated { record, changed }));
     }
     if opts.dry_run && !opts.placed {
         let note = format!("dry run: {names} would be injected once placed");
-        return Ok(Some(ImageRecord {
+        let record = ImageRecord {
             path,
             sha256,
             updated: true,
             method: Some(ImageMethod::Inject),
             note: Some(note),
             backup: backup_copy,
-        }));
+        };
+        return Ok(Some(Updated { record, changed: true }));
     }
     let inject_opts = InjectOptions {
         release: Some(release.to_string()),
@@ -170,13 +184,17 @@ pub fn update(
         inject::Outcome::Planned => (true, Some(format!("dry run: {names} would be injected"))),
         other => (false, Some(format!("not updated: inject ended {other:?}"))),
     };
-    let sha256 = if opts.dry_run { sha256 } else { digest(root, &path)? };
-    Ok(Some(ImageRecord {
-        sha256,
+    // A dry run's plan would write; a real run changed the image when its digest did.
+    let planned = matches!(report.outcome, inject::Outcome::Planned);
+    let after = if opts.dry_run { sha256.clone() } else { digest(root, &path)? };
+    let changed = planned || after != sha256;
+    let record = ImageRecord {
+        sha256: after,
         path,
         updated,
         method: updated.then_some(ImageMethod::Inject),
         note,
         backup: backup_copy,
-    }))
+    };
+    Ok(Some(Updated { record, changed }))
 }

@@ -95,6 +95,10 @@ impl StateDir {
 
 /// `mkdir -p` with an error naming the directory.
 pub fn create_dirs(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        crate::operations::failpoint::step("mkdir", dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))
 }
 

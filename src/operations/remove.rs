@@ -5,8 +5,10 @@
 //! module, unlink it from every kernel's `weak-updates/` and delete its file from
 //! `extra/` (and the emptied `extra/<name>/`); native depmod for each kernel whose tree
 //! changed; every image bootkmod changed is restored from the backup kept before its
-//! first change, byte for byte; the module is dropped from the ledger. A dry run
-//! reports the same and changes nothing.
+//! first change, byte for byte; the module is dropped from the ledger. A kernel whose
+//! depmod or restore fails is recorded with its reason and the others go on; a failed
+//! operation never blocks the next `remove` (`operations::journal`). A dry run reports
+//! the same and changes nothing.
 //!
 //! [`forget_kernel`] is what `kernel-install remove KVER` runs: the kernel's
 //! weak-updates links to bootkmod's modules go (and the directories left empty, up to
@@ -17,13 +19,12 @@
 //! do). It is idempotent: a kernel bootkmod never saw, or whose tree is gone, is fine.
 
 use crate::model::root::Root;
-use crate::operations::atomic::remove_synced;
-use crate::operations::install::{lock_for, start, Run};
-use crate::operations::ledger::{failpoint, ImageMethod, Journal, Ledger, ModuleRecord, StateDir};
-use crate::operations::{depmod, images, install, weak_updates};
-use anyhow::{bail, Context, Result};
+use crate::operations::journal::{self, lock_for, start};
+use crate::operations::ledger::{failpoint, Journal, Ledger, StateDir};
+use crate::operations::weak_updates;
+use anyhow::{bail, Result};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// What a remove did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -33,6 +34,10 @@ pub struct RemoveReport {
     pub depmod: Vec<String>,
     /// Images put back as they were before bootkmod.
     pub restored: Vec<String>,
+    /// Kernels that could not be completed, with the reason (also in the ledger); the
+    /// others went on.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failures: std::collections::BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<String>,
     /// Nothing was changed: the report says what a real run would do.
@@ -54,19 +59,20 @@ pub fn remove(root: &Root, names: &[String], dry_run: bool) -> Result<RemoveRepo
             );
         }
     }
-    let restorable: Vec<String> = ledger
-        .kernels
-        .values()
-        .filter_map(|k| k.image.as_ref())
-        .filter(|i| i.updated && i.backup.is_some())
-        .map(|i| i.path.display().to_string())
-        .collect();
     let Some(lock) = lock.filter(|_| !dry_run) else {
+        let restored = ledger
+            .kernels
+            .values()
+            .filter_map(|k| k.image.as_ref())
+            .filter(|i| i.updated && i.backup.is_some())
+            .map(|i| i.path.display().to_string())
+            .collect();
         let depmod = touched_kernels(root, &ledger, &names)?;
         return Ok(RemoveReport {
             removed: names,
             depmod,
-            restored: restorable,
+            restored,
+            failures: Default::default(),
             recovered,
             dry_run,
         });
@@ -74,17 +80,17 @@ pub fn remove(root: &Root, names: &[String], dry_run: bool) -> Result<RemoveRepo
     ledger.journal = Some(Journal::Remove { names: names.clone() });
     state.save(&ledger, &lock)?;
     failpoint("remove:journaled");
-    let run = Run {
-        state: &state,
-        lock: Some(&lock),
-        images: ImageMethod::Inject,
-        dry_run: false,
-        given: Default::default(),
-    };
-    let depmod = apply(&run, &mut ledger, &names)?;
-    ledger.journal = None;
-    state.save(&ledger, &lock)?;
-    Ok(RemoveReport { removed: names, depmod, restored: restorable, recovered, dry_run })
+    let applied = journal::apply(&state, &mut ledger, &lock)?;
+    let failures =
+        applied.failures().into_iter().map(|(k, why)| (k.to_string(), why.to_string())).collect();
+    Ok(RemoveReport {
+        removed: names,
+        depmod: applied.depmod,
+        restored: applied.restored.iter().map(|p| p.display().to_string()).collect(),
+        failures,
+        recovered,
+        dry_run,
+    })
 }
 
 /// The installed kernels whose trees removing `names` changes (depmod runs for them):
@@ -110,50 +116,6 @@ fn touched_kernels(root: &Root, ledger: &Ledger, names: &[String]) -> Result<Vec
         }
     }
     Ok(touched.into_iter().filter(|r| installed.contains(r)).collect())
-}
-
-/// The journaled part: idempotent. Returns the kernels depmod ran for.
-pub(crate) fn apply(run: &Run, ledger: &mut Ledger, names: &[String]) -> Result<Vec<String>> {
-    let root = &run.state.root;
-    let mut changed: BTreeSet<String> = BTreeSet::new();
-    for name in names {
-        let Some(record) = ledger.modules.get(name).cloned() else { continue };
-        // Every kernel that had it gets depmod, even when a killed run already removed
-        // the file or link: its indexes may still list the module.
-        changed.insert(record.built_for.clone());
-        changed.extend(
-            ledger
-                .kernels
-                .iter()
-                .filter(|(_, k)| k.modules.contains_key(name))
-                .map(|(r, _)| r.clone()),
-        );
-        changed.extend(take_out(root, ledger, &record)?);
-        failpoint("remove:unlinked");
-    }
-    let installed = crate::model::kernel::releases(root)?;
-    let changed: Vec<String> = changed.into_iter().filter(|r| installed.contains(r)).collect();
-    for release in &changed {
-        depmod::run(root, release, false)
-            .with_context(|| format!("depmod for kernel {release}"))?;
-    }
-    // Images: put back what bootkmod changed. Other modules still installed are
-    // re-offered by the next install/refresh.
-    for kernel in ledger.kernels.values_mut() {
-        if let Some(image) = kernel.image.as_mut().filter(|i| i.updated) {
-            if images::restore(root, image)? {
-                image.updated = false;
-                image.method = None;
-                image.sha256 = images::digest(root, &image.path)?;
-                image.note = Some("restored from backup by remove".into());
-            }
-        }
-    }
-    // What remains installed goes back into the restored images.
-    if !ledger.modules.is_empty() {
-        install::refresh(run, ledger, &[])?;
-    }
-    Ok(changed)
 }
 
 /// What forgetting a kernel did (or, in a dry run, would do).
@@ -198,9 +160,8 @@ pub fn forget_kernel(root: &Root, release: &str, dry_run: bool) -> Result<Forget
     let Some(lock) = lock.filter(|_| !dry_run) else { return Ok(report) };
     ledger.journal = Some(Journal::ForgetKernel { release: release.to_string() });
     state.save(&ledger, &lock)?;
-    let done = forget_kernel_apply(root, &mut ledger, release)?;
-    ledger.journal = None;
-    state.save(&ledger, &lock)?;
+    failpoint("remove-kernel:journaled");
+    let done = journal::apply(&state, &mut ledger, &lock)?.forgotten.unwrap_or_default();
     report.pruned = done.pruned;
     report.depmod = done.depmod;
     Ok(report)
@@ -234,82 +195,4 @@ fn plan_forget(root: &Root, ledger: &Ledger, release: &str) -> Result<ForgetRepo
         recovered: None,
         dry_run: false,
     })
-}
-
-/// The journaled part of [`forget_kernel`]: idempotent.
-pub(crate) fn forget_kernel_apply(
-    root: &Root,
-    ledger: &mut Ledger,
-    release: &str,
-) -> Result<ForgetReport> {
-    let mut report = plan_forget(root, ledger, release)?;
-    for m in ledger.modules.values() {
-        weak_updates::unlink(root, &m.path, release, false)?;
-    }
-    failpoint("remove-kernel:unlinked");
-    let installed = crate::model::kernel::releases(root).unwrap_or_default();
-    let still_a_kernel = installed.iter().any(|k| k == release);
-    // Kernels announced gone earlier whose trees are now deleted need no more mention.
-    ledger.removed_kernels.retain(|k| installed.contains(k));
-    if still_a_kernel {
-        // kernel-install runs before the package deletes the files: keep the tree's
-        // indexes true to it meanwhile, and remember the kernel is going.
-        // A run killed after unlinking left the indexes listing the links.
-        let listed = ledger.modules.values().any(|m| {
-            weak_updates::link_path(&m.path, release)
-                .is_ok_and(|l| install::indexed(root, release, &l))
-        });
-        if !report.unlinked.is_empty() || listed {
-            depmod::run(root, release, false)
-                .with_context(|| format!("depmod for kernel {release}"))?;
-            report.depmod = true;
-        }
-        ledger.removed_kernels.insert(release.to_string());
-    } else {
-        report.pruned = weak_updates::prune_gone_tree(root, release)?;
-    }
-    if let Some(backup) = &report.backup {
-        remove_synced(&root.host_entry(backup)?)?;
-    }
-    ledger.kernels.remove(release);
-    Ok(report)
-}
-
-/// Unlink a module everywhere, delete its file, drop it from the ledger. Returns the
-/// kernels whose trees changed (depmod is the caller's).
-pub(crate) fn take_out(
-    root: &Root,
-    ledger: &mut Ledger,
-    record: &ModuleRecord,
-) -> Result<BTreeSet<String>> {
-    let mut changed = BTreeSet::new();
-    let lib_modules = root.host("/lib/modules")?;
-    let releases: Vec<String> = std::fs::read_dir(&lib_modules)
-        .with_context(|| format!("{}: cannot list kernels", lib_modules.display()))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    for release in &releases {
-        if weak_updates::unlink(root, &record.path, release, false)? {
-            changed.insert(release.clone());
-        }
-    }
-    let host = root.host_entry(&record.path)?;
-    if std::fs::symlink_metadata(&host).is_ok() {
-        remove_synced(&host)?;
-        changed.insert(record.built_for.clone());
-    }
-    // extra/<name>/ was bootkmod's; leave it only if something else lives there.
-    if let Some(dir) = host.parent() {
-        if dir.file_name().is_some_and(|n| n.to_string_lossy() == record.name)
-            && dir.parent().and_then(Path::file_name).is_some_and(|n| n == "extra")
-        {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-    ledger.modules.remove(&record.name);
-    for kernel in ledger.kernels.values_mut() {
-        kernel.modules.remove(&record.name);
-    }
-    Ok(changed)
 }

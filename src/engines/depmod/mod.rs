@@ -118,7 +118,7 @@ pub fn read_tree(root: &Root, release: &str) -> Result<(Inputs, Vec<String>)> {
     let mut warnings = config.warnings.clone();
     let tree = PathBuf::from("/lib/modules").join(release);
     let candidates = scan::scan(root, &tree, &config, &mut warnings)?;
-    let modules = read_modules(candidates)?;
+    let modules = read_modules(candidates, &mut warnings);
     let read_opt = |name: &str| -> Result<Option<Vec<u8>>> {
         let path = root.host(tree.join(name))?;
         match std::fs::read(&path) {
@@ -137,17 +137,24 @@ pub fn read_tree(root: &Root, release: &str) -> Result<(Inputs, Vec<String>)> {
 }
 
 /// Read the chosen files on every core ([`Module::read_many`]): parsing thousands of
-/// modules dominates depmod.
-fn read_modules(candidates: Vec<Candidate>) -> Result<Vec<DepModule>> {
+/// modules dominates depmod. A file that cannot be read or parsed is left out with a
+/// warning naming it, as kmod's depmod reports it and carries on.
+fn read_modules(candidates: Vec<Candidate>, warnings: &mut Vec<String>) -> Vec<DepModule> {
     let hosts: Vec<PathBuf> = candidates.iter().map(|c| c.host.clone()).collect();
     let modules = Module::read_many(&hosts, ReadOptions::default());
-    candidates
-        .into_iter()
-        .zip(modules)
-        .map(|(c, m)| {
-            Ok(DepModule { name: c.name, target: c.target, rel: c.rel, module: Arc::new(m?) })
-        })
-        .collect()
+    let mut out = Vec::with_capacity(candidates.len());
+    for (c, m) in candidates.into_iter().zip(modules) {
+        match m {
+            Ok(m) => out.push(DepModule {
+                name: c.name,
+                target: c.target,
+                rel: c.rel,
+                module: Arc::new(m),
+            }),
+            Err(e) => warnings.push(format!("{}: skipped: {e:#}", c.target.display())),
+        }
+    }
+    out
 }
 
 impl Graph {

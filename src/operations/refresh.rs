@@ -1,0 +1,361 @@
+//! The per-kernel step shared by `install`, `install --refresh` and `remove`: check the
+//! ledger's modules against each kernel, link or fall back, depmod, and bring the image
+//! up to date — one kernel at a time, each on its own.
+//!
+//! Flow of [`refresh`]: put back any installed module file that is missing or altered
+//! from the store ([`place`]: the store holds the recorded sha256); read the modules;
+//! then for every kernel ([`refresh_kernel`]): check the whole set (`engines::compat`,
+//! the kernel loader's rules); compatible → weak-updates link (`operations::weak_updates`),
+//! incompatible → no link, and a locally built module of the same name (akmods/DKMS,
+//! in `extra/` or `updates/`) is used if *it* is compatible; native depmod when the tree
+//! changed; the image step (`operations::images`).
+//!
+//! Fault isolation: a kernel whose step fails (an image serving another release, not an
+//! initramfs, no space, a depmod or dracut failure) is recorded in the ledger with the
+//! reason ([`KernelRecord::failure`]) and the other kernels go on. The next refresh of
+//! that kernel, once the cause is fixed, completes it (depmod included).
+
+use crate::engines::compat::{self, Outcome, Verdict};
+use crate::model::kernel::{self, Interest, Kernel, KernelOptions};
+use crate::model::module::{name_from_path, sha256_hex, Module, ReadOptions};
+use crate::model::root::Root;
+use crate::model::tree::ModuleTree;
+use crate::operations::atomic::AtomicSet;
+use crate::operations::ledger::{
+    create_dirs, ImageMethod, KernelRecord, Ledger, Lock, ModuleOnKernel, ModuleRecord, Placement,
+    StateDir,
+};
+use crate::operations::{depmod, images, weak_updates};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What a refresh may do, and with what.
+pub(crate) struct Run<'a> {
+    pub state: &'a StateDir,
+    /// Held by a real run: regenerating saves the ledger before dracut reads it.
+    pub lock: Option<&'a Lock>,
+    pub images: ImageMethod,
+    /// Write nothing; report what would be done.
+    pub dry_run: bool,
+    /// A dry run's modules from the command line, by sha256: not placed, so read here.
+    pub given: BTreeMap<String, Module>,
+}
+
+/// One kernel after a refresh.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KernelOutcome {
+    pub release: String,
+    pub record: KernelRecord,
+    /// depmod rewrote the tree's indexes (dry run: would run because the tree changes).
+    pub depmod: bool,
+    /// The image's bytes changed (dry run: would change).
+    pub image_changed: bool,
+    /// Root-critical modules this kernel would boot without, with the first reason.
+    pub at_risk: Vec<String>,
+    /// This kernel could not be completed: the step and the reason (also in the
+    /// ledger); the other kernels went on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// What a refresh did besides the kernels.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Refreshed {
+    pub kernels: Vec<KernelOutcome>,
+    /// Installed module files put back from the store (target-absolute).
+    pub restored: Vec<PathBuf>,
+    /// Files of the trees that could not be read, each named (left out, not a stop).
+    pub warnings: Vec<String>,
+}
+
+/// Put a module's stored bytes at its installed path, unless already there. Returns
+/// whether it wrote (the file was missing or altered).
+pub(crate) fn place(state: &StateDir, record: &ModuleRecord) -> Result<bool> {
+    if state.root.read(&record.path).is_ok_and(|b| sha256_hex(&b) == record.sha256) {
+        return Ok(false);
+    }
+    // The file itself is replaced (a link there too), never written through.
+    let host = state.root.host_entry(&record.path)?;
+    let bytes = state.stored(&record.sha256)?;
+    let (dir, name) = match (host.parent(), host.file_name()) {
+        (Some(d), Some(n)) => (d.to_path_buf(), n.to_string_lossy().into_owned()),
+        _ => bail!("{}: not a file path", host.display()),
+    };
+    create_dirs(&dir)?;
+    // A dangling link or other non-file in the way (an erased package's leftover)
+    // would make the rename land in the wrong place: take it away first.
+    if std::fs::symlink_metadata(&host).is_ok_and(|m| !m.is_file()) {
+        crate::operations::atomic::remove_synced(&host)?;
+    }
+    AtomicSet::new(dir).file(name, bytes).commit()?;
+    Ok(true)
+}
+
+/// Check, link, fall back, depmod and update images for `only` kernels (all when empty).
+/// Records the outcome in the ledger (not saved here); a kernel that fails is recorded
+/// with its reason and the others go on.
+/// Kernels `kernel-install remove` announced are left out of a refresh of every
+/// kernel; naming one (kernel-install add) takes it back.
+pub(crate) fn refresh(run: &Run, ledger: &mut Ledger, only: &[String]) -> Result<Refreshed> {
+    let root = &run.state.root;
+    let installed = kernel::releases(root)?;
+    ledger.kernels.retain(|k, _| installed.contains(k));
+    ledger.removed_kernels.retain(|k| installed.contains(k) && !only.contains(k));
+    let releases: Vec<String> = installed
+        .into_iter()
+        .filter(|r| {
+            if only.is_empty() {
+                !ledger.removed_kernels.contains(r)
+            } else {
+                only.contains(r)
+            }
+        })
+        .collect();
+    let records: Vec<ModuleRecord> = ledger.modules.values().cloned().collect();
+    let mut done = Refreshed::default();
+    // (Dry run) is the installed file the recorded one? A new module is not there yet,
+    // so inject cannot plan from the tree.
+    let in_place = |r: &ModuleRecord| root.read(&r.path).is_ok_and(|b| sha256_hex(&b) == r.sha256);
+    let mut modules = Vec::new();
+    for r in &records {
+        if let Some(m) = run.given.get(&r.sha256) {
+            modules.push(m.clone());
+            continue;
+        }
+        // A file erased (by a package manager) or altered since: the store has the
+        // recorded bytes. A dry run reads them from there and says it would put them back.
+        if !in_place(r) {
+            if run.dry_run {
+                let bytes = run.state.stored(&r.sha256)?;
+                modules.push(
+                    Module::from_bytes(&bytes, ReadOptions::default())
+                        .with_context(|| format!("stored copy of {}", r.name))?,
+                );
+                done.restored.push(r.path.clone());
+                continue;
+            }
+            if place(run.state, r)? {
+                tracing::warn!("{}: missing or altered; put back from the store", r.path.display());
+                done.restored.push(r.path.clone());
+            }
+        }
+        modules.push(Module::read(&root.host(&r.path)?, ReadOptions::default())?);
+    }
+    let opts = KernelOptions { interest: Some(Interest::of(&modules)), ..Default::default() };
+    let placed_all = done.restored.is_empty() || !run.dry_run;
+    for release in releases {
+        let previous = ledger.kernels.get(&release).cloned().unwrap_or_default();
+        let mut record = KernelRecord { image: previous.image.clone(), ..KernelRecord::default() };
+        let step = KernelStep {
+            run,
+            release: &release,
+            records: &records,
+            modules: &modules,
+            opts: &opts,
+            previous: &previous,
+            placed_all,
+        };
+        let outcome = match step.apply(ledger, &mut record, &mut done.warnings) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let reason = format!("{e:#}");
+                tracing::warn!("kernel {release} not completed: {reason}");
+                record.failure = Some(reason.clone());
+                let at_risk = records
+                    .iter()
+                    .filter(|r| r.root_critical)
+                    .map(|r| {
+                        format!(
+                            "kernel {release} would boot without root-critical driver {}: not completed: {reason}",
+                            r.name
+                        )
+                    })
+                    .collect();
+                KernelOutcome {
+                    release: release.clone(),
+                    record: record.clone(),
+                    depmod: false,
+                    image_changed: false,
+                    at_risk,
+                    failure: Some(reason),
+                }
+            }
+        };
+        ledger.kernels.insert(release, outcome.record.clone());
+        done.kernels.push(outcome);
+    }
+    Ok(done)
+}
+
+/// One kernel's part of a refresh.
+struct KernelStep<'a> {
+    run: &'a Run<'a>,
+    release: &'a str,
+    records: &'a [ModuleRecord],
+    modules: &'a [Module],
+    opts: &'a KernelOptions,
+    previous: &'a KernelRecord,
+    /// (Dry run) every module file is where the ledger says.
+    placed_all: bool,
+}
+
+impl KernelStep<'_> {
+    /// Check, link, depmod, image; `record` holds what is done so far when it fails.
+    fn apply(
+        &self,
+        ledger: &mut Ledger,
+        record: &mut KernelRecord,
+        warnings: &mut Vec<String>,
+    ) -> Result<KernelOutcome> {
+        let (run, release) = (self.run, self.release);
+        let root = &run.state.root;
+        let kernel = Kernel::read(root, release, self.opts)
+            .with_context(|| format!("reading kernel {release}"))?;
+        warnings.extend(kernel.warnings.iter().map(|w| format!("kernel {release}: {w}")));
+        let verdicts = compat::check_set(&kernel, self.modules);
+        // A kernel a failed run left behind gets its indexes rewritten whatever else.
+        let mut changed = self.previous.failure.is_some();
+        let mut placed = self.placed_all;
+        let mut at_risk = Vec::new();
+        let in_place =
+            |r: &ModuleRecord| root.read(&r.path).is_ok_and(|b| sha256_hex(&b) == r.sha256);
+        for (r, verdict) in self.records.iter().zip(&verdicts) {
+            let reasons = refusals(verdict);
+            let mut entry = ModuleOnKernel {
+                compatible: verdict.compatible,
+                reasons: reasons.clone(),
+                placement: Placement::Refused,
+                link: None,
+                fallback: None,
+            };
+            if r.built_for == release {
+                entry.placement =
+                    if verdict.compatible { Placement::Own } else { Placement::Refused };
+                placed &= !run.dry_run || !verdict.compatible || in_place(r);
+            } else if verdict.compatible {
+                let (link, did) = weak_updates::link(root, &r.path, release, run.dry_run)?;
+                placed &= !run.dry_run || (!did && in_place(r));
+                // A run killed between linking and depmod left the link unindexed.
+                changed |= did || !indexed(root, release, &link);
+                entry.placement = Placement::WeakUpdates;
+                entry.link = Some(link);
+            } else {
+                changed |= weak_updates::unlink(root, &r.path, release, run.dry_run)?;
+                if let Ok(link) = weak_updates::link_path(&r.path, release) {
+                    changed |= indexed(root, release, &link);
+                }
+                if let Some(local) = local_fallback(root, &kernel, &r.name, &r.path)? {
+                    entry.placement = Placement::LocalFallback;
+                    entry.fallback = Some(local);
+                }
+            }
+            if r.built_for == release {
+                // The tree gained the file (install) or holds it unchanged: depmod only
+                // when its indexes do not list it yet.
+                changed |= !indexed(root, release, &r.path);
+            }
+            if r.root_critical && !entry.usable_on_boot() {
+                at_risk.push(format!(
+                    "kernel {release} would boot without root-critical driver {}: {}",
+                    r.name,
+                    reasons.first().map_or("incompatible", String::as_str)
+                ));
+            }
+            record.modules.insert(r.name.clone(), entry);
+        }
+        let mut depmod_wrote = changed;
+        if changed && !run.dry_run {
+            let report = depmod::run(root, release, false)
+                .with_context(|| format!("depmod for kernel {release}"))?;
+            depmod_wrote = !report.written.is_empty();
+        }
+        let usable: Vec<String> = record
+            .modules
+            .iter()
+            .filter(|(_, m)| m.usable_on_boot())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let previous = self.previous.image.clone();
+        if let (ImageMethod::Regenerate, Some(lock)) = (run.images, run.lock) {
+            if !run.dry_run && !usable.is_empty() {
+                // The target's 90bootkmod asks `bootkmod status --dracut` for this
+                // kernel's verdicts: they must be in the saved ledger before dracut runs.
+                let pending = KernelRecord { image: previous.clone(), ..record.clone() };
+                ledger.kernels.insert(release.to_string(), pending);
+                run.state.save(ledger, lock)?;
+            }
+        }
+        let opts = images::UpdateOptions { method: run.images, dry_run: run.dry_run, placed };
+        let updated = images::update(root, release, &usable, previous.as_ref(), opts)
+            .with_context(|| format!("image of kernel {release}"))?;
+        let image_changed = updated.as_ref().is_some_and(|u| u.changed);
+        record.image = updated.map(|u| u.record);
+        Ok(KernelOutcome {
+            release: release.to_string(),
+            record: record.clone(),
+            depmod: depmod_wrote,
+            image_changed,
+            at_risk,
+            failure: None,
+        })
+    }
+}
+
+/// The refusal messages of a verdict, the kernel's first one first.
+fn refusals(verdict: &Verdict) -> Vec<String> {
+    verdict
+        .reasons
+        .iter()
+        .filter(|r| r.outcome == Outcome::Refused)
+        .map(|r| r.message.clone())
+        .collect()
+}
+
+/// Does the tree's modules.dep already list `module` (target-absolute)?
+pub(crate) fn indexed(root: &Root, release: &str, module: &Path) -> bool {
+    let dep = root.read(Path::new("/lib/modules").join(release).join("modules.dep"));
+    let rel = module.strip_prefix(Path::new("/lib/modules").join(release)).ok();
+    match (dep.map(|b| String::from_utf8_lossy(&b).into_owned()), rel) {
+        (Ok(text), Some(rel)) => {
+            let want = format!("{}:", rel.display());
+            text.lines().any(|l| l.starts_with(&want))
+        }
+        _ => false,
+    }
+}
+
+/// A module of the same name built locally for this kernel (akmods/DKMS put them in
+/// `extra/` or `updates/`), not bootkmod's own file, that is compatible.
+fn local_fallback(
+    root: &Root,
+    kernel: &Kernel,
+    name: &str,
+    ours: &Path,
+) -> Result<Option<PathBuf>> {
+    let tree = ModuleTree::new(root.clone(), &kernel.release);
+    let mut candidates = BTreeMap::new();
+    for sub in ["updates", "extra"] {
+        let dir = root.host(tree.dir().join(sub))?;
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut files = Vec::new();
+        crate::model::tree::walk(root, &dir, &mut files, &mut Vec::new())
+            .with_context(|| format!("reading {}", dir.display()))?;
+        for f in files.into_iter().filter(|f| name_from_path(f) == name) {
+            if let Some(target) = root.target_of(&f) {
+                if target != ours {
+                    candidates.insert(target, f);
+                }
+            }
+        }
+    }
+    for (target, host) in candidates {
+        let Ok(module) = Module::read(&host, ReadOptions::default()) else { continue };
+        if compat::check(kernel, &module).compatible {
+            return Ok(Some(target));
+        }
+    }
+    Ok(None)
+}
