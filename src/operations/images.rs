@@ -110,6 +110,31 @@ pub fn update(
     };
     let mut backup_copy = previous.filter(|p| p.path == path).and_then(|p| p.backup.clone());
     if usable.is_empty() {
+        // bootkmod's injected image still in place, and nothing of the ledger belongs in
+        // it any more (a remove whose restore failed, a driver no longer compatible):
+        // put back the image as it was before. An image rebuilt since is left alone.
+        let injected = previous
+            .filter(|p| p.path == path && p.updated && p.sha256 == sha256 && p.backup.is_some());
+        if let Some(injected) = injected {
+            let note = "restored from backup: no module of the ledger is usable on this kernel";
+            let (sha256, changed) = if opts.dry_run {
+                (sha256, true)
+            } else {
+                restore(root, injected)?;
+                let after = digest(root, &path)?;
+                let changed = after != sha256;
+                (after, changed)
+            };
+            let record = ImageRecord {
+                path,
+                sha256,
+                updated: false,
+                method: None,
+                note: Some(note.to_string()),
+                backup: backup_copy,
+            };
+            return Ok(Some(Updated { record, changed }));
+        }
         let note = "no module of the ledger is usable on this kernel".to_string();
         let record = ImageRecord {
             path,

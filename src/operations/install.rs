@@ -182,7 +182,14 @@ pub fn install(root: &Root, files: &[PathBuf], opts: &InstallOptions) -> Result<
             for record in &records {
                 ledger.modules.insert(record.name.clone(), record.clone());
             }
-            let run = Run { state: &state, lock: None, images: opts.images, dry_run: true, given };
+            let run = Run {
+                state: &state,
+                lock: None,
+                images: opts.images,
+                dry_run: true,
+                given,
+                resumed: false,
+            };
             refresh(&run, &mut ledger, &[])?
         }
     };
@@ -225,6 +232,7 @@ pub fn refresh_kernels(
                 images: opts.images,
                 dry_run: true,
                 given: BTreeMap::new(),
+                resumed: false,
             };
             refresh(&run, &mut ledger, kernels)?
         }

@@ -67,7 +67,7 @@ pub fn recover(state: &StateDir, ledger: &mut Ledger, lock: &Lock) -> Result<Opt
     let Some(journal) = ledger.journal.clone() else { return Ok(None) };
     let what = journal.describe();
     tracing::warn!("completing the interrupted {what}");
-    match apply(state, ledger, lock) {
+    match run_to_end(state, ledger, lock, true) {
         Ok(_) => Ok(Some(what)),
         Err(e) => {
             // Recorded and released by apply: the requested operation goes on.
@@ -103,8 +103,18 @@ impl Applied {
 /// Run the journaled operation to its end and clear the journal. On an error the
 /// operation is recorded as failed and the journal released (the error is returned).
 pub(crate) fn apply(state: &StateDir, ledger: &mut Ledger, lock: &Lock) -> Result<Applied> {
+    run_to_end(state, ledger, lock, false)
+}
+
+/// [`apply`], or (`resumed`) the completion of a journal an earlier run left pending.
+fn run_to_end(
+    state: &StateDir,
+    ledger: &mut Ledger,
+    lock: &Lock,
+    resumed: bool,
+) -> Result<Applied> {
     let Some(journal) = ledger.journal.clone() else { return Ok(Applied::default()) };
-    match run_journal(state, ledger, lock, &journal) {
+    match run_journal(state, ledger, lock, &journal, resumed) {
         Ok(applied) => {
             ledger.journal = None;
             let failures = applied.failures();
@@ -149,10 +159,17 @@ fn run_journal(
     ledger: &mut Ledger,
     lock: &Lock,
     journal: &Journal,
+    resumed: bool,
 ) -> Result<Applied> {
     let root = &state.root;
-    let run =
-        |images| Run { state, lock: Some(lock), images, dry_run: false, given: BTreeMap::new() };
+    let run = |images| Run {
+        state,
+        lock: Some(lock),
+        images,
+        dry_run: false,
+        given: BTreeMap::new(),
+        resumed,
+    };
     let mut applied = Applied::default();
     match journal {
         Journal::Install { modules, images } => {

@@ -40,6 +40,10 @@ pub(crate) struct Run<'a> {
     pub dry_run: bool,
     /// A dry run's modules from the command line, by sha256: not placed, so read here.
     pub given: BTreeMap<String, Module>,
+    /// Completing an interrupted operation: a run killed while depmod renamed its index
+    /// set in may have left `modules.dep` new and `modules.dep.bin` old, so no kernel's
+    /// indexes are trusted; depmod rewrites only the files whose bytes differ.
+    pub resumed: bool,
 }
 
 /// One kernel after a refresh.
@@ -215,7 +219,7 @@ impl KernelStep<'_> {
         warnings.extend(kernel.warnings.iter().map(|w| format!("kernel {release}: {w}")));
         let verdicts = compat::check_set(&kernel, self.modules);
         // A kernel a failed run left behind gets its indexes rewritten whatever else.
-        let mut changed = self.previous.failure.is_some();
+        let mut changed = self.previous.failure.is_some() || run.resumed;
         let mut placed = self.placed_all;
         let mut at_risk = Vec::new();
         let in_place =

@@ -37,10 +37,15 @@ pub fn link(root: &Root, module: &Path, release: &str, dry_run: bool) -> Result<
 pub fn unlink(root: &Root, module: &Path, release: &str, dry_run: bool) -> Result<bool> {
     let link = link_path(module, release)?;
     let host = root.host_entry(&link)?;
-    if std::fs::symlink_metadata(&host).is_err() || dry_run {
-        return Ok(std::fs::symlink_metadata(&host).is_ok());
+    let present = std::fs::symlink_metadata(&host).is_ok();
+    if dry_run {
+        return Ok(present);
     }
-    remove_synced(&host)?;
+    if present {
+        remove_synced(&host)?;
+    }
+    // Also when the link is already gone: a run that failed right after unlinking it
+    // left the directories bootkmod made for it.
     let top = root.host(Path::new("/lib/modules").join(release).join("weak-updates"))?;
     let mut dir = host.parent().map(Path::to_path_buf);
     while let Some(d) = dir {
@@ -49,7 +54,7 @@ pub fn unlink(root: &Root, module: &Path, release: &str, dry_run: bool) -> Resul
         }
         dir = d.parent().map(Path::to_path_buf);
     }
-    Ok(true)
+    Ok(present)
 }
 
 /// After a kernel's links are gone: when its package already deleted the tree, what
