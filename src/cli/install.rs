@@ -26,6 +26,13 @@ use std::path::PathBuf;
 /// Runs serialize on a lock in ROOT/var/lib/bootkmod; an interrupted run is completed
 /// by the next one.
 ///
+/// Several builds of one driver are kept side by side (one per kernel build or kABI
+/// stream, and updates): per kernel, its own build when it loads, else the newest
+/// (rpm version order) that loads is linked. Never worse off: an install that would
+/// leave a kernel without the usable build of a root-critical driver it has, or a new
+/// build no installed kernel would take, is refused with exit 3 and nothing changed,
+/// unless --force. --dry-run shows the per-kernel choice.
+///
 /// Examples:
 ///   bootkmod install ./mydrv.ko --root-critical
 ///   bootkmod install --root /mnt/sysimage ./hba.ko.xz --json
@@ -60,6 +67,11 @@ pub struct InstallArgs {
     /// Report what would be done, in the same form; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Install even when a kernel would lose the usable build of a root-critical driver
+    /// it has now, or when a new build would serve no installed kernel.
+    #[arg(long, conflicts_with = "refresh")]
+    pub force: bool,
 }
 
 pub fn run(ctx: &Context, args: InstallArgs) -> Result<Exit> {
@@ -67,6 +79,7 @@ pub fn run(ctx: &Context, args: InstallArgs) -> Result<Exit> {
         root_critical: args.root_critical,
         images: if args.regenerate { ImageMethod::Regenerate } else { ImageMethod::Inject },
         dry_run: args.dry_run,
+        force: args.force,
     };
     let report = if args.refresh {
         install::refresh_kernels(&ctx.root, &args.kver, &opts)?
@@ -77,6 +90,14 @@ pub fn run(ctx: &Context, args: InstallArgs) -> Result<Exit> {
         print_json(&report)?;
     } else {
         render(&mut std::io::stdout().lock(), &report)?;
+    }
+    if !report.refused.is_empty() {
+        // Refused before anything changed (a dry run says it would be).
+        for why in &report.refused {
+            eprintln!("bootkmod: refused: {why}");
+        }
+        eprintln!("bootkmod: nothing was changed (--force installs anyway)");
+        return Ok(Exit::Negative);
     }
     for warning in &report.warnings {
         eprintln!("bootkmod: warning: {warning}");
@@ -120,8 +141,14 @@ fn render(out: &mut impl Write, report: &InstallReport) -> std::io::Result<()> {
     if let Some(r) = &report.recovered {
         writeln!(out, "completed the interrupted {r}")?;
     }
+    if !report.refused.is_empty() {
+        writeln!(out, "REFUSED, nothing changed; per kernel it would have been:")?;
+    }
     for m in &report.installed {
-        writeln!(out, "installed {} -> {}", m.name, m.path.display())?;
+        for b in &m.builds {
+            let verb = if report.refused.is_empty() { "installed" } else { "not installed" };
+            writeln!(out, "{verb} {} {} -> {}", m.name, b.label(), b.path.display())?;
+        }
     }
     for p in &report.restored {
         writeln!(out, "restored {} from the store (it was missing or altered)", p.display())?;
@@ -144,6 +171,20 @@ fn render(out: &mut impl Write, report: &InstallReport) -> std::io::Result<()> {
                 }
             };
             writeln!(out, "{:<28} {name}: {what}", k.release)?;
+            let build = m.build.as_deref().and_then(|sha| {
+                report.installed.iter().chain(&report.drivers).find_map(|r| r.build(sha))
+            });
+            if let Some(b) = build.filter(|_| m.usable_on_boot()) {
+                writeln!(out, "{:<28}   build {}", "", b.label())?;
+            }
+            for p in &m.passed_over {
+                let v = p.version.as_deref().unwrap_or("without version");
+                writeln!(
+                    out,
+                    "{:<28}   not taken: {v} (built for {}): {}",
+                    "", p.built_for, p.why
+                )?;
+            }
         }
         if k.depmod {
             writeln!(out, "{:<28} depmod: indexes rewritten", k.release)?;

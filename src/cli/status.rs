@@ -3,7 +3,7 @@
 //! root-critical driver. Exit 3 when any kernel is at risk.
 
 use super::{print_json, Context};
-use crate::engines::status::{self, Alert, KernelStatus};
+use crate::engines::status::{self, Alert, BuildUse, KernelStatus};
 use crate::exit::Exit;
 use crate::model::ledger::{self, Placement};
 use crate::operations::install::{Policy, CONFIG_FILE};
@@ -64,18 +64,22 @@ pub fn run(ctx: &Context, args: StatusArgs) -> Result<Exit> {
         alerts.retain(|a| a.kernel.as_ref().is_none_or(|a| a == k));
     }
     let at_risk = kernels.iter().any(|k| !k.at_risk.is_empty());
+    let builds = status::builds(&ledger);
     if ctx.json {
         #[derive(serde::Serialize)]
         struct Report<'a> {
             at_risk: bool,
             alerts: &'a [Alert],
             kernels: &'a [KernelStatus],
+            /// Every build kept, with the kernels it serves.
+            builds: &'a [BuildUse],
         }
-        print_json(&Report { at_risk, alerts: &alerts, kernels: &kernels })?;
+        print_json(&Report { at_risk, alerts: &alerts, kernels: &kernels, builds: &builds })?;
     } else {
         let mut out = std::io::stdout().lock();
         render_alerts(&mut out, &alerts)?;
         render(&mut out, &kernels)?;
+        render_builds(&mut out, &builds)?;
     }
     Ok(if at_risk || !alerts.is_empty() { Exit::Negative } else { Exit::Ok })
 }
@@ -108,10 +112,12 @@ fn dracut_list(ctx: &Context, ledger: &ledger::Ledger, kver: &str) -> Result<Exi
             }
             continue;
         }
-        let (source, dest) = match (on.placement, &on.link, &on.fallback) {
-            (Placement::WeakUpdates, Some(link), _) => (m.path.clone(), link.clone()),
-            (Placement::LocalFallback, _, Some(local)) => (local.clone(), local.clone()),
-            _ => (m.path.clone(), m.path.clone()),
+        let build = m.build_on(on).map(|b| b.path.clone());
+        let (source, dest) = match (on.placement, &on.link, &on.fallback, build) {
+            (Placement::WeakUpdates, Some(link), _, Some(path)) => (path, link.clone()),
+            (Placement::LocalFallback, _, Some(local), _) => (local.clone(), local.clone()),
+            (_, _, _, Some(path)) => (path.clone(), path),
+            _ => anyhow::bail!("ledger: driver {name} on kernel {kver} names no build it has"),
         };
         // dracut opens SOURCE on the host: the file the target sees, resolved inside it.
         writeln!(out, "{name}\t{}\t{}", ctx.root.host(&source)?.display(), dest.display())?;
@@ -181,7 +187,38 @@ fn render(out: &mut impl Write, kernels: &[KernelStatus]) -> std::io::Result<()>
                 yes_no(m.in_image),
                 yes_no(k.image_unchanged)
             )?;
+            if let Some(b) = &m.build {
+                let role = if m.compatible == Some(true) { "served by" } else { "newest" };
+                writeln!(out, "{:<28}   {role} build {}", "", b.label())?;
+            }
+            for p in &m.passed_over {
+                let v = p.version.as_deref().unwrap_or("without version");
+                writeln!(
+                    out,
+                    "{:<28}   not taken: {v} (built for {}): {}",
+                    "", p.built_for, p.why
+                )?;
+            }
         }
+    }
+    Ok(())
+}
+
+/// The builds kept, when a driver has more than one or one serves no kernel.
+fn render_builds(out: &mut impl Write, builds: &[BuildUse]) -> std::io::Result<()> {
+    let worth = builds.iter().any(|b| b.serves.is_empty())
+        || builds.iter().any(|b| builds.iter().filter(|o| o.name == b.name).count() > 1);
+    if !worth {
+        return Ok(());
+    }
+    writeln!(out, "\nBUILDS")?;
+    for b in builds {
+        let serves = if b.serves.is_empty() {
+            "serves no kernel (bootkmod remove --unused prunes it)".to_string()
+        } else {
+            format!("serves {}", b.serves.join(", "))
+        };
+        writeln!(out, "{:<12} {}: {serves}", b.name, b.build.label())?;
     }
     Ok(())
 }

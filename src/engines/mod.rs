@@ -1,6 +1,7 @@
 //! Engines: compute verdicts, dependency graphs and image views from the model.
 //! They return plans and reports; they never touch disk.
 
+pub mod choose;
 pub mod compat;
 pub mod depmod;
 pub mod dud;

@@ -21,8 +21,8 @@
 use crate::engines::initramfs;
 use crate::model::kernel;
 use crate::model::ledger::{
-    find_image, is_linked, store_path, weak_link_path, Journal, Ledger, Placement, LEDGER_FILE,
-    STATE_DIR,
+    find_image, is_linked, store_path, weak_link_path, Build, Journal, Ledger, PassedOver,
+    Placement, LEDGER_FILE, STATE_DIR,
 };
 use crate::model::module::{name_from_path, sha256_hex};
 use crate::model::root::Root;
@@ -42,6 +42,48 @@ pub struct ModuleStatus {
     /// The module is in the kernel's initramfs (`None`: no image).
     pub in_image: Option<bool>,
     pub reasons: Vec<String>,
+    /// The build serving the kernel (or, when none can, the newest one, whose reasons
+    /// are given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+    /// Newer builds the kernel does not take, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub passed_over: Vec<PassedOver>,
+}
+
+/// One build of a driver and the kernels it serves.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildUse {
+    pub name: String,
+    #[serde(flatten)]
+    pub build: Build,
+    /// Kernels whose tree offers this build (own `extra/` or a weak-updates link).
+    pub serves: Vec<String>,
+}
+
+/// Every build of every driver with the kernels it serves, per the ledger: builds that
+/// serve none are what `remove --unused` prunes.
+pub fn builds(ledger: &Ledger) -> Vec<BuildUse> {
+    let mut out = Vec::new();
+    for (name, record) in &ledger.modules {
+        for build in &record.builds {
+            let serves = ledger
+                .kernels
+                .iter()
+                .filter(|(k, _)| !ledger.removed_kernels.contains(*k))
+                .filter(|(_, k)| {
+                    k.modules.get(name).is_some_and(|on| {
+                        on.usable_on_boot()
+                            && on.placement != Placement::LocalFallback
+                            && record.build_on(on).is_some_and(|b| b.sha256 == build.sha256)
+                    })
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            out.push(BuildUse { name: name.clone(), build: build.clone(), serves });
+        }
+    }
+    out
 }
 
 /// One installed kernel.
@@ -90,11 +132,15 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
         let mut at_risk = Vec::new();
         for (name, m) in &ledger.modules {
             let on = recorded.and_then(|k| k.modules.get(name));
+            let build = on.and_then(|o| m.build_on(o));
             let placed = match on.map(|o| o.placement) {
-                Some(Placement::Own) => root.host(&m.path).is_ok_and(|h| h.is_file()),
-                Some(Placement::WeakUpdates) => {
-                    on.and_then(|o| o.link.as_ref()).is_some_and(|l| is_linked(root, l, &m.path))
+                Some(Placement::Own) => {
+                    build.is_some_and(|b| root.host(&b.path).is_ok_and(|h| h.is_file()))
                 }
+                Some(Placement::WeakUpdates) => on
+                    .and_then(|o| o.link.as_ref())
+                    .zip(build)
+                    .is_some_and(|(l, b)| is_linked(root, l, &b.path)),
                 Some(Placement::LocalFallback) => on
                     .and_then(|o| o.fallback.as_ref())
                     .is_some_and(|f| root.host(f).is_ok_and(|h| h.is_file())),
@@ -135,6 +181,8 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
                 placed,
                 in_image,
                 reasons,
+                build: build.cloned(),
+                passed_over: on.map(|o| o.passed_over.clone()).unwrap_or_default(),
             });
         }
         out.push(KernelStatus {
@@ -221,8 +269,11 @@ pub fn alerts(root: &Root, ledger: &Ledger, kernels: &[KernelStatus]) -> Vec<Ale
         // weak-updates links to a bootkmod driver that the ledger does not record for
         // this kernel (a run that stopped between linking and recording).
         let recorded = ledger.kernels.get(release);
-        let mut ours: Vec<(&str, &Path)> =
-            ledger.modules.values().map(|m| (m.name.as_str(), m.path.as_path())).collect();
+        let mut ours: Vec<(&str, &Path)> = ledger
+            .modules
+            .values()
+            .flat_map(|m| m.builds.iter().map(|b| (m.name.as_str(), b.path.as_path())))
+            .collect();
         let pending: Vec<_> = [ledger.journal.as_ref(), ledger.failed.as_ref().map(|f| &f.journal)]
             .into_iter()
             .flatten()
@@ -232,15 +283,28 @@ pub fn alerts(root: &Root, ledger: &Ledger, kernels: &[KernelStatus]) -> Vec<Ale
             })
             .flatten()
             .collect();
-        ours.extend(pending.iter().map(|m| (m.name.as_str(), m.path.as_path())));
+        ours.extend(
+            pending
+                .iter()
+                .flat_map(|m| m.builds.iter().map(|b| (m.name.as_str(), b.path.as_path()))),
+        );
+        let kept = |name: &str, path: &Path| {
+            ledger.modules.get(name).is_some_and(|m| m.builds.iter().any(|b| b.path == path))
+        };
         for (name, path) in ours {
             let Ok(link) = weak_link_path(path, release) else { continue };
             if !is_linked(root, &link, path) {
                 continue;
             }
             let known = recorded.and_then(|r| r.modules.get(name)).is_some_and(|on| {
-                on.placement == Placement::WeakUpdates && on.link.as_deref() == Some(&link)
-            }) && ledger.modules.get(name).is_some_and(|m| m.path == path);
+                on.placement == Placement::WeakUpdates
+                    && on.link.as_deref() == Some(&link)
+                    && ledger
+                        .modules
+                        .get(name)
+                        .and_then(|m| m.build_on(on))
+                        .is_some_and(|b| b.path == path)
+            });
             if !known {
                 out.push(Alert {
                     kernel: Some(release.clone()),
@@ -249,7 +313,7 @@ pub fn alerts(root: &Root, ledger: &Ledger, kernels: &[KernelStatus]) -> Vec<Ale
                         "weak-updates link to {} that the ledger does not record for this kernel",
                         path.display()
                     ),
-                    next: if ledger.modules.get(name).is_some_and(|m| m.path == path) {
+                    next: if kept(name, path) {
                         refresh.clone()
                     } else {
                         format!("bootkmod install {} (or rm {})", path.display(), link.display())
@@ -293,23 +357,23 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
     let mut push = |path: &Path, problem: String| {
         drift.push(Drift { path: path.to_path_buf(), problem });
     };
-    for m in ledger.modules.values() {
-        match root.read(&m.path) {
-            Ok(bytes) if sha256_hex(&bytes) == m.sha256 => {}
+    for (m, b) in ledger.modules.values().flat_map(|m| m.builds.iter().map(move |b| (m, b))) {
+        match root.read(&b.path) {
+            Ok(bytes) if sha256_hex(&bytes) == b.sha256 => {}
             Ok(bytes) => push(
-                &m.path,
+                &b.path,
                 format!(
                     "module {} changed: sha256 {} (installed {})",
                     m.name,
                     sha256_hex(&bytes),
-                    m.sha256
+                    b.sha256
                 ),
             ),
-            Err(e) => push(&m.path, format!("module {} unreadable: {}", m.name, e.root_cause())),
+            Err(e) => push(&b.path, format!("module {} unreadable: {}", m.name, e.root_cause())),
         }
-        let stored = store_path(&m.sha256);
+        let stored = store_path(&b.sha256);
         match root.read(&stored) {
-            Ok(bytes) if sha256_hex(&bytes) == m.sha256 => {}
+            Ok(bytes) if sha256_hex(&bytes) == b.sha256 => {}
             Ok(_) => push(&stored, format!("stored copy of {} does not match its sha256", m.name)),
             Err(e) => {
                 push(&stored, format!("stored copy of {} unreadable: {}", m.name, e.root_cause()))
@@ -318,9 +382,9 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
     }
     for (release, k) in &ledger.kernels {
         for (name, on) in &k.modules {
-            let Some(m) = ledger.modules.get(name) else { continue };
+            let Some(b) = ledger.modules.get(name).and_then(|m| m.build_on(on)) else { continue };
             if let (Placement::WeakUpdates, Some(link)) = (on.placement, &on.link) {
-                if !is_linked(root, link, &m.path) {
+                if !is_linked(root, link, &b.path) {
                     let now = root
                         .read_link(link)
                         .map_or("missing".to_string(), |t| format!("points to {}", t.display()));

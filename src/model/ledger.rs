@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 /// Target-absolute directory of bootkmod's state.
 pub const STATE_DIR: &str = "/var/lib/bootkmod";
 pub const LEDGER_FILE: &str = "ledger.json";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// Format 1 held one build per driver; it is read and migrated ([`ModuleRecordOnDisk`]).
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// Everything bootkmod manages under one root.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -51,20 +53,115 @@ pub struct FailedOperation {
     pub next: String,
 }
 
-/// One installed module.
+/// One installed driver: every build of it bootkmod keeps (issue 21).
+///
+/// Old ledgers (format 1) held one file per name; they load as a driver with one
+/// build ([`ModuleRecordOnDisk`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "ModuleRecordOnDisk")]
 pub struct ModuleRecord {
     pub name: String,
+    /// Needed to mount the root filesystem: a kernel without it is at risk.
+    pub root_critical: bool,
+    /// The builds, in the order they were installed.
+    pub builds: Vec<Build>,
+}
+
+/// One build of a driver: one file, built for one kernel.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Build {
     /// sha256 of the file as installed (and as kept in the store).
     pub sha256: String,
+    /// The module's `version=` (compared in rpm's order); `None` when it has none or
+    /// the build came from a format-1 ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Where the admin's file came from (host path as given on the command line).
     pub origin: String,
     /// The release the module was built for (from its vermagic).
     pub built_for: String,
     /// Target-absolute path of the installed file (`/lib/modules/K/extra/NAME/FILE`).
     pub path: PathBuf,
-    /// Needed to mount the root filesystem: a kernel without it is at risk.
-    pub root_critical: bool,
+}
+
+/// What a ledger holds for a driver: today's shape, or format 1's single file.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+pub enum ModuleRecordOnDisk {
+    Builds {
+        name: String,
+        root_critical: bool,
+        builds: Vec<Build>,
+    },
+    Single {
+        name: String,
+        sha256: String,
+        origin: String,
+        built_for: String,
+        path: PathBuf,
+        root_critical: bool,
+    },
+}
+
+impl From<ModuleRecordOnDisk> for ModuleRecord {
+    fn from(on_disk: ModuleRecordOnDisk) -> ModuleRecord {
+        match on_disk {
+            ModuleRecordOnDisk::Builds { name, root_critical, builds } => {
+                ModuleRecord { name, root_critical, builds }
+            }
+            ModuleRecordOnDisk::Single { name, sha256, origin, built_for, path, root_critical } => {
+                let build = Build { sha256, version: None, origin, built_for, path };
+                ModuleRecord { name, root_critical, builds: vec![build] }
+            }
+        }
+    }
+}
+
+impl Ledger {
+    /// Add the builds of `new` to its driver (creating it). A build at the path of one
+    /// already kept replaces it (the file is overwritten), as does the same file again;
+    /// either way the added build counts as installed last. Root-critical stays set
+    /// once any install said so.
+    pub fn add_builds(&mut self, new: &ModuleRecord) {
+        let record = self.modules.entry(new.name.clone()).or_insert_with(|| ModuleRecord {
+            name: new.name.clone(),
+            root_critical: false,
+            builds: Vec::new(),
+        });
+        record.root_critical |= new.root_critical;
+        for b in &new.builds {
+            record.builds.retain(|old| old.path != b.path && old.sha256 != b.sha256);
+            record.builds.push(b.clone());
+        }
+    }
+}
+
+impl ModuleRecord {
+    /// The build with this sha256.
+    pub fn build(&self, sha256: &str) -> Option<&Build> {
+        self.builds.iter().find(|b| b.sha256 == sha256)
+    }
+
+    /// The build a kernel's entry is about (format-1 entries name none: the one build).
+    pub fn build_on(&self, on: &ModuleOnKernel) -> Option<&Build> {
+        match &on.build {
+            Some(sha) => self.build(sha),
+            None if self.builds.len() == 1 => self.builds.first(),
+            None => None,
+        }
+    }
+}
+
+impl Build {
+    /// How the build is named to a person: version and kernel it was built for.
+    pub fn label(&self) -> String {
+        format!(
+            "{} (built for {}, sha256 {})",
+            self.version.as_deref().unwrap_or("without version"),
+            self.built_for,
+            &self.sha256[..12.min(self.sha256.len())]
+        )
+    }
 }
 
 /// Where a module stands on one kernel.
@@ -95,6 +192,25 @@ pub struct ModuleOnKernel {
     /// The local module used instead (target-absolute) when [`Placement::LocalFallback`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<PathBuf>,
+    /// sha256 of the build this entry is about: the one serving the kernel, or, when
+    /// none is usable, the newest (whose reasons are given). `None` in format-1
+    /// ledgers, which had one build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
+    /// Builds newer than the one serving the kernel that were not taken, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passed_over: Vec<PassedOver>,
+}
+
+/// A newer build a kernel does not use.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PassedOver {
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub built_for: String,
+    /// The check's first refusal, or why a usable one was not taken.
+    pub why: String,
 }
 
 /// How an initramfs image gets the drivers.
@@ -153,6 +269,9 @@ pub enum Journal {
     },
     /// Take these modules out of every kernel and image, then forget them.
     Remove { names: Vec<String> },
+    /// Take these builds out (their files and links), forget them, and choose again
+    /// per kernel among the builds left.
+    RemoveBuilds { builds: Vec<BuildRef> },
     /// Re-evaluate the ledger's modules for these kernels (all when empty).
     Refresh {
         kernels: Vec<String>,
@@ -172,6 +291,9 @@ impl Journal {
                 modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
             ),
             Journal::Remove { names } => format!("remove of {}", names.join(", ")),
+            Journal::RemoveBuilds { builds } => {
+                format!("remove of build(s) {}", BuildRef::describe(builds))
+            }
             Journal::Refresh { kernels, .. } if kernels.is_empty() => "refresh".to_string(),
             Journal::Refresh { kernels, .. } => format!("refresh of {}", kernels.join(", ")),
             Journal::ForgetKernel { release } => format!("removal of kernel {release}"),
@@ -186,9 +308,18 @@ impl Journal {
                 "bootkmod install{}{} {}",
                 if modules.iter().any(|m| m.root_critical) { " --root-critical" } else { "" },
                 if *images == ImageMethod::Regenerate { " --regenerate" } else { "" },
-                modules.iter().map(|m| m.origin.as_str()).collect::<Vec<_>>().join(" ")
+                modules
+                    .iter()
+                    .flat_map(|m| m.builds.iter().map(|b| b.origin.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ),
             Journal::Remove { names } => format!("bootkmod remove {}", names.join(" ")),
+            Journal::RemoveBuilds { builds } => builds
+                .iter()
+                .map(|b| format!("bootkmod remove {} --sha256 {}", b.name, b.sha256))
+                .collect::<Vec<_>>()
+                .join("; "),
             Journal::Refresh { kernels, .. } => {
                 let kvers: String = kernels.iter().map(|k| format!(" --kver {k}")).collect();
                 format!("bootkmod install --refresh{kvers}")
@@ -215,11 +346,36 @@ impl Journal {
                 subset(&names(f), d)
             }
             (Journal::Remove { names: d }, Journal::Remove { names: f }) => subset(f, d),
+            (Journal::RemoveBuilds { builds: d }, Journal::RemoveBuilds { builds: f }) => {
+                f.iter().all(|b| d.contains(b))
+            }
+            // Removing a whole driver ends the removal of some of its builds.
+            (Journal::Remove { names: d }, Journal::RemoveBuilds { builds: f }) => {
+                f.iter().all(|b| d.contains(&b.name))
+            }
             // A remove refreshes what remains on every kernel.
-            (Journal::Remove { .. }, Journal::Refresh { .. }) => true,
+            (Journal::Remove { .. } | Journal::RemoveBuilds { .. }, Journal::Refresh { .. }) => {
+                true
+            }
             (Journal::ForgetKernel { release: d }, Journal::ForgetKernel { release: f }) => d == f,
             _ => false,
         }
+    }
+}
+
+/// One build of one driver, by sha256.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BuildRef {
+    pub name: String,
+    pub sha256: String,
+}
+
+impl BuildRef {
+    fn describe(refs: &[BuildRef]) -> String {
+        refs.iter()
+            .map(|b| format!("{} {}", b.name, &b.sha256[..12.min(b.sha256.len())]))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -239,15 +395,17 @@ pub fn load(root: &Root) -> Result<Ledger> {
         }
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
     };
-    let ledger: Ledger = serde_json::from_slice(&bytes)
+    let mut ledger: Ledger = serde_json::from_slice(&bytes)
         .with_context(|| format!("{}: not a bootkmod ledger", path.display()))?;
-    if ledger.version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&ledger.version) {
         bail!(
-            "{}: ledger format {} is not the supported {FORMAT_VERSION}",
+            "{}: ledger format {} is not one this bootkmod reads ({OLDEST_READABLE_VERSION} to {FORMAT_VERSION})",
             path.display(),
             ledger.version
         );
     }
+    // Migrated on read (ModuleRecordOnDisk); the next save writes the current format.
+    ledger.version = FORMAT_VERSION;
     Ok(ledger)
 }
 
@@ -320,6 +478,70 @@ impl ModuleOnKernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_format_1_ledger_loads_as_one_build_per_driver() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path());
+        std::fs::create_dir_all(t.path().join("var/lib/bootkmod")).unwrap();
+        let old = r#"{"version":1,
+          "modules":{"bkram":{"name":"bkram","sha256":"ab12","origin":"/tmp/bkram.ko",
+            "built_for":"6.1.0-57-amd64","path":"/lib/modules/6.1.0-57-amd64/extra/bkram/bkram.ko",
+            "root_critical":true}},
+          "kernels":{"6.1.0-57-amd64":{"modules":{"bkram":{"compatible":true,"reasons":[],
+            "placement":"own"}}}},
+          "journal":{"op":"install","modules":[{"name":"bkram","sha256":"ab12",
+            "origin":"/tmp/bkram.ko","built_for":"6.1.0-57-amd64",
+            "path":"/lib/modules/6.1.0-57-amd64/extra/bkram/bkram.ko","root_critical":true}]}}"#;
+        std::fs::write(t.path().join("var/lib/bootkmod").join(LEDGER_FILE), old).unwrap();
+        let ledger = load(&root).unwrap();
+        assert_eq!(ledger.version, FORMAT_VERSION);
+        let m = &ledger.modules["bkram"];
+        assert!(m.root_critical);
+        assert_eq!(m.builds.len(), 1);
+        assert_eq!(m.builds[0].built_for, "6.1.0-57-amd64");
+        assert_eq!(m.builds[0].version, None);
+        // A format-1 kernel entry names no build: it is the driver's one build.
+        let on = &ledger.kernels["6.1.0-57-amd64"].modules["bkram"];
+        assert_eq!(m.build_on(on).unwrap().sha256, "ab12");
+        let Some(Journal::Install { modules, .. }) = &ledger.journal else { panic!() };
+        assert_eq!(modules[0].builds[0].sha256, "ab12");
+        // Written back in the current shape, it reads the same.
+        let again: Ledger = serde_json::from_slice(&serde_json::to_vec(&ledger).unwrap()).unwrap();
+        assert_eq!(again, ledger);
+        // A format this bootkmod does not know is refused.
+        std::fs::write(
+            t.path().join("var/lib/bootkmod").join(LEDGER_FILE),
+            r#"{"version":9,"modules":{},"kernels":{}}"#,
+        )
+        .unwrap();
+        assert!(format!("{:#}", load(&root).unwrap_err()).contains("ledger format 9"));
+    }
+
+    #[test]
+    fn adding_a_build_keeps_the_others_and_replaces_one_at_the_same_path() {
+        let build = |sha: &str, k: &str| Build {
+            sha256: sha.into(),
+            version: None,
+            origin: String::new(),
+            built_for: k.into(),
+            path: PathBuf::from(format!("/lib/modules/{k}/extra/d/d.ko")),
+        };
+        let record = |b: Build, critical| ModuleRecord {
+            name: "d".into(),
+            root_critical: critical,
+            builds: vec![b],
+        };
+        let mut ledger = Ledger::default();
+        ledger.add_builds(&record(build("a", "k1"), true));
+        ledger.add_builds(&record(build("b", "k2"), false));
+        assert_eq!(ledger.modules["d"].builds.len(), 2);
+        assert!(ledger.modules["d"].root_critical, "an install without the flag keeps it");
+        ledger.add_builds(&record(build("c", "k1"), false));
+        let shas: Vec<&str> =
+            ledger.modules["d"].builds.iter().map(|b| b.sha256.as_str()).collect();
+        assert_eq!(shas, ["b", "c"], "same path: the new file replaces the old build");
+    }
 
     #[test]
     fn a_new_image_is_named_as_the_distribution_names_it() {

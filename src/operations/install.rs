@@ -26,14 +26,24 @@
 //!
 //! [`Policy`] decides whether a kernel that would boot without a root-critical module
 //! is an error (`refuse`, the default) or a warning.
+//!
+//! Builds side by side (issue 21): a new file of a driver already installed is added
+//! as another build beside the ones kept, and each kernel takes one (`engines::choose`).
+//! Never worse off: before anything is written, a dry refresh of the ledger as it would
+//! be is compared with the ledger as it is ([`guard`](crate::operations::refresh::guard));
+//! an install that would take a usable build of a root-critical driver away from a
+//! kernel, or add a build no installed kernel would take, is refused
+//! ([`InstallReport::refused`]) unless [`InstallOptions::force`].
 
 use crate::model::module::{name_from_path, sha256_hex, Module, ReadOptions};
 use crate::model::root::Root;
 pub use crate::operations::journal::recover;
 use crate::operations::journal::{apply, lock_for, start, Applied};
-use crate::operations::ledger::{failpoint, ImageMethod, Journal, ModuleRecord, StateDir};
+use crate::operations::ledger::{
+    failpoint, Build, ImageMethod, Journal, Ledger, ModuleRecord, Placement, StateDir,
+};
 pub use crate::operations::refresh::KernelOutcome;
-use crate::operations::refresh::{refresh, Refreshed, Run};
+use crate::operations::refresh::{guard, refresh, Refreshed, Run};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +57,9 @@ pub struct InstallOptions {
     pub images: ImageMethod,
     /// Report what would be done; change nothing under the root.
     pub dry_run: bool,
+    /// Install even when a kernel would be left worse off, or a new build would serve
+    /// no installed kernel.
+    pub force: bool,
 }
 
 /// What to do when a kernel would boot without a root-critical module.
@@ -103,6 +116,13 @@ pub struct InstallReport {
     pub policy: Policy,
     /// Nothing was changed: the report says what a real run would do.
     pub dry_run: bool,
+    /// Why the install was refused before anything changed (empty: not refused); the
+    /// kernels then say what it would have done.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+    /// Every driver with all its builds, as the run leaves them (refused or dry: would
+    /// leave them): what the kernels' `build` digests refer to.
+    pub drivers: Vec<ModuleRecord>,
 }
 
 impl InstallReport {
@@ -153,45 +173,71 @@ pub fn install(root: &Root, files: &[PathBuf], opts: &InstallOptions) -> Result<
             .filter(|n| name_from_path(Path::new(n)) == name)
             .unwrap_or_else(|| format!("{name}.ko"));
         let sha256 = sha256_hex(&bytes);
-        if !opts.dry_run {
-            state.store(&sha256, &bytes)?;
-        }
-        given.insert(sha256.clone(), module);
+        let version = module.modinfo.get("version").map(str::to_string);
+        given.insert(sha256.clone(), (module, bytes));
         records.push(ModuleRecord {
-            path: Path::new("/lib/modules")
-                .join(&built_for)
-                .join("extra")
-                .join(&name)
-                .join(file_name),
+            builds: vec![Build {
+                path: Path::new("/lib/modules")
+                    .join(&built_for)
+                    .join("extra")
+                    .join(&name)
+                    .join(file_name),
+                sha256,
+                version,
+                origin: file.display().to_string(),
+                built_for,
+            }],
             name,
-            sha256,
-            origin: file.display().to_string(),
-            built_for,
             root_critical: opts.root_critical,
         });
     }
-    let done: Refreshed = match &lock {
-        Some(lock) if !opts.dry_run => {
+    // What every kernel would get, on a copy of the ledger before anything is written:
+    // the dry run's report, and the guard of an install beside builds already kept (a
+    // first install of a driver takes nothing from any kernel).
+    let mut planned = ledger.clone();
+    for record in &records {
+        planned.add_builds(record);
+    }
+    let beside = records.iter().any(|r| ledger.modules.contains_key(&r.name));
+    let mut refused = Vec::new();
+    let mut plan = None;
+    if opts.dry_run || beside {
+        let run = Run {
+            state: &state,
+            lock: None,
+            images: opts.images,
+            dry_run: true,
+            given: given.iter().map(|(sha, (m, _))| (sha.clone(), m.clone())).collect(),
+            resumed: false,
+            leaving: Vec::new(),
+        };
+        let done = refresh(&run, &mut planned, &[])?;
+        refused = guard(&ledger, &done.kernels);
+        refused.extend(unused_builds(&ledger, &records, &done.kernels));
+        plan = Some(done);
+    }
+    let refuse = !refused.is_empty() && !opts.force;
+    if opts.force {
+        for why in &refused {
+            tracing::warn!("forced past: {why}");
+        }
+    }
+    let done: Refreshed = match (&lock, plan) {
+        (Some(lock), _) if !opts.dry_run && !refuse => {
+            for (sha256, (_, bytes)) in &given {
+                state.store(sha256, bytes)?;
+            }
             ledger.journal =
                 Some(Journal::Install { modules: records.clone(), images: opts.images });
             state.save(&ledger, lock)?;
             failpoint("install:journaled");
-            apply(&state, &mut ledger, lock)?.refreshed
+            let done = apply(&state, &mut ledger, lock)?.refreshed;
+            planned = ledger;
+            done
         }
-        _ => {
-            for record in &records {
-                ledger.modules.insert(record.name.clone(), record.clone());
-            }
-            let run = Run {
-                state: &state,
-                lock: None,
-                images: opts.images,
-                dry_run: true,
-                given,
-                resumed: false,
-            };
-            refresh(&run, &mut ledger, &[])?
-        }
+        (_, Some(plan)) => plan,
+        // A real run without a lock does not happen (lock_for takes one).
+        (_, None) => bail!("install: no lock held for a real run"),
     };
     Ok(InstallReport {
         installed: records,
@@ -201,7 +247,54 @@ pub fn install(root: &Root, files: &[PathBuf], opts: &InstallOptions) -> Result<
         recovered,
         policy: Policy::read(root)?,
         dry_run: opts.dry_run,
+        refused: if refuse { refused } else { Vec::new() },
+        drivers: planned.modules.into_values().collect(),
     })
+}
+
+/// An update no kernel takes: a new build of a driver that already has builds, which
+/// would serve no installed kernel. The admin asked for it to take effect and it would
+/// not (nor would the next dracut run carry it). One message per build, with each
+/// kernel's reason.
+fn unused_builds(before: &Ledger, new: &[ModuleRecord], plan: &[KernelOutcome]) -> Vec<String> {
+    let mut unused = Vec::new();
+    for record in new.iter().filter(|r| before.modules.contains_key(&r.name)) {
+        for build in &record.builds {
+            let serves = |k: &KernelOutcome| {
+                k.record.modules.get(&record.name).is_some_and(|m| {
+                    m.build.as_deref() == Some(build.sha256.as_str())
+                        && matches!(m.placement, Placement::Own | Placement::WeakUpdates)
+                        && m.compatible
+                })
+            };
+            if plan.is_empty() || plan.iter().any(serves) {
+                continue;
+            }
+            let reasons: Vec<String> = plan
+                .iter()
+                .map(|k| {
+                    let on = k.record.modules.get(&record.name);
+                    let why = on
+                        .and_then(|m| m.passed_over.iter().find(|p| p.sha256 == build.sha256))
+                        .map(|p| p.why.clone())
+                        .or_else(|| {
+                            on.filter(|m| m.build.as_deref() == Some(build.sha256.as_str()))
+                                .and_then(|m| m.reasons.first().cloned())
+                        })
+                        .unwrap_or_else(|| "a newer build serves it".to_string());
+                    format!("{}: {why}", k.release)
+                })
+                .collect();
+            unused.push(format!(
+                "build {} of {} would serve no installed kernel ({}); every kernel keeps \
+                 the build it has",
+                build.label(),
+                record.name,
+                reasons.join("; ")
+            ));
+        }
+    }
+    unused
 }
 
 /// Re-evaluate the ledger's modules for `kernels` (every installed kernel when empty):
@@ -233,6 +326,7 @@ pub fn refresh_kernels(
                 dry_run: true,
                 given: BTreeMap::new(),
                 resumed: false,
+                leaving: Vec::new(),
             };
             refresh(&run, &mut ledger, kernels)?
         }
@@ -245,6 +339,8 @@ pub fn refresh_kernels(
         recovered,
         policy: Policy::read(root)?,
         dry_run: opts.dry_run,
+        refused: Vec::new(),
+        drivers: ledger.modules.into_values().collect(),
     })
 }
 

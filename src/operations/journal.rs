@@ -20,7 +20,7 @@
 use crate::model::root::Root;
 use crate::operations::atomic::remove_synced;
 use crate::operations::ledger::{
-    failpoint, FailedOperation, ImageMethod, Journal, Ledger, Lock, ModuleRecord, StateDir,
+    failpoint, Build, BuildRef, FailedOperation, ImageMethod, Journal, Ledger, Lock, StateDir,
     LEDGER_FILE, STATE_DIR,
 };
 use crate::operations::refresh::{self, indexed, place, KernelOutcome, Refreshed, Run};
@@ -169,20 +169,19 @@ fn run_journal(
         dry_run: false,
         given: BTreeMap::new(),
         resumed,
+        leaving: Vec::new(),
     };
     let mut applied = Applied::default();
     match journal {
         Journal::Install { modules, images } => {
+            // Builds are added beside the ones kept (issue 21); the refresh chooses one
+            // per kernel.
             for record in modules {
-                if let Some(old) = ledger.modules.get(&record.name).cloned() {
-                    if old.path != record.path {
-                        // Another file of that name was installed before: take it out.
-                        take_out(root, ledger, &old)?;
-                    }
+                for build in &record.builds {
+                    place(state, build)?;
                 }
-                place(state, record)?;
                 failpoint("install:placed");
-                ledger.modules.insert(record.name.clone(), record.clone());
+                ledger.add_builds(record);
             }
             applied.refreshed = refresh::refresh(&run(*images), ledger, &[])?;
         }
@@ -191,6 +190,9 @@ fn run_journal(
         }
         Journal::Remove { names } => {
             applied = remove_modules(&run(ImageMethod::Inject), ledger, names)?;
+        }
+        Journal::RemoveBuilds { builds } => {
+            applied = remove_builds(&run(ImageMethod::Inject), ledger, builds)?;
         }
         Journal::ForgetKernel { release } => {
             applied.forgotten = Some(forget_kernel(root, ledger, release)?);
@@ -208,7 +210,7 @@ pub(crate) fn remove_modules(run: &Run, ledger: &mut Ledger, names: &[String]) -
         let Some(record) = ledger.modules.get(name).cloned() else { continue };
         // Every kernel that had it gets depmod, even when a killed run already removed
         // the file or link: its indexes may still list the module.
-        changed.insert(record.built_for.clone());
+        changed.extend(record.builds.iter().map(|b| b.built_for.clone()));
         changed.extend(
             ledger
                 .kernels
@@ -216,7 +218,12 @@ pub(crate) fn remove_modules(run: &Run, ledger: &mut Ledger, names: &[String]) -
                 .filter(|(_, k)| k.modules.contains_key(name))
                 .map(|(r, _)| r.clone()),
         );
-        changed.extend(take_out(root, ledger, &record)?);
+        for build in &record.builds {
+            changed.extend(take_out(root, name, build)?);
+        }
+        // Only once every build is out, so a failure leaves it recorded for `remove`
+        // to finish.
+        forget(ledger, name, None);
         failpoint("remove:unlinked");
     }
     let installed = crate::model::kernel::releases(root)?;
@@ -305,8 +312,8 @@ pub(crate) struct Forgotten {
 /// The journaled part of `remove --kernel`: idempotent.
 pub(crate) fn forget_kernel(root: &Root, ledger: &mut Ledger, release: &str) -> Result<Forgotten> {
     let mut unlinked = false;
-    for m in ledger.modules.values() {
-        unlinked |= weak_updates::unlink(root, &m.path, release, false)?;
+    for b in ledger.modules.values().flat_map(|m| &m.builds) {
+        unlinked |= weak_updates::unlink(root, &b.path, release, false)?;
     }
     failpoint("remove-kernel:unlinked");
     let mut done = Forgotten::default();
@@ -318,8 +325,8 @@ pub(crate) fn forget_kernel(root: &Root, ledger: &mut Ledger, release: &str) -> 
         // kernel-install runs before the package deletes the files: keep the tree's
         // indexes true to it meanwhile, and remember the kernel is going.
         // A run killed after unlinking left the indexes listing the links.
-        let listed = ledger.modules.values().any(|m| {
-            weak_updates::link_path(&m.path, release).is_ok_and(|l| indexed(root, release, &l))
+        let listed = ledger.modules.values().flat_map(|m| &m.builds).any(|b| {
+            weak_updates::link_path(&b.path, release).is_ok_and(|l| indexed(root, release, &l))
         });
         if unlinked || listed {
             depmod::run(root, release, false)
@@ -343,14 +350,60 @@ pub(crate) fn forget_kernel(root: &Root, ledger: &mut Ledger, release: &str) -> 
     Ok(done)
 }
 
-/// Unlink a module everywhere, delete its file, drop it from the ledger (only once all
-/// of that is done, so a failure leaves it recorded for `remove` to finish). Returns the
-/// kernels whose trees changed (depmod is the caller's).
-pub(crate) fn take_out(
-    root: &Root,
-    ledger: &mut Ledger,
-    record: &ModuleRecord,
-) -> Result<BTreeSet<String>> {
+/// The journaled part of `remove --version/--sha256/--unused`: idempotent. Takes each
+/// build's links and file out and forgets it, runs depmod where a tree changed, then
+/// refreshes every kernel: the builds left are chosen again, links re-pointed, images
+/// follow by injection. A kernel whose depmod fails is recorded with the reason (the
+/// refresh runs it again); the others go on.
+pub(crate) fn remove_builds(run: &Run, ledger: &mut Ledger, builds: &[BuildRef]) -> Result<Applied> {
+    let root = &run.state.root;
+    let mut changed: BTreeSet<String> = BTreeSet::new();
+    for r in builds {
+        let Some(build) = ledger.modules.get(&r.name).and_then(|m| m.build(&r.sha256)).cloned()
+        else {
+            continue;
+        };
+        changed.insert(build.built_for.clone());
+        changed.extend(take_out(root, &r.name, &build)?);
+        forget(ledger, &r.name, Some(&r.sha256));
+    }
+    failpoint("remove:unlinked");
+    let installed = crate::model::kernel::releases(root)?;
+    let mut applied = Applied::default();
+    for release in changed.iter().filter(|r| installed.contains(r)) {
+        match depmod::run(root, release, false) {
+            Ok(report) if !report.written.is_empty() => applied.depmod.push(release.clone()),
+            Ok(_) => {}
+            Err(e) => {
+                let why = format!("depmod for kernel {release}: {e:#}");
+                tracing::warn!("kernel {release} not completed: {why}");
+                ledger.kernels.entry(release.clone()).or_default().failure = Some(why);
+            }
+        }
+    }
+    applied.refreshed = refresh::refresh(run, ledger, &[])?;
+    Ok(applied)
+}
+
+/// Drop a driver (`sha256` `None`) or one build of it from the ledger; a driver left
+/// without builds goes, with its per-kernel entries.
+pub(crate) fn forget(ledger: &mut Ledger, name: &str, sha256: Option<&str>) {
+    if let (Some(record), Some(sha)) = (ledger.modules.get_mut(name), sha256) {
+        record.builds.retain(|b| b.sha256 != sha);
+        if !record.builds.is_empty() {
+            return;
+        }
+    }
+    ledger.modules.remove(name);
+    for kernel in ledger.kernels.values_mut() {
+        kernel.modules.remove(name);
+    }
+}
+
+/// Unlink one build of driver `name` everywhere (only links that point at it: another
+/// build may hold the same link name) and delete its file. Returns the kernels whose
+/// trees changed (depmod and the ledger are the caller's).
+pub(crate) fn take_out(root: &Root, name: &str, build: &Build) -> Result<BTreeSet<String>> {
     let mut changed = BTreeSet::new();
     let lib_modules = root.host("/lib/modules")?;
     let releases: Vec<String> = std::fs::read_dir(&lib_modules)
@@ -359,26 +412,24 @@ pub(crate) fn take_out(
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     for release in &releases {
-        if weak_updates::unlink(root, &record.path, release, false)? {
+        let link = weak_updates::link_path(&build.path, release)?;
+        let foreign = root.read_link(&link).is_ok_and(|t| t != build.path);
+        if !foreign && weak_updates::unlink(root, &build.path, release, false)? {
             changed.insert(release.clone());
         }
     }
-    let host = root.host_entry(&record.path)?;
+    let host = root.host_entry(&build.path)?;
     if std::fs::symlink_metadata(&host).is_ok() {
         remove_synced(&host)?;
-        changed.insert(record.built_for.clone());
+        changed.insert(build.built_for.clone());
     }
     // extra/<name>/ was bootkmod's; leave it only if something else lives there.
     if let Some(dir) = host.parent() {
-        if dir.file_name().is_some_and(|n| n.to_string_lossy() == record.name)
+        if dir.file_name().is_some_and(|n| n.to_string_lossy() == name)
             && dir.parent().and_then(Path::file_name).is_some_and(|n| n == "extra")
         {
             let _ = std::fs::remove_dir(dir);
         }
-    }
-    ledger.modules.remove(&record.name);
-    for kernel in ledger.kernels.values_mut() {
-        kernel.modules.remove(&record.name);
     }
     Ok(changed)
 }

@@ -15,6 +15,7 @@
 //! reason ([`KernelRecord::failure`]) and the other kernels go on. The next refresh of
 //! that kernel, once the cause is fixed, completes it (depmod included).
 
+use crate::engines::choose::{self, Candidate};
 use crate::engines::compat::{self, Outcome, Verdict};
 use crate::model::kernel::{self, Interest, Kernel, KernelOptions};
 use crate::model::module::{name_from_path, sha256_hex, Module, ReadOptions};
@@ -22,8 +23,8 @@ use crate::model::root::Root;
 use crate::model::tree::ModuleTree;
 use crate::operations::atomic::AtomicSet;
 use crate::operations::ledger::{
-    create_dirs, ImageMethod, KernelRecord, Ledger, Lock, ModuleOnKernel, ModuleRecord, Placement,
-    StateDir,
+    create_dirs, Build, ImageMethod, KernelRecord, Ledger, Lock, ModuleOnKernel, ModuleRecord,
+    Placement, StateDir,
 };
 use crate::operations::{depmod, images, weak_updates};
 use anyhow::{bail, Context, Result};
@@ -44,6 +45,9 @@ pub(crate) struct Run<'a> {
     /// set in may have left `modules.dep` new and `modules.dep.bin` old, so no kernel's
     /// indexes are trusted; depmod rewrites only the files whose bytes differ.
     pub resumed: bool,
+    /// (Dry run) files of builds a removal would delete (target-absolute): still on
+    /// disk, but no local fallback.
+    pub leaving: Vec<PathBuf>,
 }
 
 /// One kernel after a refresh.
@@ -73,9 +77,9 @@ pub(crate) struct Refreshed {
     pub warnings: Vec<String>,
 }
 
-/// Put a module's stored bytes at its installed path, unless already there. Returns
+/// Put a build's stored bytes at its installed path, unless already there. Returns
 /// whether it wrote (the file was missing or altered).
-pub(crate) fn place(state: &StateDir, record: &ModuleRecord) -> Result<bool> {
+pub(crate) fn place(state: &StateDir, record: &Build) -> Result<bool> {
     if state.root.read(&record.path).is_ok_and(|b| sha256_hex(&b) == record.sha256) {
         return Ok(false);
     }
@@ -117,12 +121,18 @@ pub(crate) fn refresh(run: &Run, ledger: &mut Ledger, only: &[String]) -> Result
         })
         .collect();
     let records: Vec<ModuleRecord> = ledger.modules.values().cloned().collect();
+    // Every build of every driver (issue 21), checked together as one set on each
+    // kernel; the per-kernel choice among a driver's builds is `engines::choose`'s.
+    let builds: Vec<(String, Build)> = records
+        .iter()
+        .flat_map(|r| r.builds.iter().map(|b| (r.name.clone(), b.clone())))
+        .collect();
     let mut done = Refreshed::default();
     // (Dry run) is the installed file the recorded one? A new module is not there yet,
     // so inject cannot plan from the tree.
-    let in_place = |r: &ModuleRecord| root.read(&r.path).is_ok_and(|b| sha256_hex(&b) == r.sha256);
+    let in_place = |r: &Build| root.read(&r.path).is_ok_and(|b| sha256_hex(&b) == r.sha256);
     let mut modules = Vec::new();
-    for r in &records {
+    for (name, r) in &builds {
         if let Some(m) = run.given.get(&r.sha256) {
             modules.push(m.clone());
             continue;
@@ -134,7 +144,7 @@ pub(crate) fn refresh(run: &Run, ledger: &mut Ledger, only: &[String]) -> Result
                 let bytes = run.state.stored(&r.sha256)?;
                 modules.push(
                     Module::from_bytes(&bytes, ReadOptions::default())
-                        .with_context(|| format!("stored copy of {}", r.name))?,
+                        .with_context(|| format!("stored copy of {name}"))?,
                 );
                 done.restored.push(r.path.clone());
                 continue;
@@ -155,6 +165,7 @@ pub(crate) fn refresh(run: &Run, ledger: &mut Ledger, only: &[String]) -> Result
             run,
             release: &release,
             records: &records,
+            builds: &builds,
             modules: &modules,
             opts: &opts,
             previous: &previous,
@@ -197,6 +208,8 @@ struct KernelStep<'a> {
     run: &'a Run<'a>,
     release: &'a str,
     records: &'a [ModuleRecord],
+    /// Every build of every driver, with the driver's name, in the order of `modules`.
+    builds: &'a [(String, Build)],
     modules: &'a [Module],
     opts: &'a KernelOptions,
     previous: &'a KernelRecord,
@@ -222,42 +235,72 @@ impl KernelStep<'_> {
         let mut changed = self.previous.failure.is_some() || run.resumed;
         let mut placed = self.placed_all;
         let mut at_risk = Vec::new();
-        let in_place =
-            |r: &ModuleRecord| root.read(&r.path).is_ok_and(|b| sha256_hex(&b) == r.sha256);
-        for (r, verdict) in self.records.iter().zip(&verdicts) {
-            let reasons = refusals(verdict);
+        let in_place = |b: &Build| root.read(&b.path).is_ok_and(|f| sha256_hex(&f) == b.sha256);
+        let all_refusals: Vec<Vec<String>> = verdicts.iter().map(refusals).collect();
+        for r in self.records {
+            let mine: Vec<usize> =
+                (0..self.builds.len()).filter(|&i| self.builds[i].0 == r.name).collect();
+            let candidates: Vec<Candidate> = mine
+                .iter()
+                .map(|&i| Candidate { build: &self.builds[i].1, refusals: &all_refusals[i] })
+                .collect();
+            let choice = choose::choose(release, &candidates);
+            let serving = choice.serving.map(|c| candidates[c].build);
+            let reported = choice.reported.map(|c| candidates[c]);
+            let reasons = reported.map(|c| c.refusals.to_vec()).unwrap_or_default();
             let mut entry = ModuleOnKernel {
-                compatible: verdict.compatible,
+                compatible: serving.is_some(),
                 reasons: reasons.clone(),
                 placement: Placement::Refused,
                 link: None,
                 fallback: None,
+                build: reported.map(|c| c.build.sha256.clone()),
+                passed_over: choice.passed_over,
             };
-            if r.built_for == release {
-                entry.placement =
-                    if verdict.compatible { Placement::Own } else { Placement::Refused };
-                placed &= !run.dry_run || !verdict.compatible || in_place(r);
-            } else if verdict.compatible {
-                let (link, did) = weak_updates::link(root, &r.path, release, run.dry_run)?;
-                placed &= !run.dry_run || (!did && in_place(r));
-                // A run killed between linking and depmod left the link unindexed.
-                changed |= did || !indexed(root, release, &link);
-                entry.placement = Placement::WeakUpdates;
-                entry.link = Some(link);
-            } else {
-                changed |= weak_updates::unlink(root, &r.path, release, run.dry_run)?;
-                if let Ok(link) = weak_updates::link_path(&r.path, release) {
+            // The one weak-updates link this kernel keeps for the driver, if any; the
+            // links of its other builds go (they may share the link's name).
+            let keep_link = match serving {
+                Some(b) if b.built_for != release => Some(weak_updates::link_path(&b.path, release)?),
+                _ => None,
+            };
+            for b in &r.builds {
+                if b.built_for == release {
+                    // The tree gained the file (install) or holds it unchanged: depmod
+                    // only when its indexes do not list it yet.
+                    changed |= !indexed(root, release, &b.path);
+                    continue;
+                }
+                let link = weak_updates::link_path(&b.path, release)?;
+                if keep_link.as_ref() != Some(&link) {
+                    changed |= weak_updates::unlink(root, &b.path, release, run.dry_run)?;
                     changed |= indexed(root, release, &link);
                 }
-                if let Some(local) = local_fallback(root, &kernel, &r.name, &r.path)? {
-                    entry.placement = Placement::LocalFallback;
-                    entry.fallback = Some(local);
-                }
             }
-            if r.built_for == release {
-                // The tree gained the file (install) or holds it unchanged: depmod only
-                // when its indexes do not list it yet.
-                changed |= !indexed(root, release, &r.path);
+            match serving {
+                Some(b) if b.built_for == release => {
+                    entry.placement = Placement::Own;
+                    placed &= !run.dry_run || in_place(b);
+                }
+                Some(b) => {
+                    let (link, did) = weak_updates::link(root, &b.path, release, run.dry_run)?;
+                    placed &= !run.dry_run || (!did && in_place(b));
+                    // A run killed between linking and depmod left the link unindexed.
+                    changed |= did || !indexed(root, release, &link);
+                    entry.placement = Placement::WeakUpdates;
+                    entry.link = Some(link);
+                }
+                None => {
+                    let ours: Vec<&Path> = r
+                        .builds
+                        .iter()
+                        .map(|b| b.path.as_path())
+                        .chain(run.leaving.iter().map(PathBuf::as_path))
+                        .collect();
+                    if let Some(local) = local_fallback(root, &kernel, &r.name, &ours)? {
+                        entry.placement = Placement::LocalFallback;
+                        entry.fallback = Some(local);
+                    }
+                }
             }
             if r.root_critical && !entry.usable_on_boot() {
                 at_risk.push(format!(
@@ -335,7 +378,7 @@ fn local_fallback(
     root: &Root,
     kernel: &Kernel,
     name: &str,
-    ours: &Path,
+    ours: &[&Path],
 ) -> Result<Option<PathBuf>> {
     let tree = ModuleTree::new(root.clone(), &kernel.release);
     let mut candidates = BTreeMap::new();
@@ -349,7 +392,7 @@ fn local_fallback(
             .with_context(|| format!("reading {}", dir.display()))?;
         for f in files.into_iter().filter(|f| name_from_path(f) == name) {
             if let Some(target) = root.target_of(&f) {
-                if target != ours {
+                if !ours.contains(&target.as_path()) {
                     candidates.insert(target, f);
                 }
             }
@@ -362,4 +405,33 @@ fn local_fallback(
         }
     }
     Ok(None)
+}
+
+/// Never worse off (issue 21): the kernels that would lose a usable build of a
+/// root-critical driver they have now (per the ledger `before`), one message each
+/// naming kernel, driver and reason. `plan` is a dry refresh of the ledger as an
+/// install or a removal of builds would leave it.
+pub(crate) fn guard(before: &Ledger, plan: &[KernelOutcome]) -> Vec<String> {
+    let mut lost = Vec::new();
+    for outcome in plan {
+        let Some(had) = before.kernels.get(&outcome.release) else { continue };
+        for (name, was) in &had.modules {
+            let critical = before.modules.get(name).is_some_and(|m| m.root_critical);
+            if !critical || !was.usable_on_boot() {
+                continue;
+            }
+            let now = outcome.record.modules.get(name);
+            if now.is_some_and(ModuleOnKernel::usable_on_boot) {
+                continue;
+            }
+            let why = now
+                .and_then(|n| n.reasons.first().cloned())
+                .unwrap_or_else(|| "no build of it would be left".to_string());
+            lost.push(format!(
+                "kernel {} would lose root-critical driver {name}, which it has now: {why}",
+                outcome.release
+            ));
+        }
+    }
+    lost
 }

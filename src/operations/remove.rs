@@ -17,10 +17,19 @@
 //! status stops listing it. The modules themselves stay: other kernels use them (a
 //! module built for that kernel keeps its file in that kernel's `extra/`, as kmod RPMs
 //! do). It is idempotent: a kernel bootkmod never saw, or whose tree is gone, is fine.
+//!
+//! [`remove_builds`] (`remove NAME --version V`, `--sha256 S`, `--unused`) takes some
+//! builds of a driver out and lets every kernel choose again among the builds left
+//! (`operations::journal::remove_builds`). Like install, it is refused before anything
+//! changes when a kernel would lose the usable build of a root-critical driver it has
+//! (`operations::refresh::guard`), unless forced.
 
 use crate::model::root::Root;
-use crate::operations::journal::{self, lock_for, start};
-use crate::operations::ledger::{failpoint, Journal, Ledger, StateDir};
+use crate::operations::journal::{self, forget, lock_for, start};
+use crate::operations::ledger::{
+    failpoint, Build, BuildRef, ImageMethod, Journal, Ledger, Placement, StateDir,
+};
+use crate::operations::refresh::{self, guard, KernelOutcome, Run};
 use crate::operations::weak_updates;
 use anyhow::{bail, Result};
 use std::collections::BTreeSet;
@@ -101,7 +110,7 @@ fn touched_kernels(root: &Root, ledger: &Ledger, names: &[String]) -> Result<Vec
     let mut touched = BTreeSet::new();
     for name in names {
         let Some(record) = ledger.modules.get(name) else { continue };
-        touched.insert(record.built_for.clone());
+        touched.extend(record.builds.iter().map(|b| b.built_for.clone()));
         touched.extend(
             ledger
                 .kernels
@@ -110,8 +119,10 @@ fn touched_kernels(root: &Root, ledger: &Ledger, names: &[String]) -> Result<Vec
                 .map(|(r, _)| r.clone()),
         );
         for release in &installed {
-            if weak_updates::unlink(root, &record.path, release, true)? {
-                touched.insert(release.clone());
+            for b in &record.builds {
+                if weak_updates::unlink(root, &b.path, release, true)? {
+                    touched.insert(release.clone());
+                }
             }
         }
     }
@@ -171,12 +182,13 @@ pub fn forget_kernel(root: &Root, release: &str, dry_run: bool) -> Result<Forget
 fn plan_forget(root: &Root, ledger: &Ledger, release: &str) -> Result<ForgetReport> {
     let mut unlinked = Vec::new();
     let mut kept = Vec::new();
-    for m in ledger.modules.values() {
-        if weak_updates::unlink(root, &m.path, release, true)? {
-            unlinked.push(weak_updates::link_path(&m.path, release)?);
+    for b in ledger.modules.values().flat_map(|m| &m.builds) {
+        let link = weak_updates::link_path(&b.path, release)?;
+        if !unlinked.contains(&link) && weak_updates::unlink(root, &b.path, release, true)? {
+            unlinked.push(link);
         }
-        if m.built_for == release {
-            kept.push(m.path.clone());
+        if b.built_for == release {
+            kept.push(b.path.clone());
         }
     }
     let record = ledger.kernels.get(release);
@@ -195,4 +207,144 @@ fn plan_forget(root: &Root, ledger: &Ledger, release: &str) -> Result<ForgetRepo
         recovered: None,
         dry_run: false,
     })
+}
+
+/// Which build(s) of a driver `remove --version/--sha256/--unused` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildSelector {
+    /// Every build whose `version=` is this.
+    Version(String),
+    /// The build whose sha256 is this, or starts with it (unambiguously).
+    Sha256(String),
+    /// Every build no kernel uses.
+    Unused,
+}
+
+/// What removing builds did or, refused or in a dry run, would do.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RemoveBuildsReport {
+    pub removed: Vec<BuildRef>,
+    /// Per kernel, which build serves it afterwards (as install reports it).
+    pub kernels: Vec<KernelOutcome>,
+    /// Kernels whose indexes were (or would be) rewritten.
+    pub depmod: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<String>,
+    pub dry_run: bool,
+    /// Why the removal was refused before anything changed (empty: not refused).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+}
+
+/// The builds `selector` names among `names`' (every driver when empty), checked.
+fn select_builds(
+    ledger: &Ledger,
+    names: &[String],
+    selector: &BuildSelector,
+) -> Result<Vec<BuildRef>> {
+    let mut out = Vec::new();
+    let names: Vec<&String> =
+        if names.is_empty() { ledger.modules.keys().collect() } else { names.iter().collect() };
+    for name in names {
+        let Some(record) = ledger.modules.get(name) else {
+            bail!("{name} is not installed by bootkmod (see bootkmod status)");
+        };
+        let serving: BTreeSet<&str> = ledger
+            .kernels
+            .iter()
+            .filter(|(k, _)| !ledger.removed_kernels.contains(*k))
+            .filter_map(|(_, k)| k.modules.get(name))
+            .filter(|on| on.usable_on_boot() && on.placement != Placement::LocalFallback)
+            .filter_map(|on| record.build_on(on))
+            .map(|b| b.sha256.as_str())
+            .collect();
+        let picked: Vec<&Build> = match selector {
+            BuildSelector::Version(v) => {
+                record.builds.iter().filter(|b| b.version.as_deref() == Some(v)).collect()
+            }
+            BuildSelector::Sha256(s) => {
+                record.builds.iter().filter(|b| b.sha256.starts_with(s.as_str())).collect()
+            }
+            BuildSelector::Unused => {
+                record.builds.iter().filter(|b| !serving.contains(b.sha256.as_str())).collect()
+            }
+        };
+        let labels = || record.builds.iter().map(Build::label).collect::<Vec<_>>().join(", ");
+        match (selector, picked.len()) {
+            (BuildSelector::Unused, _) => {}
+            (_, 0) => bail!("{name} has no such build; its builds: {}", labels()),
+            (BuildSelector::Sha256(s), n) if n > 1 => {
+                bail!("sha256 {s} names {n} builds of {name}; give more digits ({})", labels())
+            }
+            _ => {}
+        }
+        out.extend(
+            picked.into_iter().map(|b| BuildRef { name: name.clone(), sha256: b.sha256.clone() }),
+        );
+    }
+    Ok(out)
+}
+
+/// Remove the builds `selector` names (of `names`; of every driver when empty) and
+/// choose again per kernel among the builds left. See the module overview.
+pub fn remove_builds(
+    root: &Root,
+    names: &[String],
+    selector: &BuildSelector,
+    force: bool,
+    dry_run: bool,
+) -> Result<RemoveBuildsReport> {
+    let state = StateDir::new(root);
+    let lock = lock_for(&state, dry_run)?;
+    let mut ledger = state.load()?;
+    let recovered = start(&state, &mut ledger, lock.as_ref(), dry_run)?;
+    let names: Vec<String> = names.iter().map(|n| n.replace('-', "_")).collect();
+    let removed = select_builds(&ledger, &names, selector)?;
+    let mut report = RemoveBuildsReport {
+        removed: removed.clone(),
+        kernels: Vec::new(),
+        depmod: Vec::new(),
+        recovered,
+        dry_run,
+        refused: Vec::new(),
+    };
+    if removed.is_empty() {
+        return Ok(report);
+    }
+    // The ledger as the removal would leave it, refreshed dry: the guard's input and
+    // the dry run's report.
+    let mut planned = ledger.clone();
+    for b in &removed {
+        forget(&mut planned, &b.name, Some(&b.sha256));
+    }
+    let dry = Run {
+        state: &state,
+        lock: None,
+        images: ImageMethod::Inject,
+        dry_run: true,
+        given: Default::default(),
+        resumed: false,
+        leaving: removed
+            .iter()
+            .filter_map(|b| ledger.modules.get(&b.name)?.build(&b.sha256))
+            .map(|b| b.path.clone())
+            .collect(),
+    };
+    let plan = refresh::refresh(&dry, &mut planned, &[])?.kernels;
+    let refused = guard(&ledger, &plan);
+    let Some(lock) = lock.filter(|_| !dry_run && (refused.is_empty() || force)) else {
+        report.depmod = plan.iter().filter(|k| k.depmod).map(|k| k.release.clone()).collect();
+        report.kernels = plan;
+        report.refused = refused;
+        return Ok(report);
+    };
+    ledger.journal = Some(Journal::RemoveBuilds { builds: removed });
+    state.save(&ledger, &lock)?;
+    failpoint("remove:journaled");
+    let applied = journal::apply(&state, &mut ledger, &lock)?;
+    let mut depmod: BTreeSet<String> = applied.depmod.into_iter().collect();
+    depmod.extend(applied.refreshed.kernels.iter().filter(|k| k.depmod).map(|k| k.release.clone()));
+    report.depmod = depmod.into_iter().collect();
+    report.kernels = applied.refreshed.kernels;
+    Ok(report)
 }

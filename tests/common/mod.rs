@@ -106,6 +106,7 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
     out.sort();
     out
 }
+pub mod builds;
 pub mod check;
 pub mod depmod;
 pub mod initramfs;
