@@ -32,7 +32,7 @@ use anyhow::Result;
 ///   bootkmod remove --dry-run mydrv                    (say what would change)
 ///   bootkmod remove --kernel 6.1.0-55-amd64            (what kernel-install runs)
 #[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, disable_version_flag = true)]
 pub struct RemoveArgs {
     /// Module names as installed (`-` and `_` are the same).
     #[arg(required_unless_present_any = ["kernel", "unused"], value_name = "NAME")]
