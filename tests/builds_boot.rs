@@ -5,7 +5,8 @@
 //! builds gives each kernel its own, in its `extra/` as a kmod RPM would place it; each
 //! kernel then boots in QEMU from the image install updated and mounts its root disk
 //! (virtio-blk) through the build it was given: the guest prints the sha256 of the
-//! virtio_blk it loads.
+//! virtio_blk it loads. The virtio core virtio_blk needs stays in-tree (in each tree
+//! under the root, and in the base image with the PCI transport).
 
 mod common;
 
@@ -18,6 +19,11 @@ use std::process::Command;
 
 /// ext4 and what it needs, in load order (Debian 6.1 builds them as modules).
 const EXT4: &[&str] = &["crc16.ko", "mbcache.ko", "jbd2.ko", "crc32c_generic.ko", "ext4.ko"];
+/// The virtio core virtio_blk links against (modules in Debian 6.1), in load order.
+const VIRTIO_CORE: &[&str] = &["virtio_ring.ko", "virtio.ko"];
+/// The PCI transport QEMU's virtio-blk-pci device needs, in load order.
+const VIRTIO_PCI: &[&str] =
+    &["virtio_pci_legacy_dev.ko", "virtio_pci_modern_dev.ko", "virtio_pci.ko"];
 
 /// busybox, ext4's modules from `src`'s tree, and an /init that loads them, then the one
 /// virtio_blk the image holds (printing its sha256), and mounts the disk read-only.
@@ -26,7 +32,7 @@ fn base_image(src: &Source, release: &str, out: &Path) -> Option<()> {
     let mut script = String::from(
         "#!/bin/sh\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n",
     );
-    for file in EXT4 {
+    for file in EXT4.iter().chain(VIRTIO_CORE).chain(VIRTIO_PCI) {
         let from = module_in(&src.root, &src.kver, file);
         let rel = format!("lib/modules/{release}/kernel/{file}");
         dir.file(&rel, &std::fs::read(from).unwrap(), 0o644);
@@ -44,14 +50,25 @@ fn base_image(src: &Source, release: &str, out: &Path) -> Option<()> {
     dir.pack(out)
 }
 
-/// Take the in-tree virtio_blk out of `release`'s tree under the root (the driver is
-/// the vendor's now) and index the tree again with kmod's depmod.
-fn without_in_tree_driver(root: &TargetRoot, release: &str) {
+/// Take the in-tree virtio_blk out of `src`'s tree under the root (the driver is the
+/// vendor's now), add the virtio core it needs from `src`, and index the tree again
+/// with kmod's depmod.
+fn vendor_tree(root: &TargetRoot, src: &Source) {
+    let release = src.kver.as_str();
     let tree = root.at(format!("/lib/modules/{release}"));
     let found = module_in(root.path(), release, "virtio_blk.ko");
     std::fs::remove_file(&found).unwrap();
     let order = std::fs::read_to_string(tree.join("modules.order")).unwrap();
-    let kept: Vec<&str> = order.lines().filter(|l| !l.ends_with("/virtio_blk.ko")).collect();
+    let mut kept: Vec<String> =
+        order.lines().filter(|l| !l.ends_with("/virtio_blk.ko")).map(str::to_string).collect();
+    let src_tree = src.root.join(format!("lib/modules/{release}"));
+    for file in VIRTIO_CORE {
+        let from = module_in(&src.root, release, file);
+        let rel = from.strip_prefix(&src_tree).unwrap().to_path_buf();
+        std::fs::create_dir_all(tree.join(&rel).parent().unwrap()).unwrap();
+        std::fs::copy(&from, tree.join(&rel)).unwrap();
+        kept.push(rel.display().to_string());
+    }
     std::fs::write(tree.join("modules.order"), kept.join("\n") + "\n").unwrap();
     let depmod = tool("depmod").unwrap();
     let st = run(Command::new(depmod).arg("-b").arg(root.path()).arg(release));
@@ -85,7 +102,7 @@ fn each_kernel_boots_through_its_own_build() {
     let mut builds = Vec::new();
     for src in [&host, &rt] {
         root.add_kernel(src, &src.kver, &src.symvers());
-        without_in_tree_driver(&root, &src.kver);
+        vendor_tree(&root, src);
         let image = root.at(format!("/boot/initrd.img-{}", src.kver));
         let Some(()) = base_image(src, &src.kver, &image) else { return };
         let vendor = scratch.path().join(&src.kver).join("virtio_blk.ko");
