@@ -268,3 +268,64 @@ fn the_newest_build_that_fits_wins_and_removing_it_falls_back() {
     let verify = bk(&root, &["verify"], &[]);
     assert_eq!(verify.status.code(), Some(0), "{}", String::from_utf8_lossy(&verify.stdout));
 }
+
+/// A removal of one build killed after its file and links went (the journal still in
+/// the ledger): status alerts and exits 3; the next run completes it — the copy the
+/// build served links the older build, indexes and image follow, status is clean.
+#[test]
+fn a_killed_removal_of_a_build_is_completed_by_the_next_run() {
+    let Some(kver) = installed_kernel() else { return };
+    let Some(src) = Source::of(&kver, &kver) else { return };
+    let Some(modprobe) = tool("modprobe") else { return };
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(old) = build_versioned_bkram(&kver, scratch.path(), "1.0.0") else { return };
+    let copy = sibling_release(&kver, "99");
+    let new = other_build_of(
+        &old,
+        &scratch.path().join("new/bkram.ko"),
+        ("1.0.0", "2.0.0"),
+        &kver,
+        Some(&copy),
+        false,
+    );
+    let root = TargetRoot::new();
+    let symvers = src.symvers();
+    for release in [kver.as_str(), &copy] {
+        root.add_kernel(&src, release, &symvers);
+    }
+    let out = bk(&root, &["--json", "install", "--root-critical"], &[&old, &new]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let old_path = format!("/lib/modules/{kver}/extra/bkram/bkram.ko");
+    let new_path = format!("/lib/modules/{copy}/extra/bkram/bkram.ko");
+
+    let killed = run(bootkmod()
+        .arg("--root")
+        .arg(root.path())
+        .args(["remove", "bkram", "--version", "2.0.0"])
+        .env("BOOTKMOD_FAILPOINT", "remove:unlinked"));
+    assert!(!killed.status.success(), "the failpoint did not stop the run");
+    assert!(!root.at(&new_path).exists(), "killed after the build's file went");
+    let status = bk(&root, &["--json", "status"], &[]);
+    assert_eq!(status.status.code(), Some(3), "a pending removal must not read ok");
+    let alerts = json_of(&status)["alerts"].to_string();
+    assert!(alerts.contains("interrupted remove of build"), "{alerts}");
+
+    let out = bk(&root, &["--json", "install", "--refresh"], &[]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert!(report["recovered"].as_str().unwrap_or_default().contains("remove of build"));
+    let m = &kernel(&report, &copy)["record"]["modules"]["bkram"];
+    assert_eq!(m["placement"], "weak-updates", "{m:#}");
+    assert_eq!(m["build"], sha_of(&old).as_str());
+    let link = root.at(format!("/lib/modules/{copy}/weak-updates/bkram/bkram.ko"));
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new(&old_path));
+    let got = modprobe_path(&modprobe, &root, &copy, "bkram");
+    let want = format!("{}/lib/modules/{copy}/weak-updates/bkram/bkram.ko", root.path().display());
+    assert_eq!(got.as_deref(), Some(want.as_str()));
+    let image = root.at(format!("/boot/initrd.img-{copy}"));
+    assert_eq!(in_image(&image, &copy, "bkram").unwrap().1, sha_of(&old));
+    let status = json_of(&bk(&root, &["--json", "status"], &[]));
+    assert_eq!(status["builds"].as_array().unwrap().len(), 1, "{status:#}");
+    assert_eq!(status["alerts"].as_array().unwrap().len(), 0, "{status:#}");
+    assert_eq!(status["at_risk"], false);
+}

@@ -150,6 +150,24 @@ fn every_fault_at_every_step_leaves_old_or_new_and_a_truthful_status() {
         .arg("-o")
         .arg(&iso));
     assert!(out.status.success(), "{}", describe(&out));
+    // Two builds of bkram (issue 21): the second, built for another release, is the
+    // newer by install order and is linked into the kABI copy; removing it by sha256
+    // falls the copy back to the first.
+    let mut second = std::fs::read(&s.bkram).unwrap();
+    let sibling = common::builds::sibling_release(&s.kver, "99");
+    common::check::patch_modinfo(
+        &mut second,
+        &format!("vermagic={} ", s.kver),
+        &format!("vermagic={sibling} "),
+    );
+    let second_ko = t("second/bkram.ko");
+    std::fs::create_dir_all(second_ko.parent().unwrap()).unwrap();
+    std::fs::write(&second_ko, &second).unwrap();
+    let second_sha = bootkmod::model::module::sha256_hex(&second);
+    copy_tree(&t("installed"), &t("two-builds"));
+    let out = run(bk(&t("two-builds"), &["install".into(), second_ko.clone().into()])
+        .arg("--root-critical"));
+    assert!(out.status.success(), "{}", describe(&out));
     copy_tree(&base, &t("unindexed"));
     let extra = t("unindexed").join(format!("lib/modules/{}/extra", s.kver));
     std::fs::create_dir_all(&extra).unwrap();
@@ -174,6 +192,12 @@ fn every_fault_at_every_step_leaves_old_or_new_and_a_truthful_status() {
             name: "remove",
             template: t("installed"),
             args: os(&["remove", "bkram"]),
+            ledger: true,
+        },
+        Case {
+            name: "remove --sha256",
+            template: t("two-builds"),
+            args: os(&["remove", "bkram", "--sha256", &second_sha]),
             ledger: true,
         },
         Case {

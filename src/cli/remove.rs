@@ -99,7 +99,12 @@ pub fn run(ctx: &Context, args: RemoveArgs) -> Result<Exit> {
             eprintln!("bootkmod: nothing was changed (--force removes anyway)");
             return Ok(Exit::Negative);
         }
-        return Ok(Exit::Ok);
+        for (k, why) in &report.failures {
+            eprintln!(
+                "bootkmod: kernel {k} not completed: {why} (fix it, then run bootkmod install --refresh --kver {k})"
+            );
+        }
+        return Ok(if report.failures.is_empty() { Exit::Ok } else { Exit::Negative });
     }
     let report = remove::remove(&ctx.root, &args.names, args.dry_run)?;
     if ctx.json {
@@ -165,6 +170,9 @@ fn render_builds(report: &RemoveBuildsReport) {
         }
         if k.depmod {
             println!("{:<28} depmod: indexes rewritten", k.release);
+        }
+        if let Some(why) = &k.failure {
+            println!("{:<28} NOT COMPLETED: {why}", k.release);
         }
     }
 }

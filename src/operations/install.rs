@@ -258,8 +258,10 @@ pub fn install(root: &Root, files: &[PathBuf], opts: &InstallOptions) -> Result<
 /// kernel's reason.
 fn unused_builds(before: &Ledger, new: &[ModuleRecord], plan: &[KernelOutcome]) -> Vec<String> {
     let mut unused = Vec::new();
-    for record in new.iter().filter(|r| before.modules.contains_key(&r.name)) {
-        for build in &record.builds {
+    for record in new {
+        let Some(kept) = before.modules.get(&record.name) else { continue };
+        // A build kept already (the same file again) is not an update.
+        for build in record.builds.iter().filter(|b| kept.build(&b.sha256).is_none()) {
             let serves = |k: &KernelOutcome| {
                 k.record.modules.get(&record.name).is_some_and(|m| {
                     m.build.as_deref() == Some(build.sha256.as_str())

@@ -4,11 +4,14 @@
 //!
 //! Flow of [`refresh`]: put back any installed module file that is missing or altered
 //! from the store ([`place`]: the store holds the recorded sha256); read the modules;
-//! then for every kernel ([`refresh_kernel`]): check the whole set (`engines::compat`,
-//! the kernel loader's rules); compatible → weak-updates link (`operations::weak_updates`),
-//! incompatible → no link, and a locally built module of the same name (akmods/DKMS,
-//! in `extra/` or `updates/`) is used if *it* is compatible; native depmod when the tree
-//! changed; the image step (`operations::images`).
+//! then for every kernel (`KernelStep`): check every build of every driver as one set
+//! (`engines::compat`, the kernel loader's rules) and choose one build per driver
+//! (`engines::choose`: the kernel's own when it loads, else the newest that loads);
+//! another kernel's build → weak-updates link (`operations::weak_updates`), the links
+//! of the driver's other builds go; none usable → no link, and a locally built module
+//! of the same name (akmods/DKMS, in `extra/` or `updates/`) is used if *it* is
+//! compatible; native depmod when the tree changed; the image step
+//! (`operations::images`).
 //!
 //! Fault isolation: a kernel whose step fails (an image serving another release, not an
 //! initramfs, no space, a depmod or dracut failure) is recorded in the ledger with the

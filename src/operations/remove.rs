@@ -231,6 +231,10 @@ pub struct RemoveBuildsReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<String>,
     pub dry_run: bool,
+    /// Kernels that could not be completed, with the reason (also in the ledger); the
+    /// others went on.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failures: std::collections::BTreeMap<String, String>,
     /// Why the removal was refused before anything changed (empty: not refused).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
@@ -306,6 +310,7 @@ pub fn remove_builds(
         depmod: Vec::new(),
         recovered,
         dry_run,
+        failures: Default::default(),
         refused: Vec::new(),
     };
     if removed.is_empty() {
@@ -342,6 +347,8 @@ pub fn remove_builds(
     state.save(&ledger, &lock)?;
     failpoint("remove:journaled");
     let applied = journal::apply(&state, &mut ledger, &lock)?;
+    report.failures =
+        applied.failures().into_iter().map(|(k, why)| (k.to_string(), why.to_string())).collect();
     let mut depmod: BTreeSet<String> = applied.depmod.into_iter().collect();
     depmod.extend(applied.refreshed.kernels.iter().filter(|k| k.depmod).map(|k| k.release.clone()));
     report.depmod = depmod.into_iter().collect();
