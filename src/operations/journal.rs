@@ -350,26 +350,49 @@ pub(crate) fn forget_kernel(root: &Root, ledger: &mut Ledger, release: &str) -> 
     Ok(done)
 }
 
-/// The journaled part of `remove --version/--sha256/--unused`: idempotent. Takes each
-/// build's links and file out and forgets it, runs depmod where a tree changed, then
-/// refreshes every kernel: the builds left are chosen again, links re-pointed, images
-/// follow by injection. A kernel whose depmod fails is recorded with the reason (the
-/// refresh runs it again); the others go on.
+/// The journaled part of `remove --version/--sha256/--unused`: idempotent. Every kernel
+/// is refreshed with the builds left as the only candidates: links re-pointed (a
+/// link is replaced, never removed and made again), a removed build's links and its
+/// own kernel's file taken out before that kernel's depmod, images follow by
+/// injection — each kernel isolated as in any refresh. Then what is left of each
+/// build (its file in a tree that is no kernel's, links in kernels the refresh left
+/// out) goes, and it is forgotten.
 pub(crate) fn remove_builds(run: &Run, ledger: &mut Ledger, builds: &[BuildRef]) -> Result<Applied> {
     let root = &run.state.root;
-    let mut changed: BTreeSet<String> = BTreeSet::new();
-    for r in builds {
-        let Some(build) = ledger.modules.get(&r.name).and_then(|m| m.build(&r.sha256)).cloned()
-        else {
-            continue;
-        };
-        changed.insert(build.built_for.clone());
-        changed.extend(take_out(root, &r.name, &build)?);
-        forget(ledger, &r.name, Some(&r.sha256));
-    }
+    let leaving: Vec<(String, Build)> = builds
+        .iter()
+        .filter_map(|r| Some((r.name.clone(), ledger.modules.get(&r.name)?.build(&r.sha256)?.clone())))
+        .collect();
+    let choose_again = Run {
+        state: run.state,
+        lock: run.lock,
+        images: run.images,
+        dry_run: run.dry_run,
+        given: run.given.clone(),
+        resumed: run.resumed,
+        leaving: leaving.iter().map(|(_, b)| b.path.clone()).collect(),
+    };
+    let mut applied = Applied { refreshed: refresh::refresh(&choose_again, ledger, &[])?, ..Applied::default() };
     failpoint("remove:unlinked");
+    // A kernel the refresh could not complete may still hold a build being removed (its
+    // link, its own file): that build stays, recorded, until the removal is run again.
+    let failed: Vec<(&str, &str)> = applied.failures();
+    let mut held = Vec::new();
+    let mut changed: BTreeSet<String> = BTreeSet::new();
+    for (name, build) in &leaving {
+        let holder = failed.iter().find(|(k, _)| {
+            weak_updates::link_path(&build.path, k)
+                .is_ok_and(|link| crate::model::ledger::is_linked(root, &link, &build.path))
+                || (build.built_for == *k && root.read(&build.path).is_ok())
+        });
+        if let Some((k, why)) = holder {
+            held.push(format!("build {} of {name} kept: kernel {k} not completed: {why}", build.label()));
+            continue;
+        }
+        changed.extend(take_out(root, name, build)?);
+        forget(ledger, name, Some(&build.sha256));
+    }
     let installed = crate::model::kernel::releases(root)?;
-    let mut applied = Applied::default();
     for release in changed.iter().filter(|r| installed.contains(r)) {
         match depmod::run(root, release, false) {
             Ok(report) if !report.written.is_empty() => applied.depmod.push(release.clone()),
@@ -381,7 +404,10 @@ pub(crate) fn remove_builds(run: &Run, ledger: &mut Ledger, builds: &[BuildRef])
             }
         }
     }
-    applied.refreshed = refresh::refresh(run, ledger, &[])?;
+    if !held.is_empty() {
+        // Recorded as failed (with the command that completes it): the rest is done.
+        bail!("{}", held.join("; "));
+    }
     Ok(applied)
 }
 

@@ -48,8 +48,9 @@ pub(crate) struct Run<'a> {
     /// set in may have left `modules.dep` new and `modules.dep.bin` old, so no kernel's
     /// indexes are trusted; depmod rewrites only the files whose bytes differ.
     pub resumed: bool,
-    /// (Dry run) files of builds a removal would delete (target-absolute): still on
-    /// disk, but no local fallback.
+    /// Files of the builds being removed (target-absolute; `remove --version`): no
+    /// candidates, not put back, no local fallback; their links go, and a kernel's
+    /// own one is deleted before its depmod.
     pub leaving: Vec<PathBuf>,
 }
 
@@ -126,9 +127,11 @@ pub(crate) fn refresh(run: &Run, ledger: &mut Ledger, only: &[String]) -> Result
     let records: Vec<ModuleRecord> = ledger.modules.values().cloned().collect();
     // Every build of every driver (issue 21), checked together as one set on each
     // kernel; the per-kernel choice among a driver's builds is `engines::choose`'s.
+    // Builds being removed are no candidates, and their files are not put back.
     let builds: Vec<(String, Build)> = records
         .iter()
         .flat_map(|r| r.builds.iter().map(|b| (r.name.clone(), b.clone())))
+        .filter(|(_, b)| !run.leaving.contains(&b.path))
         .collect();
     let mut done = Refreshed::default();
     // (Dry run) is the installed file the recorded one? A new module is not there yet,
@@ -267,6 +270,18 @@ impl KernelStep<'_> {
                 _ => None,
             };
             for b in &r.builds {
+                if b.built_for == release && run.leaving.contains(&b.path) {
+                    // A build being removed, in its own kernel's extra/: deleted here,
+                    // before this kernel's depmod, so the indexes go from old to new
+                    // in one step.
+                    let host = root.host_entry(&b.path)?;
+                    let present = std::fs::symlink_metadata(&host).is_ok();
+                    if present && !run.dry_run {
+                        crate::operations::atomic::remove_synced(&host)?;
+                    }
+                    changed |= present || indexed(root, release, &b.path);
+                    continue;
+                }
                 if b.built_for == release {
                     // The tree gained the file (install) or holds it unchanged: depmod
                     // only when its indexes do not list it yet.

@@ -25,7 +25,7 @@
 //! (`operations::refresh::guard`), unless forced.
 
 use crate::model::root::Root;
-use crate::operations::journal::{self, forget, lock_for, start};
+use crate::operations::journal::{self, lock_for, start};
 use crate::operations::ledger::{
     failpoint, Build, BuildRef, ImageMethod, Journal, Ledger, Placement, StateDir,
 };
@@ -316,12 +316,9 @@ pub fn remove_builds(
     if removed.is_empty() {
         return Ok(report);
     }
-    // The ledger as the removal would leave it, refreshed dry: the guard's input and
-    // the dry run's report.
+    // The removal run dry on a copy of the ledger: the guard's input and the dry run's
+    // report.
     let mut planned = ledger.clone();
-    for b in &removed {
-        forget(&mut planned, &b.name, Some(&b.sha256));
-    }
     let dry = Run {
         state: &state,
         lock: None,
