@@ -165,8 +165,9 @@ fn every_fault_at_every_step_leaves_old_or_new_and_a_truthful_status() {
     std::fs::write(&second_ko, &second).unwrap();
     let second_sha = bootkmod::model::module::sha256_hex(&second);
     copy_tree(&t("installed"), &t("two-builds"));
-    let out = run(bk(&t("two-builds"), &["install".into(), second_ko.clone().into()])
-        .arg("--root-critical"));
+    let out =
+        run(bk(&t("two-builds"), &["install".into(), second_ko.clone().into()])
+            .arg("--root-critical"));
     assert!(out.status.success(), "{}", describe(&out));
     copy_tree(&base, &t("unindexed"));
     let extra = t("unindexed").join(format!("lib/modules/{}/extra", s.kver));

@@ -140,7 +140,7 @@ fn a_dangling_weak_updates_link_in_another_kernel_is_a_warning() {
     let link = s.root.at(format!("/lib/modules/{k2}/weak-updates/gone/gone.ko"));
     std::fs::create_dir_all(link.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(&gone, &link).unwrap();
-    let named = format!("weak-updates/gone/gone.ko");
+    let named = "weak-updates/gone/gone.ko".to_string();
 
     let out = run(bk(&root).arg("check").arg(&s.bkram).arg("--all-kernels"));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

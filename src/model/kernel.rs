@@ -260,13 +260,16 @@ fn same_module_name(name: &str, base: &str) -> bool {
         && name.bytes().zip(base.bytes()).all(|(n, b)| n == b || (n == b'_' && b == b'-'))
 }
 
+/// What [`read_exports`] finds: exports by symbol, present module names, warnings.
+type Exports = (HashMap<String, KernelExport>, HashSet<String>, Vec<String>);
+
 /// The exports the kernel offers (vmlinux's and its present modules') and the names of
 /// its present modules, from symvers and, where needed, the module files themselves.
 fn read_exports(
     tree: &ModuleTree,
     symvers_path: Option<&Path>,
     opts: &KernelOptions,
-) -> Result<(HashMap<String, KernelExport>, HashSet<String>, Vec<String>)> {
+) -> Result<Exports> {
     let tree_dir = tree.host_dir()?;
     let mut warnings = Vec::new();
     let symvers_text = match symvers_path {

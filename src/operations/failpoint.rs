@@ -40,7 +40,9 @@ pub fn step(what: &str, path: &Path) -> std::io::Result<()> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::OnceLock;
     static COUNT: AtomicUsize = AtomicUsize::new(0);
-    static PLAN: OnceLock<(Option<(String, usize)>, Option<std::path::PathBuf>)> = OnceLock::new();
+    /// The fault asked for (kind, step number) and the trace file, read once.
+    type Plan = (Option<(String, usize)>, Option<std::path::PathBuf>);
+    static PLAN: OnceLock<Plan> = OnceLock::new();
     let (fault, trace) = PLAN.get_or_init(|| {
         let fault = std::env::var("BOOTKMOD_FAULT").ok().and_then(|v| {
             let (kind, n) = v.split_once('@')?;

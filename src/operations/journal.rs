@@ -357,11 +357,17 @@ pub(crate) fn forget_kernel(root: &Root, ledger: &mut Ledger, release: &str) -> 
 /// injection — each kernel isolated as in any refresh. Then what is left of each
 /// build (its file in a tree that is no kernel's, links in kernels the refresh left
 /// out) goes, and it is forgotten.
-pub(crate) fn remove_builds(run: &Run, ledger: &mut Ledger, builds: &[BuildRef]) -> Result<Applied> {
+pub(crate) fn remove_builds(
+    run: &Run,
+    ledger: &mut Ledger,
+    builds: &[BuildRef],
+) -> Result<Applied> {
     let root = &run.state.root;
     let leaving: Vec<(String, Build)> = builds
         .iter()
-        .filter_map(|r| Some((r.name.clone(), ledger.modules.get(&r.name)?.build(&r.sha256)?.clone())))
+        .filter_map(|r| {
+            Some((r.name.clone(), ledger.modules.get(&r.name)?.build(&r.sha256)?.clone()))
+        })
         .collect();
     let choose_again = Run {
         state: run.state,
@@ -372,7 +378,8 @@ pub(crate) fn remove_builds(run: &Run, ledger: &mut Ledger, builds: &[BuildRef])
         resumed: run.resumed,
         leaving: leaving.iter().map(|(_, b)| b.path.clone()).collect(),
     };
-    let mut applied = Applied { refreshed: refresh::refresh(&choose_again, ledger, &[])?, ..Applied::default() };
+    let mut applied =
+        Applied { refreshed: refresh::refresh(&choose_again, ledger, &[])?, ..Applied::default() };
     failpoint("remove:unlinked");
     // A kernel the refresh could not complete may still hold a build being removed (its
     // link, its own file): that build stays, recorded, until the removal is run again.
@@ -386,7 +393,10 @@ pub(crate) fn remove_builds(run: &Run, ledger: &mut Ledger, builds: &[BuildRef])
                 || (build.built_for == *k && root.read(&build.path).is_ok())
         });
         if let Some((k, why)) = holder {
-            held.push(format!("build {} of {name} kept: kernel {k} not completed: {why}", build.label()));
+            held.push(format!(
+                "build {} of {name} kept: kernel {k} not completed: {why}",
+                build.label()
+            ));
             continue;
         }
         changed.extend(take_out(root, name, build)?);

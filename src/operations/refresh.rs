@@ -266,7 +266,9 @@ impl KernelStep<'_> {
             // The one weak-updates link this kernel keeps for the driver, if any; the
             // links of its other builds go (they may share the link's name).
             let keep_link = match serving {
-                Some(b) if b.built_for != release => Some(weak_updates::link_path(&b.path, release)?),
+                Some(b) if b.built_for != release => {
+                    Some(weak_updates::link_path(&b.path, release)?)
+                }
                 _ => None,
             };
             for b in &r.builds {
