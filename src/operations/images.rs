@@ -53,7 +53,48 @@ pub fn backup(root: &Root, image: &Path, sha256: &str) -> Result<PathBuf> {
     Ok(target)
 }
 
-/// Put back the backed-up bytes of an image (atomic replace).
+/// What [`undo`] did to an image bootkmod had changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Undone {
+    /// Still the image bootkmod wrote: the backup from before bootkmod went back.
+    Restored,
+    /// Rebuilt by another tool since (or no backup): bootkmod's files were taken out of
+    /// it, the rest left as that tool made it.
+    TakenOut,
+    /// Rebuilt by another tool since, without bootkmod's files: left as it is.
+    LeftAsIs,
+}
+
+/// Undo bootkmod's change to the image of `release` without reverting another writer:
+/// the backup is restored only while the image is still the one bootkmod wrote (its
+/// digest is the recorded one); otherwise the files at `rels` (tree-relative, where
+/// bootkmod put them) are taken out of the current image, or it is left as it is when
+/// none is there. A missing image is left missing.
+pub fn undo(
+    root: &Root,
+    release: &str,
+    record: &ImageRecord,
+    rels: &[String],
+    dry_run: bool,
+) -> Result<Undone> {
+    let host = root.host(&record.path)?;
+    if !host.is_file() {
+        return Ok(Undone::LeftAsIs);
+    }
+    if record.backup.is_some() && digest(root, &record.path)? == record.sha256 {
+        if !dry_run {
+            restore(root, record)?;
+        }
+        return Ok(Undone::Restored);
+    }
+    let report = inject::take_out(root, &host, release, rels, dry_run)
+        .with_context(|| format!("taking drivers out of the initramfs of {release}"))?;
+    Ok(if report.removal.changes() { Undone::TakenOut } else { Undone::LeftAsIs })
+}
+
+/// Put back the backed-up bytes of an image (atomic replace). Only for an image that is
+/// still the one bootkmod wrote: [`undo`] decides.
 pub fn restore(root: &Root, record: &ImageRecord) -> Result<bool> {
     let Some(backup) = &record.backup else { return Ok(false) };
     let bytes = root.read(backup).context("cannot read the backup")?;
@@ -100,7 +141,10 @@ pub fn update(
         Some(p) => digest(root, p)?,
         None => String::new(),
     };
-    let mut backup_copy = previous.filter(|p| p.path == path).and_then(|p| p.backup.clone());
+    // The backup is the image before bootkmod's change; once another tool rebuilt the
+    // image, restoring it would revert that tool: the current image is backed up instead.
+    let mut backup_copy =
+        previous.filter(|p| p.path == path && p.sha256 == sha256).and_then(|p| p.backup.clone());
     if usable.is_empty() {
         let note = "no module of the ledger is usable on this kernel".to_string();
         return Ok(Some(ImageRecord {

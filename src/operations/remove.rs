@@ -5,7 +5,10 @@
 //! module, unlink it from every kernel's `weak-updates/` and delete its file from
 //! `extra/` (and the emptied `extra/<name>/`); native depmod for each kernel whose tree
 //! changed; every image bootkmod changed is restored from the backup kept before its
-//! first change, byte for byte; the module is dropped from the ledger. A dry run
+//! first change, byte for byte, while it is still the image bootkmod wrote (its
+//! recorded digest); an image another tool (update-initramfs, dracut) rebuilt since is
+//! never reverted: bootkmod's drivers are taken out of it, or it is left as it is when
+//! they are not in it (`images::undo`); the module is dropped from the ledger. A dry run
 //! reports the same and changes nothing.
 //!
 //! [`forget_kernel`] is what `kernel-install remove KVER` runs: the kernel's
@@ -16,13 +19,14 @@
 //! module built for that kernel keeps its file in that kernel's `extra/`, as kmod RPMs
 //! do). It is idempotent: a kernel bootkmod never saw, or whose tree is gone, is fine.
 
+use crate::model::ledger::Placement;
 use crate::model::root::Root;
 use crate::operations::atomic::remove_synced;
 use crate::operations::install::{lock_for, start, Run};
 use crate::operations::ledger::{failpoint, ImageMethod, Journal, Ledger, ModuleRecord, StateDir};
 use crate::operations::{depmod, images, install, weak_updates};
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// What a remove did.
@@ -31,8 +35,13 @@ pub struct RemoveReport {
     pub removed: Vec<String>,
     /// Kernels whose indexes were rewritten.
     pub depmod: Vec<String>,
-    /// Images put back as they were before bootkmod.
+    /// Images put back as they were before bootkmod (still the ones bootkmod wrote).
     pub restored: Vec<String>,
+    /// Images another tool rebuilt since bootkmod wrote them: the removed drivers were
+    /// taken out, everything else left as that tool made it (never the old backup).
+    pub taken_out: Vec<String>,
+    /// Images another tool rebuilt since, already without the removed drivers.
+    pub left_as_is: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<String>,
     /// Nothing was changed: the report says what a real run would do.
@@ -54,22 +63,17 @@ pub fn remove(root: &Root, names: &[String], dry_run: bool) -> Result<RemoveRepo
             );
         }
     }
-    let restorable: Vec<String> = ledger
-        .kernels
-        .values()
-        .filter_map(|k| k.image.as_ref())
-        .filter(|i| i.updated && i.backup.is_some())
-        .map(|i| i.path.display().to_string())
-        .collect();
     let Some(lock) = lock.filter(|_| !dry_run) else {
         let depmod = touched_kernels(root, &ledger, &names)?;
-        return Ok(RemoveReport {
-            removed: names,
-            depmod,
-            restored: restorable,
-            recovered,
-            dry_run,
-        });
+        let placed = placed_in_trees(&ledger, &names);
+        let mut undone = Vec::new();
+        for (release, kernel) in &ledger.kernels {
+            if let Some(image) = kernel.image.as_ref().filter(|i| i.updated) {
+                let rels = placed.get(release).map(Vec::as_slice).unwrap_or_default();
+                undone.push((image.path.clone(), images::undo(root, release, image, rels, true)?));
+            }
+        }
+        return Ok(RemoveReport::new(names, depmod, undone, recovered, dry_run));
     };
     ledger.journal = Some(Journal::Remove { names: names.clone() });
     state.save(&ledger, &lock)?;
@@ -81,10 +85,37 @@ pub fn remove(root: &Root, names: &[String], dry_run: bool) -> Result<RemoveRepo
         dry_run: false,
         given: Default::default(),
     };
-    let depmod = apply(&run, &mut ledger, &names)?;
+    let applied = apply(&run, &mut ledger, &names)?;
     ledger.journal = None;
     state.save(&ledger, &lock)?;
-    Ok(RemoveReport { removed: names, depmod, restored: restorable, recovered, dry_run })
+    Ok(RemoveReport::new(names, applied.depmod, applied.images, recovered, dry_run))
+}
+
+impl RemoveReport {
+    fn new(
+        removed: Vec<String>,
+        depmod: Vec<String>,
+        undone: Vec<(PathBuf, images::Undone)>,
+        recovered: Option<String>,
+        dry_run: bool,
+    ) -> RemoveReport {
+        let which = |what| {
+            undone
+                .iter()
+                .filter(|(_, u)| *u == what)
+                .map(|(p, _)| p.display().to_string())
+                .collect::<Vec<_>>()
+        };
+        RemoveReport {
+            restored: which(images::Undone::Restored),
+            taken_out: which(images::Undone::TakenOut),
+            left_as_is: which(images::Undone::LeftAsIs),
+            removed,
+            depmod,
+            recovered,
+            dry_run,
+        }
+    }
 }
 
 /// The installed kernels whose trees removing `names` changes (depmod runs for them):
@@ -112,10 +143,17 @@ fn touched_kernels(root: &Root, ledger: &Ledger, names: &[String]) -> Result<Vec
     Ok(touched.into_iter().filter(|r| installed.contains(r)).collect())
 }
 
-/// The journaled part: idempotent. Returns the kernels depmod ran for.
-pub(crate) fn apply(run: &Run, ledger: &mut Ledger, names: &[String]) -> Result<Vec<String>> {
+/// What [`apply`] did: the kernels depmod ran for, what became of each image.
+pub(crate) struct Applied {
+    pub depmod: Vec<String>,
+    pub images: Vec<(PathBuf, images::Undone)>,
+}
+
+/// The journaled part: idempotent.
+pub(crate) fn apply(run: &Run, ledger: &mut Ledger, names: &[String]) -> Result<Applied> {
     let root = &run.state.root;
     let mut changed: BTreeSet<String> = BTreeSet::new();
+    let placed = placed_in_trees(ledger, names);
     for name in names {
         let Some(record) = ledger.modules.get(name).cloned() else { continue };
         // Every kernel that had it gets depmod, even when a killed run already removed
@@ -137,15 +175,23 @@ pub(crate) fn apply(run: &Run, ledger: &mut Ledger, names: &[String]) -> Result<
         depmod::run(root, release, false)
             .with_context(|| format!("depmod for kernel {release}"))?;
     }
-    // Images: put back what bootkmod changed. Other modules still installed are
-    // re-offered by the next install/refresh.
-    for kernel in ledger.kernels.values_mut() {
+    // Images: undo what bootkmod changed, never reverting another writer (see
+    // images::undo). Other modules still installed are re-offered below.
+    let mut undone_images = Vec::new();
+    for (release, kernel) in ledger.kernels.iter_mut() {
         if let Some(image) = kernel.image.as_mut().filter(|i| i.updated) {
-            if images::restore(root, image)? {
-                image.updated = false;
-                image.method = None;
+            let rels = placed.get(release).map(Vec::as_slice).unwrap_or_default();
+            let undone = images::undo(root, release, image, rels, false)?;
+            undone_images.push((image.path.clone(), undone));
+            image.note = Some(undone_note(undone).into());
+            image.updated = false;
+            image.method = None;
+            if image.backup.is_some() && undone != images::Undone::Restored {
+                // A backup from before another tool's rebuild must never be restored.
+                image.backup = None;
+            }
+            if root.host(&image.path).is_ok_and(|h| h.is_file()) {
                 image.sha256 = images::digest(root, &image.path)?;
-                image.note = Some("restored from backup by remove".into());
             }
         }
     }
@@ -153,7 +199,43 @@ pub(crate) fn apply(run: &Run, ledger: &mut Ledger, names: &[String]) -> Result<
     if !ledger.modules.is_empty() {
         install::refresh(run, ledger, &[])?;
     }
-    Ok(changed)
+    Ok(Applied { depmod: changed, images: undone_images })
+}
+
+/// The ledger's note for an image after remove.
+fn undone_note(undone: images::Undone) -> &'static str {
+    match undone {
+        images::Undone::Restored => "restored from backup by remove",
+        images::Undone::TakenOut => {
+            "rebuilt by another tool since; remove took bootkmod's drivers out of it"
+        }
+        images::Undone::LeftAsIs => {
+            "rebuilt by another tool since, without bootkmod's drivers; left as it is"
+        }
+    }
+}
+
+/// Per kernel, the tree-relative paths where `names` are placed (own file, weak-updates
+/// link): what an image rebuilt by another tool may hold of them.
+fn placed_in_trees(ledger: &Ledger, names: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (release, kernel) in &ledger.kernels {
+        let base = PathBuf::from(format!("/lib/modules/{release}"));
+        for name in names {
+            let (Some(on), Some(m)) = (kernel.modules.get(name), ledger.modules.get(name)) else {
+                continue;
+            };
+            let path = match (on.placement, &on.link) {
+                (Placement::Own, _) => Some(&m.path),
+                (Placement::WeakUpdates, Some(link)) => Some(link),
+                _ => None,
+            };
+            if let Some(rel) = path.and_then(|p| p.strip_prefix(&base).ok()) {
+                out.entry(release.clone()).or_default().push(rel.display().to_string());
+            }
+        }
+    }
+    out
 }
 
 /// What forgetting a kernel did (or, in a dry run, would do).
