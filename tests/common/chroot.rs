@@ -29,6 +29,9 @@ const ETC_FILES: &[&str] = &[
     "ld.so.conf",
     "ld.so.conf.d",
     "dracut.conf",
+    // initramfs-tools' own hooks (udev, kmod) copy these into the image.
+    "udev",
+    "modprobe.d",
 ];
 
 /// Which image builder the target carries.
