@@ -193,3 +193,61 @@ fn verify_names_a_module_whose_content_does_not_match_its_suffix() {
         "verify did not name the planted file:\n{text}"
     );
 }
+
+/// The same rule for `install --refresh`: once another tool rebuilt the image, the
+/// pre-install backup is no longer what `remove` may put back. A refresh that re-injects
+/// into the rebuilt image backs that image up instead, so `remove` gives back the other
+/// tool's image byte for byte; a refresh that finds the driver already there (the other
+/// tool carried it, as bootkmod's initramfs-tools hook does) changes nothing, keeps no
+/// copy of it, and `remove` takes the driver out of it.
+#[test]
+fn refresh_after_another_tool_rebuilt_the_image_never_brings_back_the_old_backup() {
+    let Some(Setup { kver, newer, symvers, bkram, root, scratch }) = Setup::new() else {
+        return;
+    };
+    root.add_kernel(&newer, &kver, &symvers);
+    let image = root.at(format!("/boot/initrd.img-{kver}"));
+    let original = fs::read(&image).unwrap();
+    let bk = |args: &[&str]| run(bootkmod().arg("--root").arg(root.path()).args(args));
+    let backups = || -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = fs::read_dir(root.at("/var/lib/bootkmod/backup"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        found.sort();
+        found
+    };
+
+    // Rebuilt without the driver; the refresh injects it again.
+    ok(bk(&["install", "--root-critical", bkram.to_str().unwrap()]), "install");
+    let Some(_) = rebuild_by_another_tool(&image, false, scratch.path()) else { return };
+    let rebuilt = fs::read(&image).unwrap();
+    ok(bk(&["install", "--refresh"]), "refresh");
+    assert_ne!(fs::read(&image).unwrap(), rebuilt, "the refresh did not inject bkram");
+    let out = ok(bk(&["--json", "remove", "bkram"]), "remove");
+    let report = json_of(&out);
+    assert_eq!(report["restored"][0], format!("/boot/initrd.img-{kver}"), "{report:#}");
+    let after = fs::read(&image).unwrap();
+    assert_ne!(after, original, "remove brought back the image from before the other tool");
+    assert_eq!(after, rebuilt, "remove must give back the other tool's image");
+
+    // Rebuilt with the driver (the other tool carried it): the refresh finds it there.
+    let scratch2 = scratch.path().join("second");
+    ok(bk(&["install", "--root-critical", bkram.to_str().unwrap()]), "install again");
+    let Some(rebuilt_tree) = rebuild_by_another_tool(&image, true, &scratch2) else { return };
+    let rebuilt = fs::read(&image).unwrap();
+    let before = backups();
+    ok(bk(&["install", "--refresh"]), "refresh");
+    assert_eq!(fs::read(&image).unwrap(), rebuilt, "the refresh rewrote an image holding bkram");
+    assert_eq!(backups(), before, "a copy of an image bootkmod did not change was kept");
+    let out = ok(bk(&["--json", "remove", "bkram"]), "remove");
+    let report = json_of(&out);
+    assert_eq!(report["taken_out"][0], format!("/boot/initrd.img-{kver}"), "{report:#}");
+    let now = scratch.path().join("after-second-remove");
+    extract(&image, &now);
+    let diff = fingerprint_diff(&fingerprint(&rebuilt_tree), &fingerprint(&now));
+    assert!(diff.iter().any(|d| d.contains("extra/bkram/bkram.ko")), "bkram stayed: {diff:#?}");
+    assert_eq!(
+        fs::read(now.join("microcode.bin")).unwrap(),
+        b"newer microcode from another tool\n"
+    );
+}

@@ -16,7 +16,7 @@ pub use crate::model::ledger::find_image as find;
 use crate::model::ledger::{default_image, ImageMethod};
 use crate::model::module::sha256_hex;
 use crate::model::root::Root;
-use crate::operations::atomic::AtomicSet;
+use crate::operations::atomic::{remove_synced, AtomicSet};
 use crate::operations::inject::{self, InjectOptions, ModuleArg};
 use crate::operations::ledger::{create_dirs, ImageRecord, STATE_DIR};
 use anyhow::{Context, Result};
@@ -156,7 +156,8 @@ pub fn update(
             backup: backup_copy,
         }));
     }
-    if backup_copy.is_none() && found.is_some() {
+    let fresh_backup = backup_copy.is_none() && found.is_some();
+    if fresh_backup {
         backup_copy = Some(if opts.dry_run {
             backup_path(&path, &sha256)
         } else {
@@ -209,6 +210,14 @@ pub fn update(
     let args: Vec<ModuleArg> = usable.iter().map(|n| ModuleArg::Name(n.clone())).collect();
     let report = inject::inject(root, &root.host(&path)?, &args, &inject_opts)
         .with_context(|| format!("injecting into the initramfs of {release}"))?;
+    if fresh_backup && report.outcome == inject::Outcome::Unchanged {
+        // The image already held every driver (another tool carried them, as the
+        // initramfs-tools hook does): bootkmod did not change it, so a copy of it is no
+        // "before bootkmod", and restoring it on remove would keep the drivers there.
+        if let Some(copy) = backup_copy.take().filter(|_| !opts.dry_run) {
+            remove_synced(&root.host_entry(&copy)?)?;
+        }
+    }
     let (updated, note) = match report.outcome {
         inject::Outcome::Written | inject::Outcome::Unchanged => (true, None),
         inject::Outcome::Planned => (true, Some(format!("dry run: {names} would be injected"))),
