@@ -180,6 +180,12 @@ fn verify_names_a_module_whose_content_does_not_match_its_suffix() {
     .unwrap();
     w.write_entry(&EntryMeta::new(planted.as_bytes(), 0o100644), &fs::read(&bkram).unwrap())
         .unwrap();
+    // And the other way round: xz data (by the real xz) named .ko.
+    let Some(xz) = tool("xz") else { return };
+    let packed = run(Command::new(xz).args(["-c", "--check=crc32"]).arg(&bkram));
+    assert!(packed.status.success());
+    let planted_ko = format!("usr/lib/modules/{kver}/kernel/planted2.ko");
+    w.write_entry(&EntryMeta::new(planted_ko.as_bytes(), 0o100644), &packed.stdout).unwrap();
     bytes.extend(w.finish().unwrap());
     fs::write(&image, &bytes).unwrap();
 
@@ -191,6 +197,10 @@ fn verify_names_a_module_whose_content_does_not_match_its_suffix() {
             .any(|l| l.contains(&planted)
                 && l.contains("named as .ko.xz but holds uncompressed data")),
         "verify did not name the planted file:\n{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.contains(&planted_ko) && l.contains("named as .ko but holds xz")),
+        "verify did not name the planted .ko:\n{text}"
     );
 }
 
