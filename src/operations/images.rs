@@ -13,13 +13,14 @@
 
 use crate::engines::inject::PlanOptions;
 pub use crate::model::ledger::find_image as find;
-use crate::model::ledger::{default_image, ImageMethod};
+use crate::model::ledger::{default_image, ImageMethod, Placement};
 use crate::model::module::sha256_hex;
 use crate::model::root::Root;
 use crate::operations::atomic::{remove_synced, AtomicSet};
 use crate::operations::inject::{self, InjectOptions, ModuleArg};
-use crate::operations::ledger::{create_dirs, ImageRecord, STATE_DIR};
+use crate::operations::ledger::{create_dirs, ImageRecord, Ledger, STATE_DIR};
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// sha256 of a file under the root.
@@ -64,6 +65,44 @@ pub enum Undone {
     TakenOut,
     /// Rebuilt by another tool since, without bootkmod's files: left as it is.
     LeftAsIs,
+}
+
+impl Undone {
+    /// The ledger's note for an image after remove.
+    pub fn note(self) -> &'static str {
+        match self {
+            Undone::Restored => "restored from backup by remove",
+            Undone::TakenOut => {
+                "rebuilt by another tool since; remove took bootkmod's drivers out of it"
+            }
+            Undone::LeftAsIs => {
+                "rebuilt by another tool since, without bootkmod's drivers; left as it is"
+            }
+        }
+    }
+}
+
+/// Per kernel, the tree-relative paths where `names` are placed (own file, weak-updates
+/// link): what an image rebuilt by another tool may hold of them, for [`undo`].
+pub fn placed_in_trees(ledger: &Ledger, names: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (release, kernel) in &ledger.kernels {
+        let base = PathBuf::from(format!("/lib/modules/{release}"));
+        for name in names {
+            let (Some(on), Some(m)) = (kernel.modules.get(name), ledger.modules.get(name)) else {
+                continue;
+            };
+            let path = match (on.placement, &on.link) {
+                (Placement::Own, _) => Some(&m.path),
+                (Placement::WeakUpdates, Some(link)) => Some(link),
+                _ => None,
+            };
+            if let Some(rel) = path.and_then(|p| p.strip_prefix(&base).ok()) {
+                out.entry(release.clone()).or_default().push(rel.display().to_string());
+            }
+        }
+    }
+    out
 }
 
 /// Undo bootkmod's change to the image of `release` without reverting another writer:

@@ -19,14 +19,13 @@
 //! module built for that kernel keeps its file in that kernel's `extra/`, as kmod RPMs
 //! do). It is idempotent: a kernel bootkmod never saw, or whose tree is gone, is fine.
 
-use crate::model::ledger::Placement;
 use crate::model::root::Root;
 use crate::operations::atomic::remove_synced;
 use crate::operations::install::{lock_for, start, Run};
 use crate::operations::ledger::{failpoint, ImageMethod, Journal, Ledger, ModuleRecord, StateDir};
 use crate::operations::{depmod, images, install, weak_updates};
 use anyhow::{bail, Context, Result};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// What a remove did.
@@ -65,7 +64,7 @@ pub fn remove(root: &Root, names: &[String], dry_run: bool) -> Result<RemoveRepo
     }
     let Some(lock) = lock.filter(|_| !dry_run) else {
         let depmod = touched_kernels(root, &ledger, &names)?;
-        let placed = placed_in_trees(&ledger, &names);
+        let placed = images::placed_in_trees(&ledger, &names);
         let mut undone = Vec::new();
         for (release, kernel) in &ledger.kernels {
             if let Some(image) = kernel.image.as_ref().filter(|i| i.updated) {
@@ -153,7 +152,7 @@ pub(crate) struct Applied {
 pub(crate) fn apply(run: &Run, ledger: &mut Ledger, names: &[String]) -> Result<Applied> {
     let root = &run.state.root;
     let mut changed: BTreeSet<String> = BTreeSet::new();
-    let placed = placed_in_trees(ledger, names);
+    let placed = images::placed_in_trees(ledger, names);
     for name in names {
         let Some(record) = ledger.modules.get(name).cloned() else { continue };
         // Every kernel that had it gets depmod, even when a killed run already removed
@@ -183,7 +182,7 @@ pub(crate) fn apply(run: &Run, ledger: &mut Ledger, names: &[String]) -> Result<
             let rels = placed.get(release).map(Vec::as_slice).unwrap_or_default();
             let undone = images::undo(root, release, image, rels, false)?;
             undone_images.push((image.path.clone(), undone));
-            image.note = Some(undone_note(undone).into());
+            image.note = Some(undone.note().into());
             image.updated = false;
             image.method = None;
             if image.backup.is_some() && undone != images::Undone::Restored {
@@ -200,42 +199,6 @@ pub(crate) fn apply(run: &Run, ledger: &mut Ledger, names: &[String]) -> Result<
         install::refresh(run, ledger, &[])?;
     }
     Ok(Applied { depmod: changed, images: undone_images })
-}
-
-/// The ledger's note for an image after remove.
-fn undone_note(undone: images::Undone) -> &'static str {
-    match undone {
-        images::Undone::Restored => "restored from backup by remove",
-        images::Undone::TakenOut => {
-            "rebuilt by another tool since; remove took bootkmod's drivers out of it"
-        }
-        images::Undone::LeftAsIs => {
-            "rebuilt by another tool since, without bootkmod's drivers; left as it is"
-        }
-    }
-}
-
-/// Per kernel, the tree-relative paths where `names` are placed (own file, weak-updates
-/// link): what an image rebuilt by another tool may hold of them.
-fn placed_in_trees(ledger: &Ledger, names: &[String]) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (release, kernel) in &ledger.kernels {
-        let base = PathBuf::from(format!("/lib/modules/{release}"));
-        for name in names {
-            let (Some(on), Some(m)) = (kernel.modules.get(name), ledger.modules.get(name)) else {
-                continue;
-            };
-            let path = match (on.placement, &on.link) {
-                (Placement::Own, _) => Some(&m.path),
-                (Placement::WeakUpdates, Some(link)) => Some(link),
-                _ => None,
-            };
-            if let Some(rel) = path.and_then(|p| p.strip_prefix(&base).ok()) {
-                out.entry(release.clone()).or_default().push(rel.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 /// What forgetting a kernel did (or, in a dry run, would do).
