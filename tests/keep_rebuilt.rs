@@ -233,6 +233,10 @@ fn refresh_after_another_tool_rebuilt_the_image_never_brings_back_the_old_backup
     let rebuilt = fs::read(&image).unwrap();
     ok(bk(&["install", "--refresh"]), "refresh");
     assert!(fs::read(&image).unwrap() != rebuilt, "the refresh did not inject bkram");
+    let sha = |b: &[u8]| bootkmod::model::module::sha256_hex(b)[..16].to_string();
+    let named = |bytes: &[u8]| backups().iter().any(|p| p.to_string_lossy().ends_with(&sha(bytes)));
+    assert!(!named(&original), "the pre-install backup outlived the rebuild: {:?}", backups());
+    assert!(named(&rebuilt), "no backup of the rebuilt image: {:?}", backups());
     let out = ok(bk(&["--json", "remove", "bkram"]), "remove");
     let report = json_of(&out);
     assert_eq!(report["restored"][0], format!("/boot/initrd.img-{kver}"), "{report:#}");
@@ -245,13 +249,17 @@ fn refresh_after_another_tool_rebuilt_the_image_never_brings_back_the_old_backup
     ok(bk(&["install", "--root-critical", bkram.to_str().unwrap()]), "install again");
     let Some(rebuilt_tree) = rebuild_by_another_tool(&image, true, &scratch2) else { return };
     let rebuilt = fs::read(&image).unwrap();
-    let before = backups();
     ok(bk(&["install", "--refresh"]), "refresh");
     assert!(fs::read(&image).unwrap() == rebuilt, "the refresh rewrote an image holding bkram");
-    assert_eq!(backups(), before, "a copy of an image bootkmod did not change was kept");
+    // The backup from before this rebuild is dropped, and no copy of an image bootkmod
+    // did not change is taken.
+    let none = Vec::<std::path::PathBuf>::new();
+    assert_eq!(backups(), none, "a stale or needless backup was kept");
     let out = ok(bk(&["--json", "remove", "bkram"]), "remove");
     let report = json_of(&out);
     assert_eq!(report["taken_out"][0], format!("/boot/initrd.img-{kver}"), "{report:#}");
+    // Nothing bootkmod changed is left to restore, so no copy of any image is kept.
+    assert_eq!(backups(), none, "backups left behind");
     let now = scratch.path().join("after-second-remove");
     extract(&image, &now);
     let diff = fingerprint_diff(&fingerprint(&rebuilt_tree), &fingerprint(&now));

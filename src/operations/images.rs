@@ -119,6 +119,7 @@ pub fn undo(
 ) -> Result<Undone> {
     let host = root.host(&record.path)?;
     if !host.is_file() {
+        drop_backup(root, record, dry_run)?;
         return Ok(Undone::LeftAsIs);
     }
     if record.backup.is_some() && digest(root, &record.path)? == record.sha256 {
@@ -129,7 +130,17 @@ pub fn undo(
     }
     let report = inject::take_out(root, &host, release, rels, dry_run)
         .with_context(|| format!("taking drivers out of the initramfs of {release}"))?;
+    drop_backup(root, record, dry_run)?;
     Ok(if report.removal.changes() { Undone::TakenOut } else { Undone::LeftAsIs })
+}
+
+/// Delete the backup of an image that was not restored: it is from before another tool's
+/// rebuild (or of an image that is gone), never to be put back, and a whole image in size.
+fn drop_backup(root: &Root, record: &ImageRecord, dry_run: bool) -> Result<()> {
+    match &record.backup {
+        Some(backup) if !dry_run => remove_synced(&root.host_entry(backup)?),
+        _ => Ok(()),
+    }
 }
 
 /// Put back the backed-up bytes of an image (atomic replace). Only for an image that is
@@ -184,6 +195,13 @@ pub fn update(
     // image, restoring it would revert that tool: the current image is backed up instead.
     let mut backup_copy =
         previous.filter(|p| p.path == path && p.sha256 == sha256).and_then(|p| p.backup.clone());
+    if let Some(stale) = previous.filter(|p| p.path == path).and_then(|p| p.backup.as_ref()) {
+        // Never to be restored again, and a whole image in size. When the current image
+        // happens to be that same one, the copy taken below is the same file anew.
+        if backup_copy.is_none() && !opts.dry_run {
+            remove_synced(&root.host_entry(stale)?)?;
+        }
+    }
     if usable.is_empty() {
         let note = "no module of the ledger is usable on this kernel".to_string();
         return Ok(Some(ImageRecord {
