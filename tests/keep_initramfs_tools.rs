@@ -12,7 +12,9 @@
 //! `initramfs-tools` hook: a kABI-compatible kernel's new image carries the driver from
 //! `weak-updates/`; for a kernel that breaks a symbol the driver uses, the package's
 //! postinst and `update-initramfs` fail naming driver and kernel (policy refuse), or
-//! warn and build the image without it (policy warn).
+//! warn and build the image without it (policy warn). Removing the kABI kernel's
+//! package (`run-parts ... /etc/kernel/postrm.d`) drops its weak-updates link and
+//! bootkmod forgets it.
 
 mod common;
 
@@ -247,4 +249,24 @@ fn update_initramfs_keeps_the_driver_and_the_kernel_postinst_hook_runs_first() {
     assert!(!lsinitramfs(&break_image).contains("megaraid_sas.ko"));
     let out = target.bootkmod(&["status", "--kver", BREAK]);
     assert_eq!(out.status.code(), Some(3), "status: {}", text(&out));
+
+    // Removing the kABI kernel's package (its postrm runs /etc/kernel/postrm.d):
+    // bootkmod's hook drops the weak-updates link the package does not own and forgets
+    // the kernel.
+    let link =
+        target.stage.at(format!("/lib/modules/{KABI}/weak-updates/megaraid_sas/megaraid_sas.ko"));
+    assert!(link.symlink_metadata().is_ok(), "no weak-updates link for {KABI}");
+    let out = target.chroot_sh(&format!(
+        "run-parts --report --exit-on-error --arg={KABI} --arg=/boot/vmlinuz-{KABI} /etc/kernel/postrm.d"
+    ));
+    assert!(out.status.success(), "postrm.d for {KABI}: {}", text(&out));
+    assert!(link.symlink_metadata().is_err(), "the weak-updates link of {KABI} outlived it");
+    let status = json_of(&target.bootkmod(&["--json", "status"]));
+    let releases: Vec<&str> = status["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["release"].as_str())
+        .collect();
+    assert!(!releases.contains(&KABI) && releases.contains(&kver.as_str()), "{status:#}");
 }
