@@ -119,6 +119,16 @@ fn remove_after_another_tool_rebuilt_the_image_never_restores_the_old_backup() {
         assert!(allowed, "remove changed {d}\n(all changes: {diff:#?})");
     }
     assert!(diff.iter().any(|d| d.contains("extra/bkram/bkram.ko")), "{diff:#?}");
+    // The early-load entry install made went with the driver.
+    let early: Vec<_> = ["conf/modules", "etc/modules-load.d/bootkmod.conf"]
+        .iter()
+        .filter_map(|f| fs::read_to_string(rebuilt_tree.join(f)).ok().map(|t| (f, t)))
+        .collect();
+    assert!(early.iter().any(|(_, t)| t.lines().any(|l| l == "bkram")), "{early:?}");
+    for (f, _) in &early {
+        let text = fs::read_to_string(now.join(f)).unwrap_or_default();
+        assert!(!text.lines().any(|l| l == "bkram"), "{f} still loads bkram:\n{text}");
+    }
     assert_eq!(
         fs::read(now.join("microcode.bin")).unwrap(),
         b"newer microcode from another tool\n"
