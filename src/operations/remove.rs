@@ -5,8 +5,11 @@
 //! module, unlink it from every kernel's `weak-updates/` and delete its file from
 //! `extra/` (and the emptied `extra/<name>/`); native depmod for each kernel whose tree
 //! changed; every image bootkmod changed is restored from the backup kept before its
-//! first change, byte for byte; the module is dropped from the ledger. A kernel whose
-//! depmod or restore fails is recorded with its reason and the others go on; a failed
+//! first change, byte for byte, while it is still the image bootkmod wrote (its
+//! recorded digest); an image another tool (update-initramfs, dracut) rebuilt since is
+//! never reverted: bootkmod's drivers are taken out of it, or it is left as it is when
+//! they are not in it (`images::undo`); the module is dropped from the ledger. A kernel
+//! whose depmod or image fails is recorded with its reason and the others go on; a failed
 //! operation never blocks the next `remove` (`operations::journal`). A dry run reports
 //! the same and changes nothing.
 //!
@@ -21,7 +24,7 @@
 use crate::model::root::Root;
 use crate::operations::journal::{self, lock_for, start};
 use crate::operations::ledger::{failpoint, Journal, Ledger, StateDir};
-use crate::operations::weak_updates;
+use crate::operations::{images, weak_updates};
 use anyhow::{bail, Result};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -32,8 +35,13 @@ pub struct RemoveReport {
     pub removed: Vec<String>,
     /// Kernels whose indexes were rewritten.
     pub depmod: Vec<String>,
-    /// Images put back as they were before bootkmod.
+    /// Images put back as they were before bootkmod (still the ones bootkmod wrote).
     pub restored: Vec<String>,
+    /// Images another tool rebuilt since bootkmod wrote them: the removed drivers were
+    /// taken out, everything else left as that tool made it (never the old backup).
+    pub taken_out: Vec<String>,
+    /// Images another tool rebuilt since, already without the removed drivers.
+    pub left_as_is: Vec<String>,
     /// Kernels that could not be completed, with the reason (also in the ledger); the
     /// others went on.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -60,37 +68,55 @@ pub fn remove(root: &Root, names: &[String], dry_run: bool) -> Result<RemoveRepo
         }
     }
     let Some(lock) = lock.filter(|_| !dry_run) else {
-        let restored = ledger
-            .kernels
-            .values()
-            .filter_map(|k| k.image.as_ref())
-            .filter(|i| i.updated && i.backup.is_some())
-            .map(|i| i.path.display().to_string())
-            .collect();
         let depmod = touched_kernels(root, &ledger, &names)?;
-        return Ok(RemoveReport {
-            removed: names,
-            depmod,
-            restored,
-            failures: Default::default(),
-            recovered,
-            dry_run,
-        });
+        let placed = images::placed_in_trees(&ledger, &names);
+        let mut undone = Vec::new();
+        for (release, kernel) in &ledger.kernels {
+            if let Some(image) = kernel.image.as_ref().filter(|i| i.updated) {
+                let rels = placed.get(release).map(Vec::as_slice).unwrap_or_default();
+                undone.push((image.path.clone(), images::undo(root, release, image, rels, true)?));
+            }
+        }
+        let report = RemoveReport::new(names, depmod, &undone, recovered, dry_run);
+        return Ok(report);
     };
     ledger.journal = Some(Journal::Remove { names: names.clone() });
     state.save(&ledger, &lock)?;
     failpoint("remove:journaled");
     let applied = journal::apply(&state, &mut ledger, &lock)?;
-    let failures =
+    let mut report =
+        RemoveReport::new(names, applied.depmod.clone(), &applied.images, recovered, false);
+    report.failures =
         applied.failures().into_iter().map(|(k, why)| (k.to_string(), why.to_string())).collect();
-    Ok(RemoveReport {
-        removed: names,
-        depmod: applied.depmod,
-        restored: applied.restored.iter().map(|p| p.display().to_string()).collect(),
-        failures,
-        recovered,
-        dry_run,
-    })
+    Ok(report)
+}
+
+impl RemoveReport {
+    fn new(
+        removed: Vec<String>,
+        depmod: Vec<String>,
+        undone: &[(PathBuf, images::Undone)],
+        recovered: Option<String>,
+        dry_run: bool,
+    ) -> RemoveReport {
+        let which = |what| {
+            undone
+                .iter()
+                .filter(|(_, u)| *u == what)
+                .map(|(p, _)| p.display().to_string())
+                .collect::<Vec<_>>()
+        };
+        RemoveReport {
+            restored: which(images::Undone::Restored),
+            taken_out: which(images::Undone::TakenOut),
+            left_as_is: which(images::Undone::LeftAsIs),
+            failures: Default::default(),
+            removed,
+            depmod,
+            recovered,
+            dry_run,
+        }
+    }
 }
 
 /// The installed kernels whose trees removing `names` changes (depmod runs for them):

@@ -107,6 +107,7 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
     out
 }
 pub mod check;
+pub mod chroot;
 pub mod depmod;
 pub mod initramfs;
 pub mod inject;
