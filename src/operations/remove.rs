@@ -24,9 +24,9 @@
 use crate::model::root::Root;
 use crate::operations::journal::{self, lock_for, start};
 use crate::operations::ledger::{failpoint, Journal, Ledger, StateDir};
+use crate::operations::refresh::indexed;
 use crate::operations::{images, weak_updates};
 use anyhow::{bail, Result};
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 /// What a remove did.
@@ -119,29 +119,23 @@ impl RemoveReport {
     }
 }
 
-/// The installed kernels whose trees removing `names` changes (depmod runs for them):
-/// each module's own kernel, every kernel the ledger has it on, every kernel with a
-/// link to it. Reads only.
+/// The installed kernels whose indexes removing `names` changes (what the real run
+/// reports: depmod writes there): those whose `modules.dep` lists the module's file or
+/// its `weak-updates/` link. Reads only.
 fn touched_kernels(root: &Root, ledger: &Ledger, names: &[String]) -> Result<Vec<String>> {
     let installed = crate::model::kernel::releases(root)?;
-    let mut touched = BTreeSet::new();
-    for name in names {
-        let Some(record) = ledger.modules.get(name) else { continue };
-        touched.insert(record.built_for.clone());
-        touched.extend(
-            ledger
-                .kernels
-                .iter()
-                .filter(|(_, k)| k.modules.contains_key(name))
-                .map(|(r, _)| r.clone()),
-        );
-        for release in &installed {
-            if weak_updates::unlink(root, &record.path, release, true)? {
-                touched.insert(release.clone());
-            }
+    let mut touched = Vec::new();
+    for release in &installed {
+        let listed = names.iter().filter_map(|n| ledger.modules.get(n)).any(|record| {
+            indexed(root, release, &record.path)
+                || weak_updates::link_path(&record.path, release)
+                    .is_ok_and(|link| indexed(root, release, &link))
+        });
+        if listed {
+            touched.push(release.clone());
         }
     }
-    Ok(touched.into_iter().filter(|r| installed.contains(r)).collect())
+    Ok(touched)
 }
 
 /// What forgetting a kernel did (or, in a dry run, would do).
