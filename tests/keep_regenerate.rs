@@ -3,147 +3,21 @@
 //! image (status: in the image, unchanged) and the backup remove restores. A root
 //! without dracut is refused before anything changes.
 //!
-//! The chroot-able target is built in a private mount namespace (`unshare --mount
-//! --propagation private`), never touching the host's `/boot` or `/lib/modules`: the
-//! host's `/usr` read-only (Debian 12 is merged-usr, so `bin`, `lib`, `lib64`, `sbin`
-//! are links into it), the few files dracut reads from `/etc` read-only, the test
-//! kernel's tree over `usr/lib/modules`, its headers over `usr/src`, a copy of
-//! `/usr/lib/dracut` holding the repository's `90bootkmod` over `usr/lib/dracut`, and
-//! the bootkmod binary under test at `/opt/bootkmod/bin/bootkmod`. `/boot` and
-//! `/var` are the test's own directories, so the image dracut wrote outlives the
-//! namespace.
+//! The chroot-able target (`common::chroot`) is built in a private mount namespace,
+//! never touching the host's `/boot` or `/lib/modules`; dracut's modules there are a
+//! copy of `/usr/lib/dracut` holding the repository's `90bootkmod`.
 
 mod common;
 
 use common::check::build_bkram;
+use common::chroot::{Builder, ChrootTarget};
 use common::keep::{
-    assert_image_carries_bkram, dracut_with_bootkmod, fingerprint, fingerprint_diff, json_of,
-    snapshot, Setup, Source, TargetRoot,
+    assert_image_carries_bkram, fingerprint, fingerprint_diff, json_of, snapshot, Setup, Source,
+    TargetRoot,
 };
 use common::{bootkmod, installed_kernel, run, tool};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// Where the bootkmod under test is inside the target (dracut runs it from there).
-const TARGET_BOOTKMOD: &str = "/opt/bootkmod/bin/bootkmod";
-/// Host files dracut reads from `/etc`, bound read-only into the target.
-const ETC_FILES: &[&str] = &[
-    "passwd",
-    "group",
-    "nsswitch.conf",
-    "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
-    "dracut.conf",
-];
-
-/// A target root dracut can be chrooted into, assembled anew in each namespace.
-struct ChrootTarget {
-    dir: tempfile::TempDir,
-    /// The kernel tree, headers and initial image (a [`TargetRoot`]).
-    stage: TargetRoot,
-    /// `/usr/lib/dracut` plus `modules.d/90bootkmod`.
-    dracut: PathBuf,
-    _work: tempfile::TempDir,
-}
-
-impl ChrootTarget {
-    fn new(stage: TargetRoot) -> ChrootTarget {
-        let dir = tempfile::tempdir().unwrap();
-        let t = dir.path();
-        for (link, to) in
-            [("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/sbin")]
-        {
-            std::os::unix::fs::symlink(to, t.join(link)).unwrap();
-        }
-        for d in [
-            "usr",
-            "etc/dracut.conf.d",
-            "boot",
-            "var/tmp",
-            "tmp",
-            "dev",
-            "proc",
-            "sys",
-            "run",
-            "opt/bootkmod/bin",
-        ] {
-            std::fs::create_dir_all(t.join(d)).unwrap();
-        }
-        for f in ETC_FILES {
-            let host = Path::new("/etc").join(f);
-            if host.is_dir() {
-                std::fs::create_dir(t.join("etc").join(f)).unwrap();
-            } else if host.exists() {
-                std::fs::write(t.join("etc").join(f), b"").unwrap();
-            }
-        }
-        std::os::unix::fs::symlink("../usr/lib/os-release", t.join("etc/os-release")).unwrap();
-        // The target's dracut configuration: a generic image (this host's devices mean
-        // nothing to the target), uncompressed and without microcode to keep it quick.
-        std::fs::write(
-            t.join("etc/dracut.conf.d/50-test.conf"),
-            "hostonly=\"no\"\ncompress=\"cat\"\nearly_microcode=\"no\"\n",
-        )
-        .unwrap();
-        std::fs::write(t.join(TARGET_BOOTKMOD.trim_start_matches('/')), b"").unwrap();
-        for e in std::fs::read_dir(stage.at("/boot")).unwrap().flatten() {
-            std::fs::copy(e.path(), t.join("boot").join(e.file_name())).unwrap();
-        }
-        let work = tempfile::tempdir().unwrap();
-        let dracut = work.path().join("dracut");
-        dracut_with_bootkmod(&dracut);
-        ChrootTarget { dir, stage, dracut, _work: work }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Run `argv` in a private mount namespace where the target is assembled.
-    fn run_inside(&self, argv: &[&std::ffi::OsStr]) -> Output {
-        let t = self.path().display().to_string();
-        let mut script = String::from("set -e\n");
-        let mut bind_ro = |from: &str, to: &str| {
-            script +=
-                &format!("mount --bind '{from}' '{t}{to}'\nmount -o remount,bind,ro '{t}{to}'\n");
-        };
-        bind_ro("/usr", "/usr");
-        bind_ro(&self.dracut.display().to_string(), "/usr/lib/dracut");
-        bind_ro(env!("CARGO_BIN_EXE_bootkmod"), TARGET_BOOTKMOD);
-        for f in ETC_FILES.iter().filter(|f| Path::new("/etc").join(f).exists()) {
-            bind_ro(&format!("/etc/{f}"), &format!("/etc/{f}"));
-        }
-        // The test kernel's tree is written by install (read-write); its headers not.
-        script += &format!(
-            "mount --bind '{}' '{t}/usr/lib/modules'\n",
-            self.stage.at("/lib/modules").display()
-        );
-        script += &format!(
-            "mount --bind '{}' '{t}/usr/src'\nmount -o remount,bind,ro '{t}/usr/src'\n",
-            self.stage.at("/usr/src").display()
-        );
-        script += &format!(
-            "mount --rbind /dev '{t}/dev'\nmount -t proc proc '{t}/proc'\nmount --rbind /sys '{t}/sys'\nexec \"$@\"\n"
-        );
-        run(Command::new(tool("unshare").unwrap())
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"])
-            .args(argv)
-            // dracut runs the target's bootkmod (its PATH is reset to the system's).
-            .env("BOOTKMOD", TARGET_BOOTKMOD))
-    }
-
-    /// `bootkmod --root TARGET ARGS...` inside the namespace.
-    fn bootkmod(&self, args: &[&str]) -> Output {
-        let mut argv: Vec<&std::ffi::OsStr> = vec![
-            env!("CARGO_BIN_EXE_bootkmod").as_ref(),
-            "--root".as_ref(),
-            self.path().as_os_str(),
-        ];
-        argv.extend(args.iter().map(std::ffi::OsStr::new));
-        self.run_inside(&argv)
-    }
-}
+use std::path::Path;
+use std::process::Output;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -167,7 +41,7 @@ fn regenerate_runs_the_targets_own_dracut_in_a_chroot() {
 
     let stage = TargetRoot::new();
     stage.add_kernel(&newer, &kver, &newer.symvers());
-    let target = ChrootTarget::new(stage);
+    let target = ChrootTarget::new(stage, Builder::Dracut);
     let image_rel = format!("/boot/initrd.img-{kver}");
     let image = target.path().join(image_rel.trim_start_matches('/'));
     let original = std::fs::read(&image).unwrap();

@@ -95,7 +95,16 @@ struct Step {
 fn step(root: &Path, what: &str, cmd: &mut Command) -> Step {
     let out = run(cmd);
     let text = String::from_utf8_lossy(&out.stdout);
-    let stdout = text.replace(&root.display().to_string(), "ROOT");
+    let mut stdout = text.replace(&root.display().to_string(), "ROOT");
+    // Which depmod wrote the indexes differs by design: behind absolute links kmod's
+    // `depmod -b ROOT` would follow them onto the host, so bootkmod's own (byte-identical
+    // output, tests/depmod_oracle.rs) runs; relative links allow the native one.
+    if let Some(at) = stdout.find("\"indexes\": \"") {
+        let start = at + "\"indexes\": \"".len();
+        if let Some(len) = stdout[start..].find('"') {
+            stdout.replace_range(start..start + len, "(depmod)");
+        }
+    }
     eprintln!("{what}: exit {:?}\n{}", out.status.code(), String::from_utf8_lossy(&out.stderr));
     Step { what: what.to_string(), code: out.status.code(), stdout }
 }
@@ -134,7 +143,7 @@ fn every_command(s: &Setup, root: &Path, dud: &Path) -> Vec<Step> {
         step(
             root,
             "inject --image",
-            &mut bk(&["--json", "inject", "--image", &image(KABI), "--kver", KABI, "virtio_blk"]),
+            &mut bk(&["--json", "inject", "--image", &image(KABI), "--kver", KABI, "ext4"]),
         ),
         step(
             root,
@@ -155,8 +164,6 @@ fn every_command(s: &Setup, root: &Path, dud: &Path) -> Vec<Step> {
 }
 
 #[test]
-#[ignore = "issue 20, not yet proven: its inject --image step on the kABI copy is refused \
-            (register_virtio_driver: no export found for that kernel in the jailed tree)"]
 fn every_command_stays_inside_a_root_reached_through_absolute_links() {
     let Some(s) = Setup::new() else { return };
     // The driver disk is built outside any root.
@@ -185,7 +192,22 @@ fn every_command_stays_inside_a_root_reached_through_absolute_links() {
     for (a, r) in absolute.iter().zip(relative) {
         assert_eq!(a, r, "absolute and relative links differ at {}", a.what);
     }
-    let changed = diff(&host_modules, &fingerprint(Path::new("/lib/modules")));
+    // The test kernels hard-link the host's module files (link_or_copy): reading them
+    // inside the root moves their atime, and other tests' links their ctime. What must
+    // not change on the host is content, mode, size and mtime.
+    let written_only = |f: std::collections::BTreeMap<PathBuf, String>| {
+        f.into_iter()
+            .map(|(p, v)| {
+                let kept: Vec<&str> = v
+                    .split(' ')
+                    .filter(|w| !(w.starts_with('a') || w.starts_with('c')) || !w.contains('.'))
+                    .collect();
+                (p, kept.join(" "))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let changed =
+        diff(&written_only(host_modules), &written_only(fingerprint(Path::new("/lib/modules"))));
     assert!(changed.is_empty(), "the host's /lib/modules changed:\n{}", changed.join("\n"));
 }
 
@@ -221,12 +243,19 @@ fn check_results(s: &Setup, root: &TargetRoot, decoy: &str, steps: &[Step], link
     // The dracut module is handed the file inside the root.
     let dracut = &by("status --dracut").stdout;
     let source = dracut.split('\t').nth(1).unwrap_or_else(|| panic!("{dracut}"));
+    // (By now `remove` has deleted it: the path is what is judged.)
     let source = root.path().join(source.strip_prefix("ROOT/").unwrap());
-    assert_eq!(std::fs::read(&source).unwrap(), std::fs::read(&s.bkram).unwrap(), "{dracut}");
-    // The image written in place is the one inside the root, and carries the module.
+    let placed = root.at(format!("{decoy}/trees/{}/extra/bkram/bkram.ko", s.kver));
+    assert_eq!(source, placed, "{links:?}: status --dracut: {dracut}");
+    // The image written in place is the one inside the root, and carries the module
+    // with its dependencies from the root's tree (virtio_blk would need virtio.ko,
+    // which the test kernels' subset of modules leaves out: refused, rightly).
     let injected = root.at(format!("{decoy}/images/initrd.img-{KABI}"));
     let ls = run(bootkmod().args(["initramfs", "ls"]).arg(&injected));
-    assert!(String::from_utf8_lossy(&ls.stdout).contains("virtio_blk.ko"), "{links:?}: inject");
+    let listed = String::from_utf8_lossy(&ls.stdout);
+    for m in ["ext4.ko", "jbd2.ko", "mbcache.ko"] {
+        assert!(listed.contains(m), "{links:?}: inject left out {m}:\n{listed}");
+    }
     // The extraction landed behind the link inside the root; its stray link untouched.
     assert!(root.at(format!("{decoy}/extract/out/init")).is_file(), "{links:?}: extract");
     // dud apply wrote into the kernel's tree inside the root.

@@ -169,6 +169,11 @@ pub fn write_report(out: &mut dyn Write, r: &Report) -> std::io::Result<()> {
         writeln!(out, "warning: {w}")?;
     }
     match r.outcome {
+        Outcome::Unchanged if r.output != r.image => writeln!(
+            out,
+            "unchanged: everything is already in the image; {} is a copy of it",
+            r.output.display()
+        )?,
         Outcome::Unchanged => writeln!(out, "unchanged: everything is already in the image")?,
         Outcome::Planned => writeln!(
             out,
@@ -196,6 +201,9 @@ pub fn write_report(out: &mut dyn Write, r: &Report) -> std::io::Result<()> {
                 }
                 for m in &v.mismatched {
                     writeln!(out, "verify:  {m} does not hold the planned content")?;
+                }
+                for m in &v.misencoded {
+                    writeln!(out, "verify:  {m}")?;
                 }
                 let state = if v.ok { "verified" } else { "VERIFICATION FAILED" };
                 writeln!(out, "{state}: {} segments decode", v.segments)?;

@@ -136,6 +136,12 @@ fn render(report: &RemoveReport) {
     for i in &report.restored {
         println!("restored {i}");
     }
+    for i in &report.taken_out {
+        println!("took the drivers out of {i} (rebuilt by another tool since; not reverted)");
+    }
+    for i in &report.left_as_is {
+        println!("left {i} as it is (rebuilt by another tool since, without the drivers)");
+    }
     for (k, why) in &report.failures {
         println!("{k:<28} NOT COMPLETED: {why}");
     }

@@ -158,6 +158,11 @@ fn render(out: &mut impl Write, kernels: &[KernelStatus]) -> std::io::Result<()>
             writeln!(out, "!!! AT RISK: {risk}")?;
         }
     }
+    for k in kernels.iter().filter(|k| k.image_unchanged == Some(false)) {
+        if let (Some(image), Some(note)) = (&k.image, &k.image_note) {
+            writeln!(out, "note: {} of {}: {note}", image.display(), k.release)?;
+        }
+    }
     writeln!(
         out,
         "{:<28} {:<12} {:<11} {:<13} {:<9} {:<16}",

@@ -19,6 +19,7 @@
 //! lists each [`Drift`].
 
 use crate::engines::initramfs;
+use crate::engines::inject::{Digests, ImageContents};
 use crate::model::kernel;
 use crate::model::ledger::{
     find_image, is_linked, store_path, weak_link_path, Build, Journal, Ledger, PassedOver,
@@ -99,6 +100,11 @@ pub struct KernelStatus {
     /// Why this kernel would boot without a root-critical module; empty when safe.
     pub at_risk: Vec<String>,
 }
+
+/// What status says of an image whose digest is no longer the one bootkmod recorded:
+/// update-initramfs, dracut or kernel-install wrote it since (bootkmod's drivers may or
+/// may not be in it: `in_image` says).
+pub const REBUILT_SINCE: &str = "rebuilt by another tool since bootkmod wrote it";
 
 /// Status of every installed kernel under `root`.
 pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
@@ -189,7 +195,10 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
             release,
             image,
             image_unchanged,
-            image_note: image_error.or_else(|| image_record.and_then(|i| i.note.clone())),
+            image_note: image_error.or_else(|| match image_unchanged {
+                Some(false) => Some(REBUILT_SINCE.to_string()),
+                _ => image_record.and_then(|i| i.note.clone()),
+            }),
             modules,
             at_risk,
         });
@@ -406,7 +415,30 @@ pub fn verify(root: &Root, ledger: &Ledger) -> Result<Vec<Drift>> {
                     format!("initramfs of {release} unreadable: {}", e.root_cause()),
                 ),
             }
+            // kmod sniffs content, but `xz -t`, rpm and people go by the name.
+            for problem in misencoded_modules(root, &image.path, release) {
+                push(&image.path, format!("initramfs of {release}: {problem}"));
+            }
         }
     }
     Ok(drift)
+}
+
+/// Module files of `release` in an image whose content is not what their name promises
+/// (or why the image could not be read).
+fn misencoded_modules(root: &Root, image: &Path, release: &str) -> Vec<String> {
+    let Ok(host) = root.host(image) else { return Vec::new() };
+    let Ok(file) = std::fs::File::open(&host) else { return Vec::new() };
+    let none = std::collections::HashSet::new();
+    match ImageContents::read(
+        std::io::BufReader::new(file),
+        &host.display().to_string(),
+        Digests::Named(&none),
+    ) {
+        Ok(contents) => {
+            let marker = format!("modules/{release}/");
+            contents.misencoded(|p| p.contains(&marker))
+        }
+        Err(e) => vec![format!("cannot be read: {e:#}")],
+    }
 }

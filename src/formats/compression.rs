@@ -100,6 +100,16 @@ pub fn decode_all(bytes: &[u8], limit: u64) -> Result<std::borrow::Cow<'_, [u8]>
     Ok(std::borrow::Cow::Owned(out))
 }
 
+/// Encode a whole buffer as one stream of `kind` (a module file written under a name
+/// that promises that codec). One thread: a module is small, and the result is then the
+/// same bytes on every machine.
+pub fn encode_all(kind: Compression, bytes: &[u8]) -> Result<Vec<u8>> {
+    let settings = EncoderSettings { threads: 1, ..EncoderSettings::new(kind) };
+    let mut encoder = Encoder::new(settings, Vec::with_capacity(bytes.len() / 2))?;
+    encoder.write_all(bytes)?;
+    Ok(encoder.finish()?)
+}
+
 /// A [`BufRead`] that counts the bytes its consumer has consumed: how the segment walker
 /// learns where a compressed stream ended (the kernel resumes right after the bytes its
 /// decompressor used).

@@ -79,6 +79,12 @@ pub struct ReadOptions {
     pub skip_symbols: bool,
 }
 
+/// sha256 of a module file's content once decompressed (what the kernel receives, and
+/// [`Digests::elf`]): the identity of a module whatever codec stores it.
+pub fn content_sha256(file: &[u8]) -> Result<String> {
+    Ok(sha256_hex(&compression::decode_all(file, compression::MAX_DECODED_MODULE)?))
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -2,6 +2,7 @@
 
 use super::module::name_from_path;
 use super::root::Root;
+use crate::formats::compression::Compression;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,22 @@ pub struct ModuleTree {
 /// Is this file name a kernel module (`.ko`, `.ko.xz`, `.ko.zst`, `.ko.gz`)?
 pub fn is_module_file(name: &str) -> bool {
     [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().any(|s| name.ends_with(s))
+}
+
+/// The codec a module file's name promises: `.ko` none, `.ko.xz` xz, `.ko.zst` zstd,
+/// `.ko.gz` gzip; `None` for a name that is no module file. kmod picks the decoder by
+/// content, but `xz -t`, packaging tools and people read the suffix: a file's content
+/// must match its name.
+pub fn module_codec(name: &str) -> Option<Compression> {
+    [
+        (".ko", Compression::None),
+        (".ko.xz", Compression::Xz),
+        (".ko.zst", Compression::Zstd),
+        (".ko.gz", Compression::Gzip),
+    ]
+    .into_iter()
+    .find(|(suffix, _)| name.ends_with(suffix))
+    .map(|(_, codec)| codec)
 }
 
 impl ModuleTree {

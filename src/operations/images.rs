@@ -13,13 +13,14 @@
 
 use crate::engines::inject::PlanOptions;
 pub use crate::model::ledger::find_image as find;
-use crate::model::ledger::{default_image, ImageMethod};
+use crate::model::ledger::{default_image, ImageMethod, Placement};
 use crate::model::module::sha256_hex;
 use crate::model::root::Root;
-use crate::operations::atomic::AtomicSet;
+use crate::operations::atomic::{remove_synced, AtomicSet};
 use crate::operations::inject::{self, InjectOptions, ModuleArg};
-use crate::operations::ledger::{create_dirs, ImageRecord, STATE_DIR};
+use crate::operations::ledger::{create_dirs, ImageRecord, Ledger, STATE_DIR};
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// sha256 of a file under the root.
@@ -53,7 +54,97 @@ pub fn backup(root: &Root, image: &Path, sha256: &str) -> Result<PathBuf> {
     Ok(target)
 }
 
-/// Put back the backed-up bytes of an image (atomic replace).
+/// What [`undo`] did to an image bootkmod had changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Undone {
+    /// Still the image bootkmod wrote: the backup from before bootkmod went back.
+    Restored,
+    /// Rebuilt by another tool since (or no backup): bootkmod's files were taken out of
+    /// it, the rest left as that tool made it.
+    TakenOut,
+    /// Rebuilt by another tool since, without bootkmod's files: left as it is.
+    LeftAsIs,
+}
+
+impl Undone {
+    /// The ledger's note for an image after remove.
+    pub fn note(self) -> &'static str {
+        match self {
+            Undone::Restored => "restored from backup by remove",
+            Undone::TakenOut => {
+                "rebuilt by another tool since; remove took bootkmod's drivers out of it"
+            }
+            Undone::LeftAsIs => {
+                "rebuilt by another tool since, without bootkmod's drivers; left as it is"
+            }
+        }
+    }
+}
+
+/// Per kernel, the tree-relative paths where `names` are placed (own file, weak-updates
+/// link): what an image rebuilt by another tool may hold of them, for [`undo`].
+pub fn placed_in_trees(ledger: &Ledger, names: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (release, kernel) in &ledger.kernels {
+        let base = PathBuf::from(format!("/lib/modules/{release}"));
+        for name in names {
+            let (Some(on), Some(m)) = (kernel.modules.get(name), ledger.modules.get(name)) else {
+                continue;
+            };
+            let path = match (on.placement, &on.link) {
+                (Placement::Own, _) => m.build_on(on).map(|b| &b.path),
+                (Placement::WeakUpdates, Some(link)) => Some(link),
+                _ => None,
+            };
+            if let Some(rel) = path.and_then(|p| p.strip_prefix(&base).ok()) {
+                out.entry(release.clone()).or_default().push(rel.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Undo bootkmod's change to the image of `release` without reverting another writer:
+/// the backup is restored only while the image is still the one bootkmod wrote (its
+/// digest is the recorded one); otherwise the files at `rels` (tree-relative, where
+/// bootkmod put them) are taken out of the current image, or it is left as it is when
+/// none is there. A missing image is left missing.
+pub fn undo(
+    root: &Root,
+    release: &str,
+    record: &ImageRecord,
+    rels: &[String],
+    dry_run: bool,
+) -> Result<Undone> {
+    let host = root.host(&record.path)?;
+    if !host.is_file() {
+        drop_backup(root, record, dry_run)?;
+        return Ok(Undone::LeftAsIs);
+    }
+    if record.backup.is_some() && digest(root, &record.path)? == record.sha256 {
+        if !dry_run {
+            restore(root, record)?;
+        }
+        return Ok(Undone::Restored);
+    }
+    let report = inject::take_out(root, &host, release, rels, dry_run)
+        .with_context(|| format!("taking drivers out of the initramfs of {release}"))?;
+    drop_backup(root, record, dry_run)?;
+    Ok(if report.removal.changes() { Undone::TakenOut } else { Undone::LeftAsIs })
+}
+
+/// Delete the backup of an image that was not restored: it is from before another tool's
+/// rebuild (or of an image that is gone), never to be put back, and a whole image in size.
+fn drop_backup(root: &Root, record: &ImageRecord, dry_run: bool) -> Result<()> {
+    match &record.backup {
+        Some(backup) if !dry_run => remove_synced(&root.host_entry(backup)?),
+        _ => Ok(()),
+    }
+}
+
+/// Put back the backed-up bytes of an image (atomic replace). Only for an image that is
+/// still the one bootkmod wrote: [`undo`] decides.
 pub fn restore(root: &Root, record: &ImageRecord) -> Result<bool> {
     let Some(backup) = &record.backup else { return Ok(false) };
     let bytes = root.read(backup).context("cannot read the backup")?;
@@ -108,7 +199,17 @@ pub fn update(
         Some(p) => digest(root, p)?,
         None => String::new(),
     };
-    let mut backup_copy = previous.filter(|p| p.path == path).and_then(|p| p.backup.clone());
+    // The backup is the image before bootkmod's change; once another tool rebuilt the
+    // image, restoring it would revert that tool: the current image is backed up instead.
+    let mut backup_copy =
+        previous.filter(|p| p.path == path && p.sha256 == sha256).and_then(|p| p.backup.clone());
+    if let Some(stale) = previous.filter(|p| p.path == path).and_then(|p| p.backup.as_ref()) {
+        // Never to be restored again, and a whole image in size. When the current image
+        // happens to be that same one, the copy taken below is the same file anew.
+        if backup_copy.is_none() && !opts.dry_run {
+            remove_synced(&root.host_entry(stale)?)?;
+        }
+    }
     if usable.is_empty() {
         // bootkmod's injected image still in place, and nothing of the ledger belongs in
         // it any more (a remove whose restore failed, a driver no longer compatible):
@@ -146,7 +247,8 @@ pub fn update(
         };
         return Ok(Some(Updated { record, changed: false }));
     }
-    if backup_copy.is_none() && found.is_some() {
+    let fresh_backup = backup_copy.is_none() && found.is_some();
+    if fresh_backup {
         backup_copy = Some(if opts.dry_run {
             backup_path(&path, &sha256)
         } else {
@@ -204,6 +306,14 @@ pub fn update(
     let args: Vec<ModuleArg> = usable.iter().map(|n| ModuleArg::Name(n.clone())).collect();
     let report = inject::inject(root, &root.host(&path)?, &args, &inject_opts)
         .with_context(|| format!("injecting into the initramfs of {release}"))?;
+    if fresh_backup && report.outcome == inject::Outcome::Unchanged {
+        // The image already held every driver (another tool carried them, as the
+        // initramfs-tools hook does): bootkmod did not change it, so a copy of it is no
+        // "before bootkmod", and restoring it on remove would keep the drivers there.
+        if let Some(copy) = backup_copy.take().filter(|_| !opts.dry_run) {
+            remove_synced(&root.host_entry(&copy)?)?;
+        }
+    }
     let (updated, note) = match report.outcome {
         inject::Outcome::Written | inject::Outcome::Unchanged => (true, None),
         inject::Outcome::Planned => (true, Some(format!("dry run: {names} would be injected"))),

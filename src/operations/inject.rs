@@ -36,7 +36,8 @@ use crate::engines::initramfs::view::View;
 use crate::engines::initramfs::walk::{self, Entry, Visitor};
 use crate::engines::initramfs::write::{padding_before_raw, ArchiveWriter};
 use crate::engines::inject::{
-    self, Chain, Digests, ImageContents, NewEntry, Origin, Plan, PlanOptions, Request, Sources,
+    self, Chain, Digests, ImageContents, NewEntry, Origin, Plan, PlanOptions, Removal, Request,
+    Sources,
 };
 use crate::formats::compression::{Compression, EncoderSettings};
 use crate::formats::cpio::{EntryMeta, Format, HEADER_LEN, S_IFREG};
@@ -133,6 +134,10 @@ pub struct Verification {
     pub segments: usize,
     /// Written files whose sha256 in the image differs from the plan (or are missing).
     pub mismatched: Vec<String>,
+    /// Module files of the tree whose content is not what their name promises (`.ko.xz`
+    /// holding no xz data, `.ko` holding compressed data), with what they hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub misencoded: Vec<String>,
     pub chains: Vec<Chain>,
     pub ok: bool,
 }
@@ -291,15 +296,41 @@ pub fn inject(
         report.outcome = Outcome::Refused;
         return Ok(report);
     }
+    let in_place = output == image;
     if !report.plan.changes() {
         report.outcome = Outcome::Unchanged;
+        // `-o OUT` promises OUT is the result: with nothing to add, the image itself.
+        if !in_place && !opts.dry_run {
+            let staged = match staged {
+                Some(staged) => staged?,
+                None => stage_original(image, &output, overlay)?,
+            };
+            let replace = ReplaceOptions {
+                backup: None,
+                like: (!output.exists()).then(|| image.to_path_buf()),
+                expect: None,
+            };
+            staged.commit(&replace, |temp| {
+                let copy = FileBytes::open(temp)
+                    .with_context(|| format!("{}: cannot read", temp.display()))?;
+                if FileIdentity::of(image)? != original.identity
+                    || copy.len() as u64 != original.bytes.0
+                    || !original.is_prefix_of(&copy)
+                {
+                    bail!(
+                        "{}: the image changed while bootkmod was copying it (another writer?)",
+                        image.display()
+                    );
+                }
+                Ok(())
+            })?;
+        }
         return Ok(report);
     }
     if opts.dry_run {
         return Ok(report);
     }
 
-    let in_place = output == image;
     let backup = (in_place && opts.backup).then(|| backup_path(image));
     let replace = ReplaceOptions {
         backup: backup.clone(),
@@ -315,7 +346,7 @@ pub fn inject(
     };
     let written = match mode {
         Mode::Append => write_overlay(overlay, &plan.entries, staged.file()),
-        Mode::Rebuild => write_rebuild(image, contents, &plan.entries, staged.file()),
+        Mode::Rebuild => write_rebuild(image, contents, &plan.entries, &[], staged.file()),
     };
     written.with_context(|| format!("{}: cannot write", output.display()))?;
     tracing::debug!("written at {:.3} s", started.elapsed().as_secs_f64());
@@ -351,6 +382,70 @@ pub fn inject(
         }
         Err(e) => return Err(e),
     }
+    Ok(report)
+}
+
+/// What taking modules out of an image did (or, in a dry run, would do).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TakeOutReport {
+    pub image: PathBuf,
+    #[serde(flatten)]
+    pub removal: Removal,
+    /// The image was rewritten (and checked to hold none of the modules).
+    pub written: bool,
+}
+
+/// Take the module files at `rels` (relative to the image's tree of `release`) out of
+/// `image` without touching anything else another tool put there: the image is rebuilt
+/// (its leading uncompressed segments byte for byte, the rest in one segment compressed
+/// as before) without them, with regenerated indexes and early-load files. Atomic; the
+/// written image is read back and must hold none of them. An image that holds none is
+/// left as it is.
+pub fn take_out(
+    root: &Root,
+    image: &Path,
+    release: &str,
+    rels: &[String],
+    dry_run: bool,
+) -> Result<TakeOutReport> {
+    let _lock = if dry_run { None } else { Some(Lock::exclusive(&dir_of(image))?) };
+    let none = HashSet::new();
+    let original = Original::read(image, Digests::Named(&none))?;
+    let contents = &original.contents;
+    let (_, tree) = inject::choose_tree(contents, Some(release))
+        .with_context(|| image.display().to_string())?;
+    let mut sources = TreeSources::new(root, release);
+    let removal = inject::take_out(contents, &tree, rels, &mut sources)?;
+    let mut report = TakeOutReport { image: image.to_path_buf(), removal, written: false };
+    if !report.removal.changes() || dry_run {
+        return Ok(report);
+    }
+    let removal = &report.removal;
+    let mut staged = Staged::beside(image)?;
+    let dropped: Vec<&[u8]> = removal.dropped.iter().map(|p| p.as_bytes()).collect();
+    write_rebuild(image, contents, &removal.entries, &dropped, staged.file())
+        .with_context(|| format!("{}: cannot write", image.display()))?;
+    // Replaced only if it is still the image read: dracut or update-initramfs take no
+    // lock and may rename a new image in at any moment.
+    let replace = ReplaceOptions { expect: Some(original.identity), ..Default::default() };
+    staged.commit(&replace, |temp| {
+        if FileIdentity::of(image)? != original.identity {
+            bail!(
+                "{}: the image changed while bootkmod was taking modules out (another writer?)",
+                image.display()
+            );
+        }
+        let source = image.display().to_string();
+        let after = ImageContents::read(open(temp)?, &source, Digests::Named(&none))
+            .context("verifying the written image")?;
+        let left: Vec<&String> =
+            removal.dropped.iter().filter(|p| after.has_file(p.as_str())).collect();
+        if !left.is_empty() {
+            bail!("{source}: the rewritten image still holds {left:?}; left unchanged");
+        }
+        Ok(())
+    })?;
+    report.written = true;
     Ok(report)
 }
 
@@ -559,12 +654,13 @@ fn write_overlay(overlay: Overlay, entries: &[NewEntry], out: &mut File) -> Resu
 }
 
 /// Leading uncompressed segments (the early cpio) byte for byte, then one segment with
-/// every later entry in image order (minus the files the plan replaces) and the plan's
-/// entries, compressed like the image's last compressed segment.
+/// every later entry in image order (minus the files the plan replaces and the `dropped`
+/// ones) and the plan's entries, compressed like the image's last compressed segment.
 fn write_rebuild(
     image: &Path,
     contents: &ImageContents,
     entries: &[NewEntry],
+    dropped: &[&[u8]],
     out: &mut File,
 ) -> Result<()> {
     let mut out = BufWriter::with_capacity(1 << 20, out);
@@ -590,7 +686,8 @@ fn write_rebuild(
         out.write_all(&vec![0u8; padding_before_raw(copied)])?;
     }
     let archive = ArchiveWriter::new(out, EncoderSettings::new(kind), Format::Newc)?;
-    let replaced: HashSet<&[u8]> = entries.iter().map(|e| e.path.as_slice()).collect();
+    let mut replaced: HashSet<&[u8]> = entries.iter().map(|e| e.path.as_slice()).collect();
+    replaced.extend(dropped.iter().copied());
     // Counted in cpio bytes: the first walk knows how many, and recompressing them is
     // the slow part (xz: tens of seconds).
     let cpio_bytes = segs[from_segment..].iter().map(|s| s.cpio_size).sum();
@@ -700,6 +797,13 @@ fn verify(
             mismatched.push(m.path.clone());
         }
     }
+    // What bootkmod wrote must be named for what it holds (other files are the image's).
+    let written_paths: HashSet<String> = plan
+        .written_modules()
+        .filter_map(|m| contents.view.lookup(m.path.as_bytes(), true))
+        .map(|e| String::from_utf8_lossy(e.path).into_owned())
+        .collect();
+    let misencoded = contents.misencoded(|p| written_paths.contains(p));
     let names: Vec<String> = plan
         .modules
         .iter()
@@ -707,12 +811,12 @@ fn verify(
         .map(|m| m.name.clone())
         .collect();
     let chains = inject::chains(&contents, &plan.tree, &names)?;
-    let ok = mismatched.is_empty() && chains.iter().all(|c| c.complete);
+    let ok = mismatched.is_empty() && misencoded.is_empty() && chains.iter().all(|c| c.complete);
     let segments = contents.segments.len();
     // Freeing hundreds of parsed modules takes milliseconds, and this runs before the
     // rename: the memory goes back on another thread.
     std::thread::spawn(move || drop(contents));
-    Ok(Verification { segments, mismatched, chains, ok })
+    Ok(Verification { segments, mismatched, misencoded, chains, ok })
 }
 
 /// The target system's files the plan may need: modules of `ROOT/lib/modules/KVER`

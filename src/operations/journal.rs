@@ -83,8 +83,8 @@ pub(crate) struct Applied {
     pub refreshed: Refreshed,
     /// (remove) Kernels whose indexes depmod rewrote.
     pub depmod: Vec<String>,
-    /// (remove) Images put back from their backups.
-    pub restored: Vec<PathBuf>,
+    /// (remove) What became of each image bootkmod had changed.
+    pub images: Vec<(PathBuf, images::Undone)>,
     /// (remove --kernel) What forgetting the kernel did.
     pub forgotten: Option<Forgotten>,
 }
@@ -201,11 +201,14 @@ fn run_journal(
     Ok(applied)
 }
 
-/// The journaled part of `remove`: idempotent. A kernel whose depmod or image restore
+/// The journaled part of `remove`: idempotent. A kernel whose depmod or image undo
 /// fails is recorded with the reason; the others go on.
 pub(crate) fn remove_modules(run: &Run, ledger: &mut Ledger, names: &[String]) -> Result<Applied> {
     let root = &run.state.root;
     let mut changed: BTreeSet<String> = BTreeSet::new();
+    // Where the drivers sit in each kernel's tree, read before they leave the ledger: what
+    // an image another tool rebuilt may hold of them.
+    let placed = images::placed_in_trees(ledger, names);
     for name in names {
         let Some(record) = ledger.modules.get(name).cloned() else { continue };
         // Every kernel that had it gets depmod, even when a killed run already removed
@@ -238,29 +241,30 @@ pub(crate) fn remove_modules(run: &Run, ledger: &mut Ledger, names: &[String]) -
             }
         }
     }
-    // Images: put back what bootkmod changed. Other modules still installed are
-    // re-offered by the refresh below.
+    // Images: undo what bootkmod changed, never reverting another writer (see
+    // images::undo). Other modules still installed are re-offered by the refresh below.
     for (release, kernel) in ledger.kernels.iter_mut() {
         let Some(image) = kernel.image.as_mut().filter(|i| i.updated) else { continue };
-        let path = image.path.clone();
-        let before = images::digest(root, &path).ok();
-        let restored = images::restore(root, image).and_then(|done| {
-            if done {
-                image.updated = false;
-                image.method = None;
-                image.sha256 = images::digest(root, &image.path)?;
-                image.note = Some("restored from backup by remove".into());
+        let rels = placed.get(release).map(Vec::as_slice).unwrap_or_default();
+        let undone = images::undo(root, release, image, rels, false).and_then(|undone| {
+            image.note = Some(undone.note().into());
+            image.updated = false;
+            image.method = None;
+            if undone != images::Undone::Restored {
+                // A backup from before another tool's rebuild must never be restored.
+                image.backup = None;
             }
-            // Reported only when bytes changed (a killed run may have restored it).
-            Ok(done && before.as_ref() != Some(&image.sha256))
+            if root.host(&image.path).is_ok_and(|h| h.is_file()) {
+                image.sha256 = images::digest(root, &image.path)?;
+            }
+            Ok(undone)
         });
-        match restored {
-            Ok(true) => applied.restored.push(path),
-            Ok(false) => {}
+        match undone {
+            Ok(undone) => applied.images.push((image.path.clone(), undone)),
             Err(e) => {
                 failed
                     .entry(release.clone())
-                    .or_insert_with(|| format!("restoring {}: {e:#}", path.display()));
+                    .or_insert_with(|| format!("image {}: {e:#}", image.path.display()));
             }
         }
     }

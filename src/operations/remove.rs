@@ -5,8 +5,11 @@
 //! module, unlink it from every kernel's `weak-updates/` and delete its file from
 //! `extra/` (and the emptied `extra/<name>/`); native depmod for each kernel whose tree
 //! changed; every image bootkmod changed is restored from the backup kept before its
-//! first change, byte for byte; the module is dropped from the ledger. A kernel whose
-//! depmod or restore fails is recorded with its reason and the others go on; a failed
+//! first change, byte for byte, while it is still the image bootkmod wrote (its
+//! recorded digest); an image another tool (update-initramfs, dracut) rebuilt since is
+//! never reverted: bootkmod's drivers are taken out of it, or it is left as it is when
+//! they are not in it (`images::undo`); the module is dropped from the ledger. A kernel
+//! whose depmod or image fails is recorded with its reason and the others go on; a failed
 //! operation never blocks the next `remove` (`operations::journal`). A dry run reports
 //! the same and changes nothing.
 //!
@@ -29,8 +32,8 @@ use crate::operations::journal::{self, lock_for, start};
 use crate::operations::ledger::{
     failpoint, Build, BuildRef, ImageMethod, Journal, Ledger, Placement, StateDir,
 };
-use crate::operations::refresh::{self, guard, KernelOutcome, Run};
-use crate::operations::weak_updates;
+use crate::operations::refresh::{self, guard, indexed, KernelOutcome, Run};
+use crate::operations::{images, weak_updates};
 use anyhow::{bail, Result};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -41,8 +44,13 @@ pub struct RemoveReport {
     pub removed: Vec<String>,
     /// Kernels whose indexes were rewritten.
     pub depmod: Vec<String>,
-    /// Images put back as they were before bootkmod.
+    /// Images put back as they were before bootkmod (still the ones bootkmod wrote).
     pub restored: Vec<String>,
+    /// Images another tool rebuilt since bootkmod wrote them: the removed drivers were
+    /// taken out, everything else left as that tool made it (never the old backup).
+    pub taken_out: Vec<String>,
+    /// Images another tool rebuilt since, already without the removed drivers.
+    pub left_as_is: Vec<String>,
     /// Kernels that could not be completed, with the reason (also in the ledger); the
     /// others went on.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -69,64 +77,78 @@ pub fn remove(root: &Root, names: &[String], dry_run: bool) -> Result<RemoveRepo
         }
     }
     let Some(lock) = lock.filter(|_| !dry_run) else {
-        let restored = ledger
-            .kernels
-            .values()
-            .filter_map(|k| k.image.as_ref())
-            .filter(|i| i.updated && i.backup.is_some())
-            .map(|i| i.path.display().to_string())
-            .collect();
         let depmod = touched_kernels(root, &ledger, &names)?;
-        return Ok(RemoveReport {
-            removed: names,
-            depmod,
-            restored,
-            failures: Default::default(),
-            recovered,
-            dry_run,
-        });
+        let placed = images::placed_in_trees(&ledger, &names);
+        let mut undone = Vec::new();
+        for (release, kernel) in &ledger.kernels {
+            if let Some(image) = kernel.image.as_ref().filter(|i| i.updated) {
+                let rels = placed.get(release).map(Vec::as_slice).unwrap_or_default();
+                undone.push((image.path.clone(), images::undo(root, release, image, rels, true)?));
+            }
+        }
+        let report = RemoveReport::new(names, depmod, &undone, recovered, dry_run);
+        return Ok(report);
     };
     ledger.journal = Some(Journal::Remove { names: names.clone() });
     state.save(&ledger, &lock)?;
     failpoint("remove:journaled");
     let applied = journal::apply(&state, &mut ledger, &lock)?;
-    let failures =
+    let mut report =
+        RemoveReport::new(names, applied.depmod.clone(), &applied.images, recovered, false);
+    report.failures =
         applied.failures().into_iter().map(|(k, why)| (k.to_string(), why.to_string())).collect();
-    Ok(RemoveReport {
-        removed: names,
-        depmod: applied.depmod,
-        restored: applied.restored.iter().map(|p| p.display().to_string()).collect(),
-        failures,
-        recovered,
-        dry_run,
-    })
+    Ok(report)
 }
 
-/// The installed kernels whose trees removing `names` changes (depmod runs for them):
-/// each module's own kernel, every kernel the ledger has it on, every kernel with a
-/// link to it. Reads only.
-fn touched_kernels(root: &Root, ledger: &Ledger, names: &[String]) -> Result<Vec<String>> {
-    let installed = crate::model::kernel::releases(root)?;
-    let mut touched = BTreeSet::new();
-    for name in names {
-        let Some(record) = ledger.modules.get(name) else { continue };
-        touched.extend(record.builds.iter().map(|b| b.built_for.clone()));
-        touched.extend(
-            ledger
-                .kernels
+impl RemoveReport {
+    fn new(
+        removed: Vec<String>,
+        depmod: Vec<String>,
+        undone: &[(PathBuf, images::Undone)],
+        recovered: Option<String>,
+        dry_run: bool,
+    ) -> RemoveReport {
+        let which = |what| {
+            undone
                 .iter()
-                .filter(|(_, k)| k.modules.contains_key(name))
-                .map(|(r, _)| r.clone()),
-        );
-        for release in &installed {
-            for b in &record.builds {
-                if weak_updates::unlink(root, &b.path, release, true)? {
-                    touched.insert(release.clone());
-                }
-            }
+                .filter(|(_, u)| *u == what)
+                .map(|(p, _)| p.display().to_string())
+                .collect::<Vec<_>>()
+        };
+        RemoveReport {
+            restored: which(images::Undone::Restored),
+            taken_out: which(images::Undone::TakenOut),
+            left_as_is: which(images::Undone::LeftAsIs),
+            failures: Default::default(),
+            removed,
+            depmod,
+            recovered,
+            dry_run,
         }
     }
-    Ok(touched.into_iter().filter(|r| installed.contains(r)).collect())
+}
+
+/// The installed kernels whose indexes removing `names` changes (what the real run
+/// reports: depmod writes there): those whose `modules.dep` lists the module's file or
+/// its `weak-updates/` link. Reads only.
+fn touched_kernels(root: &Root, ledger: &Ledger, names: &[String]) -> Result<Vec<String>> {
+    let installed = crate::model::kernel::releases(root)?;
+    let mut touched = Vec::new();
+    for release in &installed {
+        let listed = names
+            .iter()
+            .filter_map(|n| ledger.modules.get(n))
+            .flat_map(|record| &record.builds)
+            .any(|b| {
+                indexed(root, release, &b.path)
+                    || weak_updates::link_path(&b.path, release)
+                        .is_ok_and(|link| indexed(root, release, &link))
+            });
+        if listed {
+            touched.push(release.clone());
+        }
+    }
+    Ok(touched)
 }
 
 /// What forgetting a kernel did (or, in a dry run, would do).

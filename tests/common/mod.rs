@@ -108,6 +108,7 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
 }
 pub mod builds;
 pub mod check;
+pub mod chroot;
 pub mod depmod;
 pub mod initramfs;
 pub mod inject;

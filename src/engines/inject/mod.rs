@@ -26,13 +26,15 @@
 //! One file per concern: `read` (the image's contents), `plan` (requests, the
 //! closure and the [`Plan`]), `place` (where files land: depmod's choice among copies,
 //! resolved paths, firmware), `early_load` (the image's own early-load mechanism),
-//! `chains` (the index-driven check of a written image).
+//! `chains` (the index-driven check of a written image), `take_out` (modules taken back
+//! out of an image another tool rebuilt).
 
 mod chains;
 mod early_load;
 mod place;
 mod plan;
 mod read;
+mod take_out;
 
 pub use chains::{chains, Chain};
 pub use early_load::EarlyLoad;
@@ -41,6 +43,7 @@ pub use plan::{
     Request, Sources, Why, DISK_CLASS,
 };
 pub use read::{Digests, ImageContents, ImageModule};
+pub use take_out::{take_out, Removal};
 
 #[cfg(test)]
 mod testing {

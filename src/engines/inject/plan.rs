@@ -6,11 +6,13 @@ use super::place::{Placer, TreeState};
 use super::read::ImageContents;
 use crate::engines::compat::{self, Verdict};
 use crate::engines::depmod::{DepModule, Graph, Inputs};
+use crate::formats::compression::{self, Compression};
 use crate::formats::cpio::S_IFREG;
 use crate::model::kernel::Kernel;
-use crate::model::module::{sha256_hex, Module};
-use anyhow::{bail, Result};
-use std::collections::HashSet;
+use crate::model::module::{content_sha256, Module};
+use crate::model::tree::module_codec;
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -100,9 +102,10 @@ pub enum Why {
 pub enum Action {
     /// A new file.
     Add,
-    /// Replaces the image's copy at the same path (which had another sha256).
+    /// Replaces the image's copy at the same path (whose content had another sha256),
+    /// encoded as that path's name says.
     Replace,
-    /// Already in the image with the same sha256.
+    /// Already in the image with the same content (sha256 once decompressed).
     Present,
     /// Built into the kernel.
     Builtin,
@@ -115,6 +118,7 @@ pub struct PlannedModule {
     pub action: Action,
     /// Path in the image (resolved), empty for built-in modules.
     pub path: String,
+    /// Of the content once decompressed: the same module as `.ko` or `.ko.xz`.
     pub sha256: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
@@ -263,7 +267,9 @@ pub fn plan(
         if !seen.insert(name.clone()) {
             continue;
         }
-        let sha256 = sha256_hex(&req.bytes);
+        // Identity is the content the kernel receives, whatever codec stores it.
+        let sha256 = content_sha256(&req.bytes)
+            .with_context(|| format!("{}: cannot decompress", req.file_name()))?;
         if state.builtin.contains(&name) {
             plan.modules.push(PlannedModule {
                 name,
@@ -280,11 +286,9 @@ pub fn plan(
         let path = format!("{tree}/{rel}");
         if action != Action::Present {
             let resolved = placer.place(&path)?;
-            file_entries.push(NewEntry {
-                path: resolved,
-                mode: S_IFREG | 0o644,
-                body: req.bytes.clone(),
-            });
+            let body = stored_as(&rel, &req.bytes)
+                .with_context(|| format!("{}: cannot re-encode for {path}", req.file_name()))?;
+            file_entries.push(NewEntry { path: resolved, mode: S_IFREG | 0o644, body });
             chosen.insert(name.clone(), rel.clone());
             written.push((rel.clone(), Arc::new(req.module.clone())));
         }
@@ -365,39 +369,15 @@ pub fn plan(
     }
 
     // The indexes of the resulting module set.
-    let mut modules: Vec<DepModule> = Vec::new();
-    for (name, rel) in &chosen {
-        let module = match written.iter().find(|(r, _)| r == rel) {
-            Some((_, m)) => m.clone(),
-            None => match image.modules.get(&format!("{tree}/{rel}")) {
-                Some(m) => m.module.clone(),
-                None => continue,
-            },
-        };
-        modules.push(DepModule {
-            name: name.clone(),
-            target: PathBuf::from(format!("/lib/modules/{release}/{rel}")),
-            rel: Some(rel.clone()),
-            module,
-        });
-    }
-    modules.sort_by(|a, b| a.rel.cmp(&b.rel));
-    let graph = Graph::build(Inputs {
-        modules,
-        order: state.order.clone(),
-        builtin: state.builtin_file.clone(),
-        builtin_modinfo: state.builtin_modinfo.clone(),
-    })?;
-    plan.warnings.extend(graph.warnings.iter().cloned());
-    let mut index_entries = Vec::new();
-    for (name, bytes) in graph.files()? {
-        let path = format!("{tree}/{name}");
-        if image.file(&path) != Some(bytes.as_slice()) {
-            plan.indexes.push(name.to_string());
-            let resolved = placer.place(&path)?;
-            index_entries.push(NewEntry { path: resolved, mode: S_IFREG | 0o644, body: bytes });
-        }
-    }
+    let mut index_entries = regenerated_indexes(
+        image,
+        &state,
+        &chosen,
+        &written,
+        &mut placer,
+        &mut plan.indexes,
+        &mut plan.warnings,
+    )?;
     // Files the kernel package provides that modprobe reads: copy when the image has none.
     if plan.changes_modules() {
         for name in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
@@ -448,6 +428,69 @@ impl Plan {
     fn changes_modules(&self) -> bool {
         self.written_modules().next().is_some()
     }
+}
+
+/// The image's index files for the module set `chosen` (name → tree-relative path;
+/// `written` are the modules the plan adds, the rest are the image's), as entries for
+/// the files whose bytes change; their names go to `indexes`.
+pub(super) fn regenerated_indexes(
+    image: &ImageContents,
+    state: &TreeState,
+    chosen: &BTreeMap<String, String>,
+    written: &[(String, Arc<Module>)],
+    placer: &mut Placer,
+    indexes: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<NewEntry>> {
+    let (tree, release) = (&state.tree, &state.release);
+    let mut modules: Vec<DepModule> = Vec::new();
+    for (name, rel) in chosen {
+        let module = match written.iter().find(|(r, _)| r == rel) {
+            Some((_, m)) => m.clone(),
+            None => match image.modules.get(&format!("{tree}/{rel}")) {
+                Some(m) => m.module.clone(),
+                None => continue,
+            },
+        };
+        modules.push(DepModule {
+            name: name.clone(),
+            target: PathBuf::from(format!("/lib/modules/{release}/{rel}")),
+            rel: Some(rel.clone()),
+            module,
+        });
+    }
+    modules.sort_by(|a, b| a.rel.cmp(&b.rel));
+    let graph = Graph::build(Inputs {
+        modules,
+        order: state.order.clone(),
+        builtin: state.builtin_file.clone(),
+        builtin_modinfo: state.builtin_modinfo.clone(),
+    })?;
+    warnings.extend(graph.warnings.iter().cloned());
+    let mut entries = Vec::new();
+    for (name, bytes) in graph.files()? {
+        let path = format!("{tree}/{name}");
+        if image.file(&path) != Some(bytes.as_slice()) {
+            indexes.push(name.to_string());
+            let resolved = placer.place(&path)?;
+            entries.push(NewEntry { path: resolved, mode: S_IFREG | 0o644, body: bytes });
+        }
+    }
+    Ok(entries)
+}
+
+/// A module's bytes as a file at `rel` must hold them: encoded with the codec its name
+/// promises (`.ko.xz` xz with CRC32, `.ko.zst` zstd, `.ko.gz` gzip, `.ko` none). A
+/// module placed over an existing name keeps that name, so an uncompressed input over
+/// `x.ko.xz` is compressed, and xz data over `x.ko` decompressed: kmod sniffs content,
+/// but `xz -t`, rpm and people go by the name.
+fn stored_as(rel: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    let want = module_codec(rel).unwrap_or(Compression::None);
+    if Compression::detect(bytes) == want {
+        return Ok(bytes.to_vec());
+    }
+    let content = compression::decode_all(bytes, compression::MAX_DECODED_MODULE)?;
+    compression::encode_all(want, &content)
 }
 
 /// `softdep=pre: a b post: c` → names (the `pre:`/`post:` words dropped).

@@ -5,9 +5,10 @@
 use crate::engines::initramfs::view::View;
 use crate::engines::initramfs::walk::{self, Entry, Resume, Segment, Visitor};
 use crate::engines::initramfs::{kernel_versions, KernelTree};
+use crate::formats::compression::Compression;
 use crate::formats::cpio::S_IFREG;
-use crate::model::module::{name_from_path, sha256_hex, Module, ReadOptions};
-use crate::model::tree::is_module_file;
+use crate::model::module::{name_from_path, Module, ReadOptions};
+use crate::model::tree::{is_module_file, module_codec};
 use anyhow::Result;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, Read};
@@ -18,7 +19,9 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct ImageModule {
     pub module: Arc<Module>,
-    /// sha256 of the file as stored in the image, when [`Digests`] asked for it.
+    /// sha256 of the module's content once decompressed (what the kernel receives), when
+    /// [`Digests`] asked for it: one module stored as `.ko` and as `.ko.xz` is the same
+    /// module.
     pub sha256: Option<String>,
 }
 
@@ -83,6 +86,12 @@ fn kept_file(path: &str) -> bool {
         || path.starts_with("usr/lib/modules-load.d/")
 }
 
+/// The module suffix of a path (`.ko`, `.ko.xz`...), for messages.
+fn suffix_of(path: &str) -> &str {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.find(".ko").map_or(file, |i| &file[i..])
+}
+
 /// `usr/lib/modules/K/kernel/x.ko` → (`usr/lib/modules/K`, `kernel/x.ko`).
 fn tree_of(path: &str) -> Option<(&str, &str)> {
     for base in ["lib/modules/", "usr/lib/modules/"] {
@@ -117,10 +126,11 @@ impl Visitor for Collector<'_> {
         let Some(found) = c.view.lookup(&entry.name, false) else { return Ok(()) };
         let path = String::from_utf8_lossy(found.path).into_owned();
         if is_module_file(&path) && tree_of(&path).is_some() {
-            match Module::from_bytes(bytes, ReadOptions::default()) {
+            let digests = self.digests.wants(&path);
+            match Module::from_bytes(bytes, ReadOptions { digests, ..ReadOptions::default() }) {
                 Ok(mut module) => {
                     module.path = Some(PathBuf::from(&path));
-                    let sha256 = self.digests.wants(&path).then(|| sha256_hex(bytes));
+                    let sha256 = module.digests.take().map(|d| d.elf);
                     c.seqs.insert(path.clone(), entry.seq);
                     c.files.remove(&path);
                     c.modules.insert(path, ImageModule { module: module.into(), sha256 });
@@ -194,6 +204,25 @@ impl ImageContents {
         self.files.get(path).map(Vec::as_slice)
     }
 
+    /// Module files whose content is not what their name promises (`x.ko.xz` holding an
+    /// uncompressed ELF, `x.ko` holding xz data), as `path: holds CODEC`; only those
+    /// for which `wanted(path)` says yes.
+    pub fn misencoded(&self, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+        self.modules
+            .iter()
+            .filter(|(path, _)| wanted(path))
+            .filter_map(|(path, m)| {
+                let promised = module_codec(path)?;
+                let held = m.module.compression;
+                (held != promised).then(|| {
+                    let held =
+                        if held == Compression::None { "uncompressed data" } else { held.name() };
+                    format!("{path}: named as {} but holds {held}", suffix_of(path))
+                })
+            })
+            .collect()
+    }
+
     /// Does a regular file (symlinks followed) exist at `path`?
     pub fn has_file(&self, path: &str) -> bool {
         self.view.lookup(path.as_bytes(), true).is_some_and(|e| e.inode.file_type() == S_IFREG)
@@ -205,6 +234,7 @@ mod tests {
     use super::*;
     use crate::engines::inject::testing::segment;
     use crate::formats::cpio::S_IFLNK;
+    use crate::model::module::sha256_hex;
 
     #[test]
     fn resuming_after_a_prefix_reads_what_a_whole_read_does() {
