@@ -1,5 +1,6 @@
 //! The fault matrix (issue 12): every writing command — `inject`, `install`,
-//! `install --refresh`, `remove`, `remove --kernel`, `dud apply`, `depmod` — run with
+//! `install --refresh`, `remove`, `remove --sha256` (one build of two, issue 21),
+//! `remove --kernel`, `dud apply`, `depmod` — run with
 //! ENOSPC, EROFS and EIO injected at each of its I/O steps (every write, fsync, rename,
 //! link, unlink, mkdir: `operations::failpoint`, debug builds only) and with SIGKILL just
 //! before each. After every fault:
