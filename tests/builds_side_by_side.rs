@@ -10,22 +10,13 @@
 mod common;
 
 use common::builds::{build_versioned_bkram, other_build_of, sibling_release};
-use common::keep::{fingerprint, fingerprint_diff, json_of, Source, TargetRoot};
+use common::keep::{fingerprint, fingerprint_diff, json_of, kernel_of, Source, TargetRoot};
 use common::{bootkmod, installed_kernel, run, tool};
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn bk(root: &TargetRoot, args: &[&str], files: &[&Path]) -> Output {
     run(bootkmod().arg("--root").arg(root.path()).args(args).args(files))
-}
-
-fn kernel<'a>(report: &'a serde_json::Value, release: &str) -> &'a serde_json::Value {
-    report["kernels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["release"] == release)
-        .unwrap_or_else(|| panic!("{release} missing from {report:#}"))
 }
 
 fn sha_of(path: &Path) -> String {
@@ -120,7 +111,7 @@ fn an_update_no_kernel_can_use_is_refused_and_nothing_changes() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("refused") && stderr.contains("nothing was changed"), "{stderr}");
         // What it would have been: the first build still serves, the update passed over.
-        let m = &kernel(&report, &kver)["record"]["modules"]["bkram"];
+        let m = &kernel_of(&report, &kver)["record"]["modules"]["bkram"];
         assert_eq!(m["placement"], "own", "{report:#}");
         assert_eq!(m["build"], sha_of(&first).as_str());
         assert_eq!(m["passed_over"][0]["sha256"], sha_of(&update).as_str());
@@ -222,12 +213,12 @@ fn the_newest_build_that_fits_wins_and_removing_it_falls_back() {
         (bare.as_str(), "weak-updates", &new),
     ] {
         for r in [&planned, &report] {
-            let m = &kernel(r, release)["record"]["modules"]["bkram"];
+            let m = &kernel_of(r, release)["record"]["modules"]["bkram"];
             assert_eq!(m["placement"], placement, "{release}: {m:#}");
             assert_eq!(m["build"], sha_of(build).as_str(), "{release}: {m:#}");
         }
     }
-    let passed = &kernel(&report, &kver)["record"]["modules"]["bkram"]["passed_over"][0];
+    let passed = &kernel_of(&report, &kver)["record"]["modules"]["bkram"]["passed_over"][0];
     assert!(passed["why"].as_str().unwrap().contains("own build 1.0.0"), "{passed:#}");
     let link = root.at(format!("/lib/modules/{bare}/weak-updates/bkram/bkram.ko"));
     assert_eq!(std::fs::read_link(&link).unwrap(), Path::new(&new_path));
@@ -254,7 +245,7 @@ fn the_newest_build_that_fits_wins_and_removing_it_falls_back() {
     assert_eq!(out.status.code(), Some(0), "{report:#}");
     assert!(!root.at(&new_path).exists());
     for release in [copy.as_str(), &bare] {
-        let m = &kernel(&report, release)["record"]["modules"]["bkram"];
+        let m = &kernel_of(&report, release)["record"]["modules"]["bkram"];
         assert_eq!(m["placement"], "weak-updates", "{release}: {m:#}");
         assert_eq!(m["build"], sha_of(&old).as_str());
         let link = root.at(format!("/lib/modules/{release}/weak-updates/bkram/bkram.ko"));
@@ -314,7 +305,7 @@ fn a_killed_removal_of_a_build_is_completed_by_the_next_run() {
     let report = json_of(&out);
     assert_eq!(out.status.code(), Some(0), "{report:#}");
     assert!(report["recovered"].as_str().unwrap_or_default().contains("remove of build"));
-    let m = &kernel(&report, &copy)["record"]["modules"]["bkram"];
+    let m = &kernel_of(&report, &copy)["record"]["modules"]["bkram"];
     assert_eq!(m["placement"], "weak-updates", "{m:#}");
     assert_eq!(m["build"], sha_of(&old).as_str());
     let link = root.at(format!("/lib/modules/{copy}/weak-updates/bkram/bkram.ko"));

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::keep::{json_of, tiny_image, Setup};
+use common::keep::{json_of, kernel_of, tiny_image, Setup};
 use common::{bootkmod, run};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -36,15 +36,6 @@ fn text(out: &Output) -> String {
 fn ledger(root: &Path) -> serde_json::Value {
     let bytes = std::fs::read(root.join("var/lib/bootkmod/ledger.json")).unwrap();
     serde_json::from_slice(&bytes).unwrap()
-}
-
-fn kernel_of<'a>(report: &'a serde_json::Value, release: &str) -> &'a serde_json::Value {
-    report["kernels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["release"] == release)
-        .unwrap_or_else(|| panic!("{release} missing from {report:#}"))
 }
 
 /// Does bootkmod's own lister find bkram for `release` in `image` (placed in `extra/`

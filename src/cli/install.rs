@@ -178,12 +178,7 @@ fn render(out: &mut impl Write, report: &InstallReport) -> std::io::Result<()> {
                 writeln!(out, "{:<28}   build {}", "", b.label())?;
             }
             for p in &m.passed_over {
-                let v = p.version.as_deref().unwrap_or("without version");
-                writeln!(
-                    out,
-                    "{:<28}   not taken: {v} (built for {}): {}",
-                    "", p.built_for, p.why
-                )?;
+                writeln!(out, "{:<28}   not taken: {}", "", p.label())?;
             }
         }
         if k.depmod {

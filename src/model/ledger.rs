@@ -213,6 +213,14 @@ pub struct PassedOver {
     pub why: String,
 }
 
+impl PassedOver {
+    /// How a passed-over build is named to a person, with the reason.
+    pub fn label(&self) -> String {
+        let version = self.version.as_deref().unwrap_or("without version");
+        format!("{version} (built for {}): {}", self.built_for, self.why)
+    }
+}
+
 /// How an initramfs image gets the drivers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -231,6 +231,16 @@ pub fn fingerprint_diff(
 }
 
 /// Parse a command's stdout as JSON, showing both streams when it is not.
+/// The entry of `release` in a report's `kernels` array (install, status).
+pub fn kernel_of<'a>(report: &'a serde_json::Value, release: &str) -> &'a serde_json::Value {
+    report["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["release"] == release)
+        .unwrap_or_else(|| panic!("{release} missing from {report:#}"))
+}
+
 pub fn json_of(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
