@@ -46,9 +46,15 @@ pub fn ok(out: &Output) -> String {
 }
 
 /// The pinned ksvalidator that `.ci/setup.d/pykickstart` installs.
+/// One this user cannot run (a venv made by another user's python) is a skip naming it.
 pub fn ksvalidator() -> Option<PathBuf> {
     if let Some(path) = super::machine::input("pykickstart-3.78/bin/ksvalidator") {
-        return Some(path);
+        let why = match std::process::Command::new(&path).arg("-l").output() {
+            Ok(out) if out.status.success() => return Some(path),
+            Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            Err(e) => e.to_string(),
+        };
+        missing(&format!("a ksvalidator this user can run ({}: {why})", path.display()))?;
     }
     missing("pykickstart's ksvalidator (.ci/setup.d/pykickstart)")?;
     unreachable!()
