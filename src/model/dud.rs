@@ -53,6 +53,11 @@ pub struct Medium {
 const MAX_ISO: u64 = 1 << 30;
 /// Deepest directory walked on a directory medium.
 const MAX_DEPTH: usize = 32;
+/// Most entries listed on one medium. A driver disk holds a handful of files; an ISO
+/// whose directory records point back at their own or a parent directory would, within
+/// the depth limit alone, list more entries than there are atoms (a hostile image hung
+/// `dud check` for minutes: the fuzzer's find).
+const MAX_ENTRIES: usize = 10_000;
 
 /// A file tree: path → is-directory; file contents read on demand.
 type Listing = BTreeMap<String, bool>;
@@ -174,7 +179,8 @@ fn read_head(path: &Path, len: usize) -> Result<Vec<u8>> {
 }
 
 /// List a directory medium. Symlinked directories are followed, as Anaconda's walk
-/// does, up to [`MAX_DEPTH`] levels (a link loop ends there instead of spinning).
+/// does, up to [`MAX_DEPTH`] levels and [`MAX_ENTRIES`] entries (a link loop ends there
+/// instead of spinning).
 fn walk_dir(top: &Path, rel: &str, depth: usize, out: &mut Listing) -> std::io::Result<()> {
     if depth > MAX_DEPTH {
         return Ok(());
@@ -184,6 +190,12 @@ fn walk_dir(top: &Path, rel: &str, depth: usize, out: &mut Listing) -> std::io::
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        if out.len() >= MAX_ENTRIES {
+            // Two links back to `.` would otherwise list 2^MAX_DEPTH entries.
+            return Err(std::io::Error::other(format!(
+                "more than {MAX_ENTRIES} entries (links that loop?); not a driver disk"
+            )));
+        }
         let is_dir = std::fs::metadata(entry.path()).map(|m| m.is_dir()).unwrap_or(false);
         out.insert(path.clone(), is_dir);
         if is_dir {
@@ -230,6 +242,12 @@ fn read_iso(source: &Path, image: Vec<u8>, arch: &str) -> Result<Medium> {
                 continue;
             }
             let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+            if listing.len() >= MAX_ENTRIES {
+                bail!(
+                    "{}: more than {MAX_ENTRIES} entries (directories that loop?); not a driver disk",
+                    source.display()
+                );
+            }
             let meta =
                 vol.symlink_metadata(format!("/{rel}")).map_err(|e| err("cannot stat", &e))?;
             let is_dir = meta.file_type().is_dir();
@@ -242,4 +260,19 @@ fn read_iso(source: &Path, image: Vec<u8>, arch: &str) -> Result<Medium> {
     let read =
         |p: &str| vol.read(format!("/{p}")).map_err(|e| err(&format!("cannot read {p}"), &e));
     Medium::from_listing(source, MediumKind::Iso, &listing, arch, read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_medium_whose_links_loop_is_refused_not_walked_forever() {
+        // Two links back to the top: within the depth limit alone, 2^32 entries.
+        let t = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(".", t.path().join("a")).unwrap();
+        std::os::unix::fs::symlink(".", t.path().join("b")).unwrap();
+        let err = format!("{:#}", Medium::read(t.path(), "x86_64").unwrap_err());
+        assert!(err.contains("entries (links that loop?)"), "{err}");
+    }
 }
