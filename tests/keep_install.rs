@@ -11,7 +11,7 @@
 mod common;
 
 use common::check::build_bkram;
-use common::keep::{break_symbol, digests, snapshot, Setup, Source, TargetRoot};
+use common::keep::{break_symbol, digests, kernel_of, snapshot, Setup, Source, TargetRoot};
 use common::machine::{other_kernels, synthetic_release};
 use common::{bootkmod, installed_kernel, run, tool};
 use std::path::Path;
@@ -73,15 +73,7 @@ fn install_status_kernel_install_remove_on_real_kernels() {
     let placed = root.at(format!("/lib/modules/{kver}/extra/bkram/bkram.ko"));
     assert_eq!(std::fs::read(&placed).unwrap(), std::fs::read(&bkram).unwrap());
     let target = format!("/lib/modules/{kver}/extra/bkram/bkram.ko");
-    let kernel = |release: &str| {
-        report["kernels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["release"] == release)
-            .unwrap_or_else(|| panic!("{release} missing from {report:#}"))
-            .clone()
-    };
+    let kernel = |release: &str| kernel_of(&report, release).clone();
     assert_eq!(kernel(&kver)["record"]["modules"]["bkram"]["placement"], "own");
     // Compatible kernels: an absolute link at weak-updates/<path below extra/>.
     for release in [older_kver, kabi] {
