@@ -6,12 +6,18 @@
 //! (`kernel-modules` against the kernel release, `installer-enhancement` against the
 //! installer version) decide whether it is taken and what it may contribute → each
 //! payload file is classed by the extractor's filter, and modules under `lib/modules/`
-//! and firmware under `lib/firmware/` get their destination in the running system.
+//! and firmware under `lib/firmware/` get their destination in the running system →
+//! modules of one name carried by several packages (builds for several kernels) get a
+//! verdict of their own ([`ModuleBuilds`]): Anaconda takes *every* package whose
+//! Provides holds and never compares their versions (`dracut/driver_updates.py`:
+//! `extract_drivers` extracts each into one directory, `grab_driver_files` copies each
+//! module file to its `updates/` destination in directory-walk order, so a later copy
+//! replaces an earlier one). Only a single taken build is a decided outcome.
 //! Pure: RPMs are parsed from the bytes the model read.
 
 use crate::formats::dud::{
-    extract_class, normalise_payload_path, provide_matches, sense_operator, updates_destination,
-    ExtractClass, PackageFlags, INSTALLER_ENHANCEMENT, KERNEL_MODULES,
+    extract_class, module_name, normalise_payload_path, provide_matches, sense_operator,
+    updates_destination, ExtractClass, PackageFlags, INSTALLER_ENHANCEMENT, KERNEL_MODULES,
 };
 use crate::model::dud::{Medium, MediumKind};
 
@@ -41,6 +47,8 @@ pub struct PackageVerdict {
     pub provides: Vec<ProvideVerdict>,
     /// Why the package is not taken, or problems with what it carries.
     pub reasons: Vec<String>,
+    /// Names of the modules it carries (file name up to `.ko`), taken or not.
+    pub modules: Vec<String>,
     pub files: Vec<FileVerdict>,
 }
 
@@ -69,6 +77,36 @@ pub struct Inspection {
     pub repos: Vec<RepoVerdict>,
     /// Top-level `.iso` files, which Anaconda opens only when the medium has no repo.
     pub nested_isos: Vec<String>,
+    /// Each module name that more than one package on the medium carries (several
+    /// builds of a driver), and which build Anaconda ends up with for this kernel.
+    pub builds: Vec<ModuleBuilds>,
+}
+
+/// One package carrying a module of the name a [`ModuleBuilds`] is about.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildOfModule {
+    pub nevra: String,
+    /// Path of the package on the medium.
+    pub path: String,
+    pub taken: bool,
+    /// Its `kernel-modules` Provides as rpm prints them (`kernel-modules >= 5.14.0-...`).
+    pub kernel_modules: Vec<String>,
+    /// Where its copy of the module lands in the running system, when taken.
+    pub destination: Option<String>,
+}
+
+/// Several builds of one module on the medium, and Anaconda's outcome for the kernel.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModuleBuilds {
+    pub module: String,
+    /// Every package carrying it, in the medium's order.
+    pub builds: Vec<BuildOfModule>,
+    /// The build whose copy Anaconda loads, when the rules decide it: the only one taken.
+    pub loaded: Option<String>,
+    /// More than one build is taken: which copy is loaded follows directory order, not
+    /// version, so no build can be named.
+    pub undecided: bool,
+    pub why: String,
 }
 
 impl Inspection {
@@ -91,7 +129,7 @@ impl Inspection {
 /// Inspect `medium` for kernel release `kernel` (whole `uname -r`) on `arch`, with the
 /// installer version `installer` for `installer-enhancement` packages.
 pub fn inspect(medium: &Medium, kernel: &str, arch: &str, installer: Option<&str>) -> Inspection {
-    let repos = medium
+    let repos: Vec<RepoVerdict> = medium
         .repos
         .iter()
         .map(|repo| {
@@ -118,6 +156,7 @@ pub fn inspect(medium: &Medium, kernel: &str, arch: &str, installer: Option<&str
             }
         })
         .collect();
+    let builds = module_builds(&repos, kernel);
     Inspection {
         source: medium.source.display().to_string(),
         kind: medium.kind,
@@ -125,7 +164,97 @@ pub fn inspect(medium: &Medium, kernel: &str, arch: &str, installer: Option<&str
         arch: arch.to_string(),
         repos,
         nested_isos: medium.nested_isos.clone(),
+        builds,
     }
+}
+
+/// The module names several packages carry, with Anaconda's outcome for `kernel`.
+///
+/// The rule, from `dracut/driver_updates.py`: `extract_drivers` extracts every package
+/// `dd_list` lists (each whose Provides holds) into one directory, in the order the
+/// repo's directory lists them, and names each for installation on the target;
+/// `grab_driver_files` then copies every extracted module file to its destination under
+/// `/lib/modules/<kernel>/updates/` (the built-for release directory dropped), in the
+/// order a walk of that directory yields them. No step compares package or kernel
+/// versions: with one taken build that build is loaded; with several, copies of one
+/// destination replace each other and the last one written stays.
+fn module_builds(repos: &[RepoVerdict], kernel: &str) -> Vec<ModuleBuilds> {
+    let mut by_name: Vec<(String, Vec<BuildOfModule>)> = Vec::new();
+    for p in repos.iter().flat_map(|r| &r.packages) {
+        for module in &p.modules {
+            let destination = p
+                .files
+                .iter()
+                .filter(|f| module_name(&f.path) == Some(module.as_str()))
+                .find_map(|f| f.destination.clone());
+            let build = BuildOfModule {
+                nevra: p.nevra.clone(),
+                path: p.path.clone(),
+                taken: p.taken,
+                kernel_modules: p
+                    .provides
+                    .iter()
+                    .filter(|pv| pv.provide.starts_with(KERNEL_MODULES))
+                    .map(|pv| pv.provide.clone())
+                    .collect(),
+                destination,
+            };
+            match by_name.iter_mut().find(|(name, _)| name == module) {
+                Some((_, builds)) => builds.push(build),
+                None => by_name.push((module.clone(), vec![build])),
+            }
+        }
+    }
+    by_name
+        .into_iter()
+        .filter(|(_, builds)| builds.len() > 1)
+        .map(|(module, builds)| {
+            let taken: Vec<&BuildOfModule> = builds.iter().filter(|b| b.taken).collect();
+            let (loaded, undecided, why) = match taken.as_slice() {
+                [] => (None, false, format!("no build's Provides holds for kernel {kernel}")),
+                [only] => (
+                    Some(only.nevra.clone()),
+                    false,
+                    format!(
+                        "the only build whose Provides holds for kernel {kernel} (the other \
+                         builds' kernel-modules releases compare above it under rpmvercmp)"
+                    ),
+                ),
+                several => {
+                    let names: Vec<&str> = several.iter().map(|b| b.nevra.as_str()).collect();
+                    let mut places: Vec<String> = several
+                        .iter()
+                        .filter_map(|b| b.destination.as_ref().map(|d| format!("/{d}")))
+                        .collect();
+                    places.sort();
+                    places.dedup();
+                    let landing = match places.as_slice() {
+                        [one] => format!(
+                            "each copy of {module}.ko is written to {one} and the \
+                                          last one written stays"
+                        ),
+                        _ => format!(
+                            "copies of {module}.ko land at {} and depmod picks one \
+                                      of them in directory order",
+                            places.join(", ")
+                        ),
+                    };
+                    (
+                        None,
+                        true,
+                        format!(
+                            "kernel {kernel} satisfies the Provides of {} builds ({}): Anaconda \
+                             takes them all and lists each for installation on the target, never \
+                             comparing versions; {landing}, in the order directories list them",
+                            several.len(),
+                            names.join(", ")
+                        ),
+                    )
+                }
+            };
+            ModuleBuilds { module, builds, loaded, undecided, why }
+        })
+        .collect()
 }
 
 fn judge_package(
@@ -142,6 +271,7 @@ fn judge_package(
         flags: PackageFlags::default(),
         provides: Vec::new(),
         reasons: Vec::new(),
+        modules: Vec::new(),
         files: Vec::new(),
     };
     // The rpm crate panics on some hostile headers: its frame is checked first.
@@ -159,6 +289,13 @@ fn judge_package(
     let meta = &package.metadata;
     verdict.name = meta.get_name().unwrap_or_default().to_string();
     verdict.nevra = meta.get_nevra().map(|n| n.to_string()).unwrap_or_default();
+    for path in meta.get_file_paths().unwrap_or_default() {
+        if let Some(name) = module_name(&path.to_string_lossy()) {
+            if !verdict.modules.iter().any(|m| m == name) {
+                verdict.modules.push(name.to_string());
+            }
+        }
+    }
     let provides = meta.get_provides().unwrap_or_default();
     for dep in &provides {
         let sense = dep.flags.bits();
