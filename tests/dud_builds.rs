@@ -261,6 +261,32 @@ fn real_debian_builds_of_one_driver() {
     );
     let (_, v) = inspect_json(&dir, &other.installed);
     assert_eq!(v["builds"][0]["undecided"], true, "{v:#}");
+
+    // --check-root: each build against its own kernel. The host root has only the
+    // installed kernel, so the older build has nothing to be checked against.
+    let (a, b) = (installed.to_str().unwrap(), older.to_str().unwrap());
+    let iso = t.path().join("checked.iso");
+    let out = dud(&["build", a, b, "--check-root", "/", "-o", iso.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("kernel {}", other.older)), "{err}");
+    assert!(!iso.exists());
+    // A root holding both kernels (boot files, module trees, the headers' symvers).
+    let both = t.path().join("both");
+    common::machine::clone_tree(&other.older_root, &both);
+    let kver = &other.installed;
+    common::machine::clone_tree(
+        Path::new(&format!("/lib/modules/{kver}")),
+        &both.join(format!("lib/modules/{kver}")),
+    );
+    let headers = format!("usr/src/linux-headers-{kver}");
+    common::machine::clone_tree(&Path::new("/").join(&headers), &both.join(&headers));
+    for f in ["System.map", "config", "vmlinuz"] {
+        let name = format!("boot/{f}-{kver}");
+        common::machine::link_or_copy(&Path::new("/").join(&name), &both.join(&name));
+    }
+    ok(&dud(&["build", a, b, "--check-root", both.to_str().unwrap(), "-o", iso.to_str().unwrap()]));
+    assert!(iso.is_file());
 }
 
 #[test]
@@ -301,4 +327,54 @@ fn apply_takes_the_one_build_and_refuses_to_pick_among_several() {
     ok(&apply(between));
     let ko = root.join(format!("lib/modules/{between}/updates/extra/acme_hba/acme_hba.ko"));
     assert_eq!(std::fs::read(ko).unwrap(), std::fs::read(&el9_2).unwrap(), "the el9_2 build");
+}
+
+#[test]
+fn several_builds_as_bare_rpms_in_json_and_with_check_kver() {
+    let t = tempfile::tempdir().unwrap();
+    let (el9_3, el9_2) = two_sample_builds(t.path());
+    let (a, b) = (el9_3.to_str().unwrap(), el9_2.to_str().unwrap());
+    let out = t.path().join("rpms");
+    let json = ok(&dud(&[
+        "build",
+        a,
+        b,
+        "--format",
+        "rpm",
+        "--dry-run",
+        "--json",
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert!(!out.exists(), "a dry run writes nothing");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let builds = v["builds"].as_array().unwrap();
+    let files: Vec<&str> = builds.iter().map(|b| b["rpm_file"].as_str().unwrap()).collect();
+    assert_eq!(files, [rpm_file(EL9_2), rpm_file(RHEL_RELEASE)], "oldest release first");
+    assert_eq!(v["package"]["kernel_release"], EL9_2, "package: the first build, as before");
+
+    ok(&dud(&["build", a, b, "--format", "rpm", "-o", out.to_str().unwrap()]));
+    let mut written: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written, [rpm_file(EL9_2), rpm_file(RHEL_RELEASE)]);
+
+    let iso = t.path().join("dd.iso");
+    let refused = dud(&[
+        "build",
+        a,
+        b,
+        "--check-root",
+        "/",
+        "--check-kver",
+        RHEL_RELEASE,
+        "-o",
+        iso.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--check-kver names one kernel"));
+    assert!(!iso.exists());
 }
