@@ -47,8 +47,8 @@ pub struct PackageVerdict {
     pub provides: Vec<ProvideVerdict>,
     /// Why the package is not taken, or problems with what it carries.
     pub reasons: Vec<String>,
-    /// Names of the modules it carries (file name up to `.ko`), taken or not.
-    pub modules: Vec<String>,
+    /// Payload paths of the module files it carries, taken or not.
+    pub module_files: Vec<String>,
     pub files: Vec<FileVerdict>,
 }
 
@@ -82,12 +82,14 @@ pub struct Inspection {
     pub builds: Vec<ModuleBuilds>,
 }
 
-/// One package carrying a module of the name a [`ModuleBuilds`] is about.
+/// One copy of the module a [`ModuleBuilds`] is about: a module file of a package.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BuildOfModule {
     pub nevra: String,
     /// Path of the package on the medium.
     pub path: String,
+    /// The module file's path in the package's payload.
+    pub file: String,
     pub taken: bool,
     /// Its `kernel-modules` Provides as rpm prints them (`kernel-modules >= 5.14.0-...`).
     pub kernel_modules: Vec<String>,
@@ -99,7 +101,7 @@ pub struct BuildOfModule {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModuleBuilds {
     pub module: String,
-    /// Every package carrying it, in the medium's order.
+    /// Every copy on the medium (usually one per package), in the medium's order.
     pub builds: Vec<BuildOfModule>,
     /// The build whose copy Anaconda loads, when the rules decide it: the only one taken.
     pub loaded: Option<String>,
@@ -181,15 +183,12 @@ pub fn inspect(medium: &Medium, kernel: &str, arch: &str, installer: Option<&str
 fn module_builds(repos: &[RepoVerdict], kernel: &str) -> Vec<ModuleBuilds> {
     let mut by_name: Vec<(String, Vec<BuildOfModule>)> = Vec::new();
     for p in repos.iter().flat_map(|r| &r.packages) {
-        for module in &p.modules {
-            let destination = p
-                .files
-                .iter()
-                .filter(|f| module_name(&f.path) == Some(module.as_str()))
-                .find_map(|f| f.destination.clone());
+        for file in &p.module_files {
+            let Some(module) = module_name(file) else { continue };
             let build = BuildOfModule {
                 nevra: p.nevra.clone(),
                 path: p.path.clone(),
+                file: file.clone(),
                 taken: p.taken,
                 kernel_modules: p
                     .provides
@@ -197,11 +196,15 @@ fn module_builds(repos: &[RepoVerdict], kernel: &str) -> Vec<ModuleBuilds> {
                     .filter(|pv| pv.provide.starts_with(KERNEL_MODULES))
                     .map(|pv| pv.provide.clone())
                     .collect(),
-                destination,
+                destination: p
+                    .files
+                    .iter()
+                    .find(|f| &f.path == file)
+                    .and_then(|f| f.destination.clone()),
             };
             match by_name.iter_mut().find(|(name, _)| name == module) {
                 Some((_, builds)) => builds.push(build),
-                None => by_name.push((module.clone(), vec![build])),
+                None => by_name.push((module.to_string(), vec![build])),
             }
         }
     }
@@ -209,52 +212,72 @@ fn module_builds(repos: &[RepoVerdict], kernel: &str) -> Vec<ModuleBuilds> {
         .into_iter()
         .filter(|(_, builds)| builds.len() > 1)
         .map(|(module, builds)| {
-            let taken: Vec<&BuildOfModule> = builds.iter().filter(|b| b.taken).collect();
-            let (loaded, undecided, why) = match taken.as_slice() {
-                [] => (None, false, format!("no build's Provides holds for kernel {kernel}")),
-                [only] => (
-                    Some(only.nevra.clone()),
-                    false,
-                    format!(
-                        "the only build whose Provides holds for kernel {kernel} (the other \
-                         builds' kernel-modules releases compare above it under rpmvercmp)"
-                    ),
-                ),
-                several => {
-                    let names: Vec<&str> = several.iter().map(|b| b.nevra.as_str()).collect();
-                    let mut places: Vec<String> = several
-                        .iter()
-                        .filter_map(|b| b.destination.as_ref().map(|d| format!("/{d}")))
-                        .collect();
-                    places.sort();
-                    places.dedup();
-                    let landing = match places.as_slice() {
-                        [one] => format!(
-                            "each copy of {module}.ko is written to {one} and the \
-                                          last one written stays"
-                        ),
-                        _ => format!(
-                            "copies of {module}.ko land at {} and depmod picks one \
-                                      of them in directory order",
-                            places.join(", ")
-                        ),
-                    };
-                    (
-                        None,
-                        true,
-                        format!(
-                            "kernel {kernel} satisfies the Provides of {} builds ({}): Anaconda \
-                             takes them all and lists each for installation on the target, never \
-                             comparing versions; {landing}, in the order directories list them",
-                            several.len(),
-                            names.join(", ")
-                        ),
-                    )
-                }
-            };
+            let (loaded, undecided, why) = outcome(&module, &builds, kernel);
             ModuleBuilds { module, builds, loaded, undecided, why }
         })
         .collect()
+}
+
+/// Anaconda's outcome for one module's copies: (the build loaded, undecided, why).
+fn outcome(module: &str, builds: &[BuildOfModule], kernel: &str) -> (Option<String>, bool, String) {
+    let taken: Vec<&BuildOfModule> = builds.iter().filter(|b| b.taken).collect();
+    let loaded: Vec<&BuildOfModule> =
+        taken.iter().copied().filter(|b| b.destination.is_some()).collect();
+    match (taken.as_slice(), loaded.as_slice()) {
+        ([], _) => {
+            (None, false, format!("Anaconda takes no build of {module} for kernel {kernel}"))
+        }
+        (_, []) => (
+            None,
+            false,
+            format!(
+                "no taken copy of {module} is ever loaded on kernel {kernel} (see the packages)"
+            ),
+        ),
+        ([_], [only]) => (
+            Some(only.nevra.clone()),
+            false,
+            format!(
+                "the only build Anaconda takes for kernel {kernel}; the others are skipped (see \
+                 their packages)"
+            ),
+        ),
+        (_, [only]) => (
+            Some(only.nevra.clone()),
+            false,
+            format!("the only taken copy of {module} that lands under updates/ on kernel {kernel}"),
+        ),
+        (_, several) => {
+            let mut names: Vec<&str> = several.iter().map(|b| b.nevra.as_str()).collect();
+            names.dedup();
+            let mut places: Vec<String> = several
+                .iter()
+                .filter_map(|b| b.destination.as_ref())
+                .map(|d| format!("/{d}"))
+                .collect();
+            places.sort();
+            places.dedup();
+            let landing = match places.as_slice() {
+                [one] => {
+                    format!("every copy of {module} is written to {one} and the last one stays")
+                }
+                _ => format!(
+                    "copies of {module} land at {} and depmod keeps one of them",
+                    places.join(", ")
+                ),
+            };
+            (
+                None,
+                true,
+                format!(
+                    "kernel {kernel} takes {} copies of {module} ({}): Anaconda never compares \
+                     versions; {landing}, in the order directories list them",
+                    several.len(),
+                    names.join(", ")
+                ),
+            )
+        }
+    }
 }
 
 fn judge_package(
@@ -271,7 +294,7 @@ fn judge_package(
         flags: PackageFlags::default(),
         provides: Vec::new(),
         reasons: Vec::new(),
-        modules: Vec::new(),
+        module_files: Vec::new(),
         files: Vec::new(),
     };
     // The rpm crate panics on some hostile headers: its frame is checked first.
@@ -289,13 +312,13 @@ fn judge_package(
     let meta = &package.metadata;
     verdict.name = meta.get_name().unwrap_or_default().to_string();
     verdict.nevra = meta.get_nevra().map(|n| n.to_string()).unwrap_or_default();
-    for path in meta.get_file_paths().unwrap_or_default() {
-        if let Some(name) = module_name(&path.to_string_lossy()) {
-            if !verdict.modules.iter().any(|m| m == name) {
-                verdict.modules.push(name.to_string());
-            }
-        }
-    }
+    verdict.module_files = meta
+        .get_file_paths()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.display().to_string())
+        .filter(|p| module_name(p).is_some())
+        .collect();
     let provides = meta.get_provides().unwrap_or_default();
     for dep in &provides {
         let sense = dep.flags.bits();
