@@ -53,10 +53,11 @@ pub struct Medium {
 const MAX_ISO: u64 = 1 << 30;
 /// Deepest directory walked on a directory medium.
 const MAX_DEPTH: usize = 32;
-/// Most entries listed on one medium. A driver disk holds a handful of files; an ISO
-/// whose directory records point back at their own or a parent directory would, within
-/// the depth limit alone, list more entries than there are atoms (a hostile image hung
-/// `dud check` for minutes: the fuzzer's find).
+/// Most entries listed on one medium. A driver disk holds a handful of files; a directory
+/// medium whose links point back at a parent would, within the depth limit alone, list
+/// more entries than there are atoms. (An ISO's loops are refused at the first repeated
+/// directory, in `read_iso`: such an image hung `dud check` for minutes, the fuzzer's
+/// find; this cap stays as the backstop for both kinds.)
 const MAX_ENTRIES: usize = 10_000;
 
 /// A file tree: path → is-directory; file contents read on demand.
@@ -229,6 +230,9 @@ fn read_iso(source: &Path, image: Vec<u8>, arch: &str) -> Result<Medium> {
         .map_err(|e| err("not a readable ISO9660 image", &e))?;
     let vol = Volume::new(fs);
     let mut listing = Listing::new();
+    // A directory's node is its extent: a second record pointing at a directory already
+    // listed is a loop (or an alias of it), and a driver disk has neither.
+    let mut directories = std::collections::HashSet::new();
     let mut pending = vec![(String::new(), 0usize)];
     while let Some((dir, depth)) = pending.pop() {
         if depth > MAX_DEPTH {
@@ -248,9 +252,13 @@ fn read_iso(source: &Path, image: Vec<u8>, arch: &str) -> Result<Medium> {
                     source.display()
                 );
             }
-            let meta =
-                vol.symlink_metadata(format!("/{rel}")).map_err(|e| err("cannot stat", &e))?;
-            let is_dir = meta.file_type().is_dir();
+            let is_dir = entry.file_type().is_dir();
+            if is_dir && !directories.insert(entry.node()) {
+                bail!(
+                    "{}: directory /{rel} is a directory listed before (directories that loop); not a driver disk",
+                    source.display()
+                );
+            }
             listing.insert(rel.clone(), is_dir);
             if is_dir {
                 pending.push((rel, depth + 1));
@@ -274,5 +282,18 @@ mod tests {
         std::os::unix::fs::symlink(".", t.path().join("b")).unwrap();
         let err = format!("{:#}", Medium::read(t.path(), "x86_64").unwrap_err());
         assert!(err.contains("entries (links that loop?)"), "{err}");
+    }
+
+    #[test]
+    fn an_iso_whose_directory_records_loop_is_refused_at_the_first_repeat() {
+        // The fuzzer's find: directory records pointing back at directories listed before.
+        let image = include_bytes!(
+            "../../fuzz/corpus/dud_iso/timeout-e06db386a36b2cf5539d9d420340d64144d2a154"
+        );
+        let err = format!(
+            "{:#}",
+            Medium::from_iso_bytes(Path::new("loop.iso"), image.to_vec(), "x86_64").unwrap_err()
+        );
+        assert!(err.contains("a directory listed before (directories that loop)"), "{err}");
     }
 }
