@@ -143,7 +143,7 @@ fn inspect_names_the_build_anaconda_loads_and_says_when_none_can_be_named() {
 
     let (code, v) = inspect_json(&dir, between);
     assert_eq!(code, Some(0));
-    let builds = v["builds"].as_array().unwrap();
+    let builds = v["module_builds"].as_array().unwrap();
     assert_eq!(builds.len(), 1, "{v:#}");
     let b = &builds[0];
     assert_eq!(b["module"], "acme_hba");
@@ -161,7 +161,7 @@ fn inspect_names_the_build_anaconda_loads_and_says_when_none_can_be_named() {
 
     let (code, v) = inspect_json(&dir, newer);
     assert_eq!(code, Some(0));
-    let b = &v["builds"][0];
+    let b = &v["module_builds"][0];
     assert_eq!(b["loaded"], serde_json::Value::Null, "{b:#}");
     assert_eq!(b["undecided"], true);
     assert!(b["builds"].as_array().unwrap().iter().all(|x| x["taken"] == true), "{b:#}");
@@ -175,8 +175,8 @@ fn inspect_names_the_build_anaconda_loads_and_says_when_none_can_be_named() {
 
     let (code, v) = inspect_json(&dir, older);
     assert_eq!(code, Some(3));
-    assert_eq!(v["builds"][0]["loaded"], serde_json::Value::Null);
-    assert_eq!(v["builds"][0]["undecided"], false);
+    assert_eq!(v["module_builds"][0]["loaded"], serde_json::Value::Null);
+    assert_eq!(v["module_builds"][0]["undecided"], false);
 }
 
 #[test]
@@ -252,7 +252,7 @@ fn real_debian_builds_of_one_driver() {
 
     // The older kernel takes the older build only; the installed one takes both.
     let (_, v) = inspect_json(&dir, &other.older);
-    let b = &v["builds"][0];
+    let b = &v["module_builds"][0];
     assert_eq!(b["module"], "vmw_pvscsi");
     let loaded = b["loaded"].as_str().unwrap_or_else(|| panic!("{b:#}"));
     assert!(
@@ -260,7 +260,7 @@ fn real_debian_builds_of_one_driver() {
         "{loaded}"
     );
     let (_, v) = inspect_json(&dir, &other.installed);
-    assert_eq!(v["builds"][0]["undecided"], true, "{v:#}");
+    assert_eq!(v["module_builds"][0]["undecided"], true, "{v:#}");
 
     // --check-root: each build against its own kernel. The host root has only the
     // installed kernel, so the older build has nothing to be checked against.

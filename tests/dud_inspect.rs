@@ -286,7 +286,7 @@ fn copies_of_one_module_from_other_tools_get_the_same_verdict() {
     );
     let (code, v) = inspect_json(t.path(), k, "x86_64");
     assert_eq!(code, Some(0));
-    let builds = v["builds"].as_array().unwrap();
+    let builds = v["module_builds"].as_array().unwrap();
     let of = |m: &str| builds.iter().find(|b| b["module"] == m).unwrap_or_else(|| panic!("{v:#}"));
     let m = of("m");
     assert_eq!(m["builds"].as_array().unwrap().len(), 2, "{m:#}");

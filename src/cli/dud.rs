@@ -322,7 +322,7 @@ fn run_inspect(ctx: &Context, args: InspectArgs) -> Result<Exit> {
             }
         }
     }
-    for m in &inspection.builds {
+    for m in &inspection.module_builds {
         writeln!(out, "  module {}: {} builds on the disk", m.module, m.builds.len())?;
         for b in &m.builds {
             let verdict = if b.taken { "TAKEN" } else { "skipped" };
@@ -349,7 +349,7 @@ fn apply(ctx: &Context, args: ApplyArgs) -> Result<Exit> {
         return Ok(Exit::Negative);
     }
     // Anaconda's own result is decided by directory order there: no build is "the one".
-    if let Some(m) = inspection.builds.iter().find(|m| m.undecided) {
+    if let Some(m) = inspection.module_builds.iter().find(|m| m.undecided) {
         anyhow::bail!(
             "{}: refusing to pick one of several builds of {}: {}",
             args.dud.display(),

@@ -79,7 +79,7 @@ pub struct Inspection {
     pub nested_isos: Vec<String>,
     /// Each module name that more than one package on the medium carries (several
     /// builds of a driver), and which build Anaconda ends up with for this kernel.
-    pub builds: Vec<ModuleBuilds>,
+    pub module_builds: Vec<ModuleBuilds>,
 }
 
 /// One copy of the module a [`ModuleBuilds`] is about: a module file of a package.
@@ -158,7 +158,7 @@ pub fn inspect(medium: &Medium, kernel: &str, arch: &str, installer: Option<&str
             }
         })
         .collect();
-    let builds = module_builds(&repos, kernel);
+    let module_builds = module_builds(&repos, kernel);
     Inspection {
         source: medium.source.display().to_string(),
         kind: medium.kind,
@@ -166,7 +166,7 @@ pub fn inspect(medium: &Medium, kernel: &str, arch: &str, installer: Option<&str
         arch: arch.to_string(),
         repos,
         nested_isos: medium.nested_isos.clone(),
-        builds,
+        module_builds,
     }
 }
 
