@@ -24,7 +24,7 @@ description:
     first (M(ansible.builtin.copy)) when it lives on the controller.
 version_added: "0.1.0"
 author:
-  - bootkmod developers
+  - bootkmod developers (@bootkmod)
 options:
   src:
     description:
@@ -45,7 +45,7 @@ options:
     default: present
   root_critical:
     description:
-      - The driver is needed to mount the root file system (C(--root-critical)): a kernel
+      - The driver is needed to mount the root file system (C(--root-critical)); a kernel
         that refuses it is at risk of not booting, and the task fails naming that kernel.
     type: bool
     default: false
@@ -71,13 +71,12 @@ options:
     description:
       - Path of the bootkmod binary on the host; by default it is looked up on C(PATH).
     type: path
-notes:
-  - Check mode runs bootkmod with C(--dry-run), which writes nothing.
-  - Diff mode shows, per kernel, what its driver placement and image become.
 attributes:
   check_mode:
+    description: Runs bootkmod with C(--dry-run), which writes nothing.
     support: full
   diff_mode:
+    description: Shows per kernel what the driver's placement and the image become.
     support: full
 '''
 

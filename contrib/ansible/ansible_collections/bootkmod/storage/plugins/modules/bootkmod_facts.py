@@ -20,7 +20,7 @@ description:
   - Reads only; never changes the host.
 version_added: "0.1.0"
 author:
-  - bootkmod developers
+  - bootkmod developers (@bootkmod)
 options:
   kernel:
     description:
@@ -37,10 +37,13 @@ options:
     type: path
 attributes:
   check_mode:
+    description: Reads only, in check mode as otherwise.
     support: full
   diff_mode:
+    description: Nothing changes, so there is nothing to show.
     support: none
   facts:
+    description: Sets the C(bootkmod) fact.
     support: full
 '''
 
