@@ -156,6 +156,7 @@ impl PlayRun {
 impl Ansible {
     fn new(venv: PathBuf, fleet: &Fleet, extra_vars: &dyn Fn(&Host) -> String) -> Ansible {
         let dir = tempfile::tempdir().unwrap();
+        // The driver comes from the controller (bootkmod_driver's remote_src=false).
         let mut inventory = String::from("[storage]\n");
         for host in &fleet.hosts {
             inventory.push_str(&format!(
@@ -166,13 +167,41 @@ impl Ansible {
             ));
         }
         inventory.push_str(&format!(
-            "[storage:vars]\nansible_connection=local\nansible_python_interpreter={}\nbootkmod_src={}\n",
+            "[storage:vars]\nansible_connection=local\nansible_python_interpreter={}\nbootkmod_controller_src={}\n",
             venv.join("bin/python3").display(),
             fleet.driver.display()
         ));
         let path = dir.path().join("inventory.ini");
         std::fs::write(&path, inventory).unwrap();
         Ansible { venv, dir, inventory: path }
+    }
+
+    /// An inventory of the controller alone (for modules run there: `bootkmod_dud`).
+    fn controller(venv: PathBuf) -> Ansible {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inventory.ini");
+        let line = format!(
+            "localhost ansible_connection=local ansible_python_interpreter={}\n",
+            venv.join("bin/python3").display()
+        );
+        std::fs::write(&path, line).unwrap();
+        Ansible { venv, dir, inventory: path }
+    }
+
+    /// `ansible HOST -m bootkmod.storage.MODULE -a ARGS [EXTRA]`: exit status and output.
+    fn ad_hoc(&self, host: &str, module: &str, args: &str, extra: &[&str]) -> (bool, String) {
+        let out = run(self
+            .command("ansible")
+            .arg("-i")
+            .arg(&self.inventory)
+            .arg(host)
+            .arg("-m")
+            .arg(format!("bootkmod.storage.{module}"))
+            .args(["-a", args])
+            .args(extra));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
     }
 
     fn command(&self, tool: &str) -> Command {
@@ -386,19 +415,8 @@ fn fleet_check_diff_batches_refusal_idempotence_audit_reboot_gate() {
     let plain = fleet.hosts[0].tree.path().display().to_string();
     let args = format!("name=bkram state=absent root={plain}");
     for (want_changed, when) in [(true, "first"), (false, "second")] {
-        let out = run(ansible.command("ansible").args(["-i"]).arg(&ansible.inventory).args([
-            "plain",
-            "-m",
-            "bootkmod.storage.bootkmod_driver",
-            "-a",
-            &args,
-        ]));
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{when} remove: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ok, text) = ansible.ad_hoc("plain", "bootkmod_driver", &args, &[]);
+        assert!(ok, "{when} remove: {text}");
         assert!(text.contains(&format!("\"changed\": {want_changed}")), "{when} remove: {text}");
     }
     let status = common::keep::json_of(&run(common::bootkmod()
@@ -482,4 +500,48 @@ fn ansible_test_sanity_passes() {
             "{test} did not run:\n{text}"
         );
     }
+}
+
+/// `bootkmod_dud` on the controller: the disk is `bootkmod dud build`'s own, byte for
+/// byte (same SOURCE_DATE_EPOCH), labelled OEMDRV as xorriso reads it; a rebuild from
+/// the same inputs is `changed=false`; check mode with another version reports a change
+/// and leaves the disk as it was.
+#[test]
+fn dud_module_builds_a_disk_once() {
+    let Some(venv) = ansible_venv() else { return };
+    let Some(xorriso) = common::tool("xorriso") else { return };
+    let work = tempfile::tempdir().unwrap();
+    let driver = common::dud::sample_driver("vhba", common::dud::RHEL_RELEASE);
+    let module = common::dud::write_module(work.path(), &driver, "vhba");
+    let dest = work.path().join("out/dd.iso");
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    let ansible = Ansible::controller(venv);
+    let args =
+        format!("src={} dest={} source_date_epoch=1700000000", module.display(), dest.display());
+    for (want_changed, when) in [(true, "first"), (false, "second")] {
+        let (ok, text) = ansible.ad_hoc("localhost", "bootkmod_dud", &args, &[]);
+        assert!(ok, "{when} build: {text}");
+        assert!(text.contains(&format!("\"changed\": {want_changed}")), "{when} build: {text}");
+    }
+    let built = std::fs::read(&dest).unwrap();
+    let direct = work.path().join("direct.iso");
+    common::dud::ok(&common::dud::dud(&[
+        "build",
+        module.to_str().unwrap(),
+        "-o",
+        direct.to_str().unwrap(),
+    ]));
+    assert!(
+        built == std::fs::read(&direct).unwrap(),
+        "the module's disk differs from bootkmod's own"
+    );
+    let out = run(Command::new(xorriso).arg("-indev").arg(&dest).arg("-pvd_info"));
+    let info =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(info.lines().any(|l| l.starts_with("Volume Id") && l.contains("OEMDRV")), "{info}");
+
+    let (ok, text) =
+        ansible.ad_hoc("localhost", "bootkmod_dud", &format!("{args} version=9.9"), &["--check"]);
+    assert!(ok && text.contains("\"changed\": true"), "check mode: {text}");
+    assert!(std::fs::read(&dest).unwrap() == built, "check mode wrote the disk");
 }

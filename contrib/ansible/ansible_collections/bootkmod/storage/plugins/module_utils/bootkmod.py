@@ -25,13 +25,17 @@ def bootkmod_bin(module):
     return module.get_bin_path('bootkmod', required=True)
 
 
-def run_json(module, args, ok_codes=(0, 3)):
-    """Run `bootkmod --root ROOT --json ARGS`; returns (rc, report, stderr).
+def run_json(module, args, ok_codes=(0, 3), environ=None):
+    """Run `bootkmod --root ROOT --json ARGS` (no --root for a module without that option),
+    with `environ` added to its environment; returns (rc, report, stderr).
 
     An exit code outside ok_codes, or a report that is not JSON, fails the module with
     bootkmod's own message (its stderr), which names the file or kernel concerned."""
-    cmd = [bootkmod_bin(module), '--root', module.params['root'], '--json'] + list(args)
-    rc, out, err = module.run_command(cmd)
+    cmd = [bootkmod_bin(module)]
+    if 'root' in module.params:
+        cmd += ['--root', module.params['root']]
+    cmd += ['--json'] + list(args)
+    rc, out, err = module.run_command(cmd, environ_update=environ or {})
     if rc not in ok_codes:
         module.fail_json(msg=bootkmod_message(err) or 'bootkmod exited %d' % rc,
                          rc=rc, cmd=cmd, stdout=out, stderr=err)

@@ -20,17 +20,26 @@ description:
   - A root-critical driver that a kernel would refuse (another ABI, another flavour, a kABI
     break) fails the task with bootkmod's own message naming the kernel, before anything is
     written, unless I(allow_at_risk) is set.
-  - The host needs only the bootkmod binary. I(src) is a file on the host; copy it there
-    first (M(ansible.builtin.copy)) when it lives on the controller.
+  - The host needs only the bootkmod binary; I(src) can come from the controller
+    (I(remote_src=false)).
 version_added: "0.1.0"
 author:
   - bootkmod developers (@bootkmod)
 options:
   src:
     description:
-      - Path on the host of the module file (C(.ko), C(.ko.xz), C(.ko.zst)) to install.
+      - The module file (C(.ko), C(.ko.xz), C(.ko.zst)) to install; a path on the host, or
+        on the controller with I(remote_src=false).
       - Required when I(state=present).
     type: path
+  remote_src:
+    description:
+      - C(true) when I(src) is on the host; C(false) to take it from the controller (a
+        relative path is looked for in the role's or playbook's C(files/)). It is copied
+        to the task's temporary directory on the host, in check mode too, and removed
+        afterwards.
+    type: bool
+    default: true
   name:
     description:
       - Driver name (the module's name, e.g. C(mpt3sas)). Required when I(state=absent);
@@ -84,6 +93,12 @@ EXAMPLES = r'''
 - name: Put the new HBA driver into the boot path of every kernel
   bootkmod.storage.bootkmod_driver:
     src: /var/tmp/mpt3sas.ko
+    root_critical: true
+
+- name: The same, with the driver file from the controller's files/
+  bootkmod.storage.bootkmod_driver:
+    src: mpt3sas.ko
+    remote_src: false
     root_critical: true
 
 - name: The same for a target mounted by the installer
@@ -283,6 +298,7 @@ def absent(module, before, status):
 def main():
     argument_spec = dict(
         src=dict(type='path'),
+        remote_src=dict(type='bool', default=True),
         name=dict(type='str'),
         state=dict(type='str', default='present', choices=['present', 'absent']),
         root_critical=dict(type='bool', default=False),
