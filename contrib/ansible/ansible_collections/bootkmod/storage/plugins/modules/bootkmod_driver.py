@@ -244,7 +244,8 @@ def present(module, before, status):
     report = plan
     if changed and not module.check_mode:
         rc, report, err = run_json(module, args)
-        failures = ['kernel %s not completed: %s' % (k['release'], k['failure'])
+        failures = ['kernel %s not completed: %s (fix it, then run bootkmod install --refresh --kver %s)'
+                    % (k['release'], k['failure'], k['release'])
                     for k in report.get('kernels', []) if k.get('failure')]
         if failures:
             module.fail_json(msg='; '.join(failures), name=name, report=report, stderr=err,
