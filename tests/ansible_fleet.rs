@@ -34,6 +34,9 @@ fn ansible_venv() -> Option<PathBuf> {
     unreachable!()
 }
 
+/// A kernel a host tree gets: where its files come from, its release, its symvers.
+type KernelOf<'a> = (&'a Source, &'a str, Vec<bootkmod::formats::symvers::SymversEntry>);
+
 /// One inventory host: its name, its tree and the kernel releases in it.
 struct Host {
     name: String,
@@ -66,7 +69,7 @@ impl Fleet {
         let driver = build_bkram(&kver, build.path())?;
         let newer_symvers = newer.symvers();
         let kabi = synthetic_release(&kver, "kabi");
-        let layouts: Vec<(&str, Vec<(&Source, &str, Vec<_>)>)> = vec![
+        let layouts: Vec<(&str, Vec<KernelOf>)> = vec![
             ("plain", vec![(&newer, kver.as_str(), newer_symvers.clone())]),
             (
                 "older",
@@ -302,8 +305,8 @@ fn fleet_check_diff_batches_refusal_idempotence_audit_reboot_gate() {
     assert!(check.stdout.contains(&format!(
         "+bkram: weak-updates -> /lib/modules/{older}/weak-updates/bkram/bkram.ko"
     )));
-    assert!(check.stdout.contains(&format!("+bkram: own (build")), "{}", check.stdout);
-    assert!(check.stdout.contains(&format!("-bkram: not installed")), "{}", check.stdout);
+    assert!(check.stdout.contains("+bkram: own (build"), "{}", check.stdout);
+    assert!(check.stdout.contains("-bkram: not installed"), "{}", check.stdout);
     let refusal = format!("kernel {rt} would boot without root-critical driver bkram");
     assert_eq!(check.failed("refusing"), 1, "{}", check.stdout);
     assert!(check.stdout.contains(&refusal), "{}", check.stdout);
@@ -544,4 +547,41 @@ fn dud_module_builds_a_disk_once() {
         ansible.ad_hoc("localhost", "bootkmod_dud", &format!("{args} version=9.9"), &["--check"]);
     assert!(ok && text.contains("\"changed\": true"), "check mode: {text}");
     assert!(std::fs::read(&dest).unwrap() == built, "check mode wrote the disk");
+}
+
+/// `bootkmod_facts` asks `doctor --json` only of a bootkmod that has `doctor`: with the
+/// one under test (no doctor yet) the fact is null and nothing fails; with a bootkmod
+/// whose `doctor --help` succeeds (a wrapper standing in for the coming command) its
+/// report is the fact, and its exit 3 (at risk) is a finding, not a failure.
+#[test]
+fn facts_read_doctor_only_where_it_exists() {
+    let Some(venv) = ansible_venv() else { return };
+    let ansible = Ansible::controller(venv);
+    let root = tempfile::tempdir().unwrap();
+    let bootkmod = env!("CARGO_BIN_EXE_bootkmod");
+    let has_doctor = run(Command::new(bootkmod).args(["doctor", "--help"])).status.success();
+    let wrapper = ansible.dir.path().join("bootkmod-with-doctor");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in\n  'doctor --help') exit 0 ;;\n  *' doctor') echo '{{\"at_risk\": true, \"checked\": \"wrapper\"}}'; exit 3 ;;\nesac\nexec {bootkmod} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&wrapper).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&wrapper, perms).unwrap();
+    let cases = [(bootkmod.to_string(), None), (wrapper.display().to_string(), Some("wrapper"))];
+    for (executable, doctor) in cases {
+        let args = format!("root={} executable={executable}", root.path().display());
+        let (ok, text) = ansible.ad_hoc("localhost", "bootkmod_facts", &args, &[]);
+        assert!(ok, "{executable}: {text}");
+        match doctor {
+            // The bootkmod under test: null until doctor lands on main.
+            None if !has_doctor => assert!(text.contains("\"doctor\": null"), "{text}"),
+            None => assert!(!text.contains("\"doctor\": null"), "{text}"),
+            Some(mark) => assert!(text.contains(&format!("\"checked\": \"{mark}\"")), "{text}"),
+        }
+        assert!(text.contains("\"at_risk\": false"), "status's verdict: {text}");
+    }
 }
