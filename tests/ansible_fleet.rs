@@ -418,6 +418,13 @@ fn fleet_check_diff_batches_refusal_idempotence_audit_reboot_gate() {
     // Removal: state=absent through an ad-hoc call, then nothing left to remove.
     let plain = fleet.hosts[0].tree.path().display().to_string();
     let args = format!("name=bkram state=absent root={plain}");
+    // Check mode first: a change announced per kernel (the image restored), nothing written.
+    let before_remove = fingerprint(fleet.hosts[0].tree.path());
+    let (ok, text) = ansible.ad_hoc("plain", "bootkmod_driver", &args, &["--check", "--diff"]);
+    assert!(ok && text.contains("\"changed\": true"), "check-mode remove: {text}");
+    assert!(text.contains(&format!("+++ after: {installed} (after)")), "{text}");
+    assert!(text.contains(&format!("+image /boot/initrd.img-{installed}: restored")), "{text}");
+    assert_unchanged(&fleet, &[before_remove], 0, "check-mode remove");
     for (want_changed, when) in [(true, "first"), (false, "second")] {
         let (ok, text) = ansible.ad_hoc("plain", "bootkmod_driver", &args, &[]);
         assert!(ok, "{when} remove: {text}");
