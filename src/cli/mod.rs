@@ -5,6 +5,7 @@ mod check;
 mod demo;
 mod depmod;
 mod deps;
+mod doctor;
 mod dud;
 mod info;
 mod initramfs;
@@ -57,6 +58,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     Depmod(depmod::DepmodArgs),
     Deps(deps::DepsArgs),
+    Doctor(doctor::DoctorArgs),
     Install(install::InstallArgs),
     Status(status::StatusArgs),
     Verify(verify::VerifyArgs),
@@ -86,6 +88,7 @@ pub fn main() -> Exit {
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Depmod(args) => depmod::run(&ctx, args),
         Command::Deps(args) => deps::run(&ctx, args),
+        Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Install(args) => install::run(&ctx, args),
         Command::Status(args) => status::run(&ctx, args),
         Command::Verify(args) => verify::run(&ctx, args),

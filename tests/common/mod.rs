@@ -110,6 +110,7 @@ pub mod builds;
 pub mod check;
 pub mod chroot;
 pub mod depmod;
+pub mod doctor;
 pub mod initramfs;
 pub mod inject;
 pub mod jail;
