@@ -25,6 +25,7 @@ use crate::engines::initramfs::kernel_versions;
 use crate::engines::initramfs::view::View;
 use crate::engines::initramfs::walk::{self, Entry, Visitor};
 use crate::formats::cpio::S_IFREG;
+use crate::formats::luks;
 use crate::model::ledger::Ledger;
 use crate::model::module::name_from_path;
 use crate::model::root_chain::{DeviceKind, RootChain};
@@ -78,7 +79,7 @@ pub fn needs(chain: &RootChain) -> Vec<Need> {
         for dev in chain.below(top) {
             match &dev.kind {
                 DeviceKind::Partition => {}
-                DeviceKind::Dm { target, .. } => {
+                DeviceKind::Dm { target, cipher } => {
                     push(named(&dev.name, "device mapper".into(), &["dm_mod"]));
                     let module = match target.as_str() {
                         "CRYPT" => Some("dm_crypt"),
@@ -87,6 +88,12 @@ pub fn needs(chain: &RootChain) -> Vec<Need> {
                     };
                     if let Some(m) = module {
                         push(named(&dev.name, format!("dm target {target}"), &[m]));
+                    }
+                    // dm-crypt asks the kernel for each algorithm of its spec, and the
+                    // kernel asks modprobe for `crypto-NAME`.
+                    for key in cipher.as_deref().map(luks::crypto_modules).unwrap_or_default() {
+                        let link = format!("cipher {} ({key})", cipher.as_deref().unwrap_or(""));
+                        push(named(&dev.name, link, &[&key]));
                     }
                 }
                 DeviceKind::Md { level } => {
@@ -310,10 +317,17 @@ pub fn judge(chain_needs: &[Need], input: &KernelInput) -> Result<KernelVerdict>
             reason: None,
             note: None,
         };
-        let (key, found) = resolve(input.host, &need.keys)?;
-        if !found.is_empty() && found.iter().all(|(_, builtin)| *builtin) {
+        let (key, mut found) = resolve(input.host, &need.keys)?;
+        if !need.modalias {
+            // Asked for by name, by the kernel or the image's scripts: a built-in
+            // provider settles it, as the kernel never asks for what it has.
+            for k in &need.keys {
+                found.extend(input.host.builtin_providers(k)?.into_iter().map(|m| (m, true)));
+            }
+        }
+        if found.iter().any(|(_, builtin)| *builtin) {
             verdict.state = LinkState::BuiltIn;
-            verdict.module = found.first().map(|(m, _)| m.clone());
+            verdict.module = found.iter().find(|(_, b)| *b).map(|(m, _)| m.clone());
             links.push(verdict);
             continue;
         }
@@ -367,7 +381,11 @@ pub fn judge(chain_needs: &[Need], input: &KernelInput) -> Result<KernelVerdict>
             }
         };
         // The first wanted module the image would really load, else why the best fails.
-        let image_found: Vec<String> = if need.modalias {
+        // Looked up by alias (a modalias, `fs-xfs`, `crypto-xts`): the kernel's or
+        // udev's modprobe goes through the image's own alias index.
+        let by_alias = need.modalias
+            || !found.iter().any(|(m, _)| m.replace('-', "_") == key.replace('-', "_"));
+        let image_found: Vec<String> = if by_alias {
             tree.indexes.resolve(&key)?.into_iter().map(|(m, _)| m).collect()
         } else {
             Vec::new()
@@ -375,13 +393,8 @@ pub fn judge(chain_needs: &[Need], input: &KernelInput) -> Result<KernelVerdict>
         let mut failure: Option<String> = None;
         let mut chosen = None;
         for w in &wanted {
-            match image_loads(
-                input.host,
-                image,
-                tree,
-                w,
-                need.modalias.then_some((&key, &image_found)),
-            )? {
+            match image_loads(input.host, image, tree, w, by_alias.then_some((&key, &image_found)))?
+            {
                 Ok(()) => {
                     chosen = Some(w.clone());
                     break;

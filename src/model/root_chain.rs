@@ -214,7 +214,7 @@ impl RootChain {
             let device = if m.majmin.starts_with("0:") {
                 None
             } else {
-                Some(chain.add_device(&sys, &sys.join("dev/block").join(&m.majmin))?)
+                Some(chain.add_device(root, &sys, &sys.join("dev/block").join(&m.majmin))?)
             };
             chain.mounts.push(ChainMount { target: point, fstype: m.fstype.clone(), device, why });
         }
@@ -223,7 +223,7 @@ impl RootChain {
 
     /// Add the device at `link` (a `/sys/dev/block` or `slaves/` entry) and everything
     /// below it; returns its name.
-    fn add_device(&mut self, sys: &Path, link: &Path) -> Result<String> {
+    fn add_device(&mut self, root: &Root, sys: &Path, link: &Path) -> Result<String> {
         let dir = std::fs::canonicalize(link)
             .with_context(|| format!("{}: no such block device in sysfs", link.display()))?;
         let name = dir
@@ -253,7 +253,9 @@ impl RootChain {
                 Some((prefix, _)) => prefix.to_string(),
                 None => String::new(),
             };
-            (DeviceKind::Dm { target, cipher: None }, slaves(&dir))
+            let lower = slaves(&dir);
+            let cipher = (target == "CRYPT").then(|| crypt_cipher(root, &dir, &lower)).flatten();
+            (DeviceKind::Dm { target, cipher }, lower)
         } else if dir.join("md").is_dir() {
             let level = read_trimmed(&dir.join("md/level")).unwrap_or_default();
             (DeviceKind::Md { level }, slaves(&dir))
@@ -268,7 +270,7 @@ impl RootChain {
         );
         let mut lower = Vec::new();
         for l in lower_links {
-            lower.push(self.add_device(sys, &l)?);
+            lower.push(self.add_device(root, sys, &l)?);
         }
         if let Some(d) = self.devices.get_mut(&name) {
             d.lower = lower;
@@ -312,6 +314,40 @@ impl RootChain {
     }
 }
 
+/// The cipher of the crypt device at `dir`: from the LUKS header on the device below it
+/// (what dm-crypt was set up with), else the `cipher=` option of its `/etc/crypttab`
+/// line (plain dm-crypt has no header). `None` when neither says.
+fn crypt_cipher(root: &Root, dir: &Path, lower: &[PathBuf]) -> Option<String> {
+    use std::io::Read;
+    let from_header = lower.iter().find_map(|l| {
+        let name = l.file_name()?.to_string_lossy().into_owned();
+        let dev = root.host(format!("/dev/{name}")).ok()?;
+        let mut head = Vec::new();
+        std::fs::File::open(dev)
+            .ok()?
+            .take(crate::formats::luks::MAX_HEADER as u64)
+            .read_to_end(&mut head)
+            .ok()?;
+        crate::formats::luks::cipher(&head).ok()
+    });
+    from_header.or_else(|| {
+        let name = read_trimmed(&dir.join("dm/name"))?;
+        let crypttab = root.read("/etc/crypttab").ok()?;
+        crypttab_cipher(&String::from_utf8_lossy(&crypttab), &name)
+    })
+}
+
+/// The `cipher=` option of crypttab's line for mapping `name`.
+fn crypttab_cipher(crypttab: &str, name: &str) -> Option<String> {
+    crypttab.lines().map(str::trim).filter(|l| !l.starts_with('#')).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.first() == Some(&name))
+            .then(|| f.get(3)?.split(',').find_map(|o| o.strip_prefix("cipher=")))
+            .flatten()
+            .map(str::to_string)
+    })
+}
+
 /// The nodes from a disk's own device up to the bus root that carry a modalias or a
 /// bound driver.
 fn device_path(sys: &Path, disk: &Path) -> Vec<DeviceNode> {
@@ -353,6 +389,14 @@ mod tests {
         assert_eq!(m[1].mount_point, "/my boot");
         // The later mount over / wins.
         assert_eq!((m[2].majmin.as_str(), m[2].fstype.as_str()), ("8:3", "xfs"));
+    }
+
+    #[test]
+    fn crypttab_gives_a_plain_mappings_cipher() {
+        let tab = "# root /dev/sda none cipher=x\nswap /dev/sdb /dev/urandom swap,cipher=aes-cbc-essiv:sha256\nroot /dev/sda2 none luks\n";
+        assert_eq!(crypttab_cipher(tab, "swap").as_deref(), Some("aes-cbc-essiv:sha256"));
+        assert_eq!(crypttab_cipher(tab, "root"), None);
+        assert_eq!(crypttab_cipher(tab, "other"), None);
     }
 
     #[test]
