@@ -3,30 +3,27 @@
 //! runs `doctor --save -` on the live guest and prints the chain on the serial console.
 //!
 //! Ignored by default (it rewrites fixtures); run it with `scripts/record-doctor-snapshots`.
-//! The check that always runs is in `doctor_snapshots.rs`: the committed snapshots
-//! parse and hold the chain each topology is built with.
+//! What always runs is `doctor_boot.rs`, which judges images with these snapshots and
+//! checks each still holds the chain its topology is built with.
 
 mod common;
 
-use common::doctor::{recording_initramfs, recording_root, snapshot_from_serial, Topology};
-use common::qemu::{self, Boot};
+use common::doctor::{guest_initramfs, recording_root, snapshot_from_serial, Topology};
 
 fn record(topology: Topology) {
     let Some(release) = common::installed_kernel() else { return };
-    let Some(kernel) = qemu::host_kernel(&release) else { return };
     let tmp = tempfile::tempdir().unwrap();
     let initrd = tmp.path().join("initrd.cpio");
-    let disk = tmp.path().join("disk.img");
     let Some(root) = recording_root(topology) else { return };
-    if topology.disk(root.path(), &disk).is_none()
-        || recording_initramfs(&release, topology, &initrd).is_none()
-    {
+    let Some(disks) = topology.host_disks(root.path(), tmp.path()) else { return };
+    let populate = topology.is_stack().then(|| root.path());
+    if guest_initramfs(&release, topology, populate, true, &initrd).is_none() {
         return;
     }
-    let mut boot =
-        Boot::new(kernel, &initrd).disk(&disk, topology.controller()).append("loglevel=1");
-    boot.timeout = std::time::Duration::from_secs(300);
-    let Some(log) = boot.run() else { return };
+    let Some(log) = topology.boot(&release, &initrd, &disks, "loglevel=1") else { return };
+    if std::env::var_os("BOOTKMOD_SHOW_SERIAL").is_some() {
+        eprintln!("{}", log.serial);
+    }
     let snapshot = snapshot_from_serial(&log.serial).unwrap_or_else(|| {
         panic!("{}: no snapshot on the serial console:\n{}", topology.name(), log.tail())
     });
@@ -40,6 +37,24 @@ fn record(topology: Topology) {
 #[ignore = "rewrites tests/fixtures/doctor; run scripts/record-doctor-snapshots"]
 fn record_a_megasas_sda_ext4() {
     record(Topology::MegasasExt4);
+}
+
+#[test]
+#[ignore = "rewrites tests/fixtures/doctor; run scripts/record-doctor-snapshots"]
+fn record_b_virtio_lvm_xfs() {
+    record(Topology::VirtioLvmXfs);
+}
+
+#[test]
+#[ignore = "rewrites tests/fixtures/doctor; run scripts/record-doctor-snapshots"]
+fn record_c_nvme_raid1_ext4() {
+    record(Topology::NvmeRaid1Ext4);
+}
+
+#[test]
+#[ignore = "rewrites tests/fixtures/doctor; run scripts/record-doctor-snapshots"]
+fn record_d_ahci_luks_ext4() {
+    record(Topology::AhciLuksExt4);
 }
 
 #[test]
