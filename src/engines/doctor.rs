@@ -419,7 +419,12 @@ pub fn judge(chain_needs: &[Need], input: &KernelInput) -> Result<KernelVerdict>
             let used = links.iter().any(|l| {
                 l.module.as_deref() == Some(name.as_str()) && l.state != LinkState::NoModule
             });
-            if !used {
+            // A link left without a module already gave this reason.
+            let told = links.iter().any(|l| {
+                l.state == LinkState::NoModule
+                    && chain_needs[l.need].bound.as_deref() == Some(name.as_str())
+            });
+            if !used && !told {
                 problems.push(format!(
                     "root-critical driver {} installed by bootkmod is not usable on {release}: {why}",
                     m.name

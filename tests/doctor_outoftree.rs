@@ -1,0 +1,274 @@
+//! doctor and an out-of-tree controller driver (issue 13): root sits behind a megasas
+//! controller whose driver, `megaraid_sas`, the installed kernel's tree does not carry;
+//! `bootkmod install --root-critical` put it in (a copy of the installed kernel's, as
+//! if out of tree, then an update of it: the ledger holds two builds). On real Debian
+//! kernels under an unmounted root:
+//!
+//! - the installed kernel, whose image got the driver by install: OK;
+//! - the rt flavour, where every build is refused (`module_layout`) and the kernel has
+//!   no megaraid_sas of its own: AT RISK, the problem naming the kernel and the check's
+//!   reason, the same text `bootkmod status --json` and `bootkmod check` give;
+//! - a copy of the rt kernel that has its own in-tree megaraid_sas in its image: OK
+//!   although bootkmod's builds are refused there (noted, not a risk).
+//!
+//! The snapshot is written here in `doctor --save`'s format with what sysfs shows for
+//! QEMU's megasas (`-device megasas`): the disk's SCSI device bound to `sd`, the PCI
+//! function bound to `megaraid_sas` with its modalias.
+
+mod common;
+
+use common::keep::{json_of, Source, TargetRoot};
+use common::machine::{other_kernels, synthetic_release};
+use common::{bootkmod, installed_kernel, run, tool};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const DRIVER: &str = "megaraid_sas";
+/// What sysfs shows as `modalias` for QEMU's `-device megasas` (LSI MegaRAID SAS 1078).
+const MEGASAS_MODALIAS: &str = "pci:v00001000d00000060sv00001000sd00001013bc01sc04i00";
+
+fn text(out: &Output) -> String {
+    format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn bk(root: &TargetRoot, args: &[&str]) -> Output {
+    run(bootkmod().arg("--root").arg(root.path()).args(args))
+}
+
+/// A snapshot of a host whose root is ext4 on the whole disk sda behind a megasas
+/// controller, in the layout `doctor --save` writes (format 1).
+fn megasas_snapshot() -> String {
+    serde_json::json!({
+        "format": 1,
+        "recorded_on": "test",
+        "mounts": [{"target": "/", "fstype": "ext4", "device": "sda", "why": "root"}],
+        "devices": {"sda": {"name": "sda", "kind": "disk", "path": [
+            {"sysfs": "pci0000:00/0000:00:04.0/host2/target2:2:0/2:2:0:0",
+             "subsystem": "scsi", "driver": "sd", "module": "sd_mod",
+             "modalias": "scsi:t-0x00"},
+            {"sysfs": "pci0000:00/0000:00:04.0", "subsystem": "pci",
+             "driver": DRIVER, "module": DRIVER, "modalias": MEGASAS_MODALIAS}
+        ]}}
+    })
+    .to_string()
+}
+
+/// `names` and everything modprobe loads with them (kmod's `--show-depends` on the
+/// installed kernel `installed` names the files) copied from `src`'s tree into the
+/// target's tree of `release`, listed in its modules.order, indexes by kmod's depmod.
+fn add_modules(root: &TargetRoot, src: &Source, installed: &str, release: &str, names: &[&str]) {
+    let modprobe = tool("modprobe").unwrap();
+    let from = src.root.join("lib/modules").join(&src.kver);
+    let src_order = std::fs::read_to_string(from.join("modules.order")).unwrap();
+    let tree = root.at(format!("/lib/modules/{release}"));
+    let mut order = std::fs::read_to_string(tree.join("modules.order")).unwrap();
+    for name in names {
+        let out = run(Command::new(&modprobe).args(["-S", installed, "--show-depends", name]));
+        assert!(out.status.success(), "modprobe --show-depends {name}: {}", text(&out));
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(path) = line.strip_prefix("insmod ") else { continue };
+            let file = Path::new(path.trim()).file_name().unwrap().to_string_lossy().into_owned();
+            let rel = src_order
+                .lines()
+                .find(|l| l.rsplit('/').next() == Some(file.as_str()))
+                .unwrap_or_else(|| panic!("{file} not in {}/modules.order", from.display()));
+            let dest = tree.join(rel);
+            if dest.exists() {
+                continue;
+            }
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            common::machine::link_or_copy(&from.join(rel), &dest);
+            order.push_str(&format!("{rel}\n"));
+        }
+    }
+    std::fs::write(tree.join("modules.order"), order).unwrap();
+    let out = run(Command::new(tool("depmod").unwrap()).arg("-b").arg(root.path()).arg(release));
+    assert!(out.status.success(), "depmod: {}", text(&out));
+}
+
+/// Put the kernel's own `modules` into its image (`bootkmod inject`, judged by its own
+/// tests): the image a distribution tool would have built.
+fn image_with(root: &TargetRoot, release: &str, modules: &[&str]) {
+    let out = bk(root, &[&["inject", "--no-backup", "--kver", release][..], modules].concat());
+    assert!(out.status.success(), "inject {modules:?} into {release}: {}", text(&out));
+}
+
+/// The problems doctor's JSON gives for `release`, and whether it is OK.
+fn verdict<'a>(report: &'a serde_json::Value, release: &str) -> &'a serde_json::Value {
+    report["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["release"] == release)
+        .unwrap_or_else(|| panic!("no verdict for {release}: {report:#}"))
+}
+
+/// The link verdict of the controller (the need bound to megaraid_sas) on `release`.
+fn controller_link<'a>(report: &'a serde_json::Value, release: &str) -> &'a serde_json::Value {
+    let needs = report["needs"].as_array().unwrap();
+    let i = needs.iter().position(|n| n["bound"] == DRIVER).expect("a need bound to the driver");
+    let links = verdict(report, release)["links"].as_array().unwrap();
+    links.iter().find(|l| l["need"] == i).unwrap()
+}
+
+/// Every string in a JSON value.
+fn strings(v: &serde_json::Value) -> Vec<&str> {
+    match v {
+        serde_json::Value::String(s) => vec![s.as_str()],
+        serde_json::Value::Array(a) => a.iter().flat_map(strings).collect(),
+        serde_json::Value::Object(o) => o.values().flat_map(strings).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A second build of `ko` as a vendor update would be: unsigned, `version=` bumped
+/// (same length), built for another release of the installed kernel's ABI (so it is
+/// kept beside the first, in that release's `extra/`).
+fn update_of(ko: &Path, scratch: &Path, version: &str, kver: &str) -> PathBuf {
+    let unsigned = scratch.join("unsigned/megaraid_sas.ko");
+    std::fs::create_dir_all(unsigned.parent().unwrap()).unwrap();
+    std::fs::write(&unsigned, common::check::strip_signature(&std::fs::read(ko).unwrap())).unwrap();
+    // The last digit before the suffix (`07.719.03.00-rc1` -> `07.719.03.01-rc1`).
+    let at = version.rfind(|c: char| c.is_ascii_digit() && c != '1').expect("a digit");
+    let bumped = format!("{}1{}", &version[..at], &version[at + 1..]);
+    let elsewhere = common::builds::sibling_release(kver, "47");
+    common::builds::other_build_of(
+        &unsigned,
+        &scratch.join("update/megaraid_sas.ko"),
+        (version, &bumped),
+        kver,
+        Some(&elsewhere),
+        false,
+    )
+}
+
+#[test]
+fn an_out_of_tree_controller_driver_refused_on_a_kernel_puts_that_kernel_at_risk() {
+    let Some(kver) = installed_kernel() else { return };
+    let Some(others) = other_kernels() else { return };
+    let rt_kver = others.rt.as_str();
+    // A copy of the rt kernel that carries megaraid_sas in its own tree.
+    let rt_tree = synthetic_release(rt_kver, "tree");
+    let Some(newer) = Source::of(&kver, &kver) else { return };
+    let Some(rt) = Source::of(rt_kver, &kver) else { return };
+    if tool("modprobe").is_none() || tool("depmod").is_none() || tool("modinfo").is_none() {
+        return;
+    }
+    let host_ko = common::kernel_modules(&kver)
+        .into_iter()
+        .find(|p| bootkmod::model::module::name_from_path(p) == DRIVER)
+        .expect("the installed kernel has megaraid_sas");
+    let scratch = tempfile::tempdir().unwrap();
+    let vendor = scratch.path().join("megaraid_sas.ko");
+    std::fs::copy(&host_ko, &vendor).unwrap();
+    let out = run(Command::new(tool("modinfo").unwrap()).args(["-F", "version"]).arg(&vendor));
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let update = update_of(&vendor, scratch.path(), &version, &kver);
+
+    let root = TargetRoot::new();
+    root.add_kernel(&newer, &kver, &newer.symvers());
+    root.add_kernel(&rt, rt_kver, &rt.symvers());
+    root.add_kernel(&rt, &rt_tree, &rt.symvers());
+    for (src, release) in [(&newer, kver.as_str()), (&rt, rt_kver), (&rt, rt_tree.as_str())] {
+        add_modules(&root, src, &kver, release, &["sd_mod"]);
+    }
+    add_modules(&root, &rt, &kver, &rt_tree, &[DRIVER]);
+    assert!(
+        !root.at(format!("/lib/modules/{kver}/modules.dep")).is_file()
+            || !std::fs::read_to_string(root.at(format!("/lib/modules/{kver}/modules.dep")))
+                .unwrap()
+                .contains("megaraid_sas"),
+        "the installed kernel's tree must not carry the driver: it is out of tree here"
+    );
+    image_with(&root, &kver, &["ext4", "sd_mod"]);
+    image_with(&root, rt_kver, &["ext4", "sd_mod"]);
+    image_with(&root, &rt_tree, &["ext4", "sd_mod", DRIVER]);
+
+    // The driver (exit 3: it is unusable on the rt kernels), then its update, kept
+    // beside (forced: the installed kernel keeps its own build): two builds.
+    let out = run(bootkmod()
+        .arg("--root")
+        .arg(root.path())
+        .args(["install", "--root-critical"])
+        .arg(&vendor));
+    assert_eq!(out.status.code(), Some(3), "install: {}", text(&out));
+    let out = run(bootkmod()
+        .arg("--root")
+        .arg(root.path())
+        .args(["install", "--root-critical", "--force"])
+        .arg(&update));
+    assert!(matches!(out.status.code(), Some(0 | 3)), "install of the update: {}", text(&out));
+    let ledger: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.at("/var/lib/bootkmod/ledger.json")).unwrap())
+            .unwrap();
+    assert_eq!(ledger["version"], 2, "today's ledger format");
+    assert_eq!(ledger["modules"][DRIVER]["builds"].as_array().unwrap().len(), 2);
+
+    // What status and check say of the rt kernel: the reason doctor must name.
+    let status = json_of(&bk(&root, &["--json", "status"]));
+    let status_reason = |release: &str| -> String {
+        let k = status["kernels"].as_array().unwrap().iter().find(|k| k["release"] == release);
+        let m = &k.unwrap_or_else(|| panic!("status lacks {release}"))["modules"][0];
+        assert_eq!(m["name"], DRIVER);
+        assert_eq!(m["compatible"], false, "{release}: {m:#}");
+        m["reasons"][0].as_str().unwrap().to_string()
+    };
+    let reason = status_reason(rt_kver);
+    assert!(reason.contains("module_layout"), "rt refuses by module_layout first: {reason}");
+    let out = bk(&root, &["--json", "check", "--kver", rt_kver, update.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        strings(&json_of(&out)).contains(&reason.as_str()),
+        "check on {rt_kver} does not give status's reason {reason:?}: {}",
+        text(&out)
+    );
+
+    let snap = scratch.path().join("host.json");
+    std::fs::write(&snap, megasas_snapshot()).unwrap();
+    let snap = snap.to_str().unwrap();
+    let out = bk(&root, &["--json", "doctor", "--from", snap, "--all-kernels"]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(3), "one kernel at risk: exit 3\n{report:#}");
+    assert_eq!(report["at_risk"], true);
+
+    // The installed kernel: the image got the driver by install; it is OK.
+    let k = verdict(&report, &kver);
+    assert_eq!(k["ok"], true, "{kver}: {k:#}");
+    let link = controller_link(&report, &kver);
+    assert_eq!((&link["state"], &link["module"]), (&"present".into(), &DRIVER.into()), "{link:#}");
+
+    // The rt kernel: AT RISK, naming the kernel and the check's reason.
+    let k = verdict(&report, rt_kver);
+    assert_eq!(k["ok"], false, "{rt_kver}: {k:#}");
+    let link = controller_link(&report, rt_kver);
+    assert_eq!(link["state"], "no_module", "{link:#}");
+    let problems: Vec<&str> =
+        k["problems"].as_array().unwrap().iter().filter_map(|p| p.as_str()).collect();
+    assert!(
+        problems.iter().any(|p| p.contains(rt_kver) && p.contains(&reason) && p.contains(DRIVER)),
+        "no problem names {rt_kver} and {reason:?}: {problems:#?}"
+    );
+    assert_eq!(problems.len(), 1, "one missing link, told once: {problems:#?}");
+    assert!(k["fix"].as_array().unwrap().is_empty(), "nothing to inject can fix it: {k:#}");
+
+    // The rt copy with its own megaraid_sas: bootkmod's builds are refused there, yet
+    // the kernel's own driver is in the image: OK, with a note.
+    let k = verdict(&report, &rt_tree);
+    assert_eq!(k["ok"], true, "{rt_tree}: {k:#}");
+    let link = controller_link(&report, &rt_tree);
+    assert_eq!(link["state"], "present", "{link:#}");
+    assert!(link["note"].as_str().unwrap_or_default().contains("not usable"), "{link:#}");
+    assert!(status_reason(&rt_tree).contains("module_layout"));
+
+    // The text names the kernel at risk and the reason too.
+    let out = bk(&root, &["doctor", "--from", snap, "--all-kernels"]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{shown}");
+    assert!(shown.lines().any(|l| l.starts_with("AT RISK") && l.contains(rt_kver)), "{shown}");
+    assert!(shown.lines().any(|l| l.starts_with("OK") && l.contains(&kver)), "{shown}");
+    assert!(shown.contains(&reason), "{shown}");
+
+    // --kver of the good kernel alone: exit 0.
+    let out = bk(&root, &["doctor", "--from", snap, "--kver", &kver]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
