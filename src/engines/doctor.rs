@@ -323,9 +323,9 @@ pub fn judge(chain_needs: &[Need], input: &KernelInput) -> Result<KernelVerdict>
             found.iter().filter(|(_, b)| !b).map(|(m, _)| m.clone()).collect();
         wanted.dedup();
         if let Some(bound) = &need.bound {
-            if wanted.contains(bound) {
-                wanted = vec![bound.clone()];
-            } else if wanted.is_empty() && !input.host.resolve(bound)?.is_empty() {
+            if wanted.contains(bound)
+                || (wanted.is_empty() && !input.host.resolve(bound)?.is_empty())
+            {
                 wanted = vec![bound.clone()];
             } else if !wanted.is_empty() {
                 verdict.note = Some(format!(

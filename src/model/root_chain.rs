@@ -22,6 +22,11 @@ use std::path::{Path, PathBuf};
 /// Version of the snapshot layout; a reader refuses others.
 pub const SNAPSHOT_FORMAT: u32 = 1;
 
+/// Target-absolute path of the snapshot `status`, the kernel-install plugin and a
+/// plain `doctor` read when the live chain cannot be read (no `/proc` or `/sys` under
+/// the root: an image built in a chroot, a container): `doctor --save` it there.
+pub const SAVED_SNAPSHOT: &str = "/var/lib/bootkmod/doctor-snapshot.json";
+
 /// Where the initramfs must mount something, and on what.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChainMount {
@@ -309,6 +314,40 @@ impl RootChain {
             stack.extend(d.lower.iter().rev().map(String::as_str));
         }
         out
+    }
+}
+
+/// Where a chain came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainSource {
+    /// The live system's `/proc` and `/sys` under the root.
+    Live,
+    /// The snapshot at [`SAVED_SNAPSHOT`] (host path given).
+    Saved(PathBuf),
+}
+
+impl RootChain {
+    /// The chain of the system under `root`: the live one, else the snapshot saved at
+    /// [`SAVED_SNAPSHOT`]. The error names why neither could be had.
+    pub fn live_or_saved(root: &Root) -> Result<(RootChain, ChainSource)> {
+        let live_error = match RootChain::read(root) {
+            Ok(chain) => return Ok((chain, ChainSource::Live)),
+            Err(e) => e,
+        };
+        let saved = root.host(SAVED_SNAPSHOT)?;
+        let text = match std::fs::read_to_string(&saved) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!(
+                    "{live_error:#}; and no snapshot saved at {}",
+                    root.shown(SAVED_SNAPSHOT).display()
+                )
+            }
+            Err(e) => bail!("{live_error:#}; and {}: cannot read: {e}", saved.display()),
+        };
+        let chain = RootChain::from_json(&text, &saved.display().to_string())?;
+        Ok((chain, ChainSource::Saved(saved)))
     }
 }
 
