@@ -18,6 +18,7 @@
 //! [`verify`] re-hashes every installed module, stored copy, link target and image and
 //! lists each [`Drift`].
 
+use crate::engines::doctor::{self, ExamineOptions};
 use crate::engines::initramfs;
 use crate::engines::inject::{Digests, ImageContents};
 use crate::model::kernel;
@@ -27,6 +28,7 @@ use crate::model::ledger::{
 };
 use crate::model::module::{name_from_path, sha256_hex};
 use crate::model::root::Root;
+use crate::model::root_chain::{ChainSource, RootChain};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -329,6 +331,107 @@ pub fn alerts(root: &Root, ledger: &Ledger, kernels: &[KernelStatus]) -> Vec<Ale
                     },
                 });
             }
+        }
+    }
+    out
+}
+
+/// What doctor says of each kernel's image (issue 13), for `status`: judged when a
+/// chain is at hand (the live one, else the snapshot saved at `SAVED_SNAPSHOT`), else
+/// why not. Never an error: what keeps doctor from judging is a note, neither a
+/// failure of status nor a verdict.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DoctorStatus {
+    /// Where the chain came from; `None` when there was none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainSource>,
+    /// The kernels judged.
+    pub kernels: Vec<DoctorKernel>,
+    /// Why doctor judged nothing, or some kernel not (`KVER: why`).
+    pub notes: Vec<String>,
+}
+
+/// doctor's verdict on one kernel's image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DoctorKernel {
+    pub release: String,
+    /// Host path of the image judged.
+    pub image: Option<PathBuf>,
+    pub ok: bool,
+    /// Why root would not mount from the image, one line each.
+    pub problems: Vec<String>,
+    /// Modules `doctor --fix` would inject.
+    pub fix: Vec<String>,
+}
+
+/// Ask doctor about `releases` (see [`DoctorStatus`]). A kernel doctor cannot judge
+/// (no indexes, say) becomes a note; the others are still judged.
+pub fn doctor(root: &Root, ledger: &Ledger, releases: &[String]) -> DoctorStatus {
+    let mut out = DoctorStatus::default();
+    if releases.is_empty() {
+        return out;
+    }
+    let chain = match RootChain::live_or_saved(root) {
+        Ok((chain, source)) => {
+            out.chain = Some(source);
+            chain
+        }
+        Err(e) => {
+            out.notes.push(format!("no chain of root to judge: {e:#}"));
+            return out;
+        }
+    };
+    let ask = |kernels: &[String]| {
+        let opts = ExamineOptions { kernels: kernels.to_vec(), image: None };
+        doctor::examine(root, &chain, ledger, &opts)
+    };
+    let verdicts = match ask(releases) {
+        Ok(e) => e.kernels,
+        // One kernel's error fails the whole examination: ask again one by one.
+        Err(_) => releases
+            .iter()
+            .filter_map(|r| match ask(std::slice::from_ref(r)) {
+                Ok(e) => Some(e.kernels),
+                Err(e) => {
+                    out.notes.push(format!("{r}: not judged: {e:#}"));
+                    None
+                }
+            })
+            .flatten()
+            .collect(),
+    };
+    out.kernels = verdicts
+        .into_iter()
+        .map(|k| DoctorKernel {
+            release: k.release,
+            image: k.image,
+            ok: k.ok,
+            problems: k.problems,
+            fix: k.fix,
+        })
+        .collect();
+    out
+}
+
+/// An alert per problem of each kernel doctor finds at risk.
+pub fn doctor_alerts(root: &Root, doctor: &DoctorStatus) -> Vec<Alert> {
+    let mut out = Vec::new();
+    for k in doctor.kernels.iter().filter(|k| !k.ok) {
+        let release = &k.release;
+        let path =
+            find_image(root, release).unwrap_or_else(|| Path::new("/lib/modules").join(release));
+        let next = if k.fix.is_empty() {
+            format!("bootkmod doctor --kver {release} (injecting cannot fix it)")
+        } else {
+            format!("bootkmod doctor --fix --kver {release} (injects {})", k.fix.join(", "))
+        };
+        for problem in &k.problems {
+            out.push(Alert {
+                kernel: Some(release.clone()),
+                path: path.clone(),
+                problem: format!("its initramfs would not mount root: {problem}"),
+                next: next.clone(),
+            });
         }
     }
     out

@@ -1,0 +1,169 @@
+//! `status` and the kernel-install plugin ask doctor (issue 13): adding a kernel whose
+//! image would not mount root says so before the reboot. On real Debian kernels under an
+//! unmounted root (no `/proc` or `/sys` there: the chain is the snapshot saved at
+//! `/var/lib/bootkmod/doctor-snapshot.json`, root behind a megasas controller):
+//!
+//! - no chain, or an unreadable one: status judges nothing, says so, and exits as
+//!   before (a note, never a verdict, never a crash);
+//! - the installed kernel, its image holding the controller's driver: no alert;
+//! - `kernel-install add` of a kernel whose image lacks the driver: the plugin warns
+//!   loudly naming the kernel and the driver (and does not fail the install); status
+//!   alerts naming it and exits 3; after `doctor --fix` both are quiet;
+//! - a kernel doctor cannot judge (no `modules.dep.bin`) is a note; the others are
+//!   still judged.
+
+mod common;
+
+use common::doctor_host::{add_modules, bk, image_with, megasas_snapshot, text, DRIVER};
+use common::keep::{json_of, Source, TargetRoot};
+use common::machine::synthetic_release;
+use common::{installed_kernel, run, tool};
+use std::path::Path;
+use std::process::{Command, Output};
+
+const SAVED: &str = "/var/lib/bootkmod/doctor-snapshot.json";
+
+fn plugin(root: &TargetRoot, release: &str, staging: Option<&Path>) -> Output {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-install/60-bootkmod-doctor.install");
+    let mut cmd = Command::new(script);
+    cmd.args(["add", release, "/nonexistent/entry", &format!("/boot/vmlinuz-{release}")])
+        .env("BOOTKMOD_ROOT", root.path())
+        .env("BOOTKMOD", env!("CARGO_BIN_EXE_bootkmod"))
+        .env_remove("KERNEL_INSTALL_STAGING_AREA");
+    if let Some(dir) = staging {
+        cmd.env("KERNEL_INSTALL_STAGING_AREA", dir);
+    }
+    run(&mut cmd)
+}
+
+fn status(root: &TargetRoot, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let out = bk(root, &[&["--json", "status"][..], args].concat());
+    let report = json_of(&out);
+    let shown = bk(root, &[&["status"][..], args].concat());
+    assert_eq!(shown.status.code(), out.status.code(), "{}", text(&shown));
+    (out.status.code(), report, String::from_utf8_lossy(&shown.stdout).into_owned())
+}
+
+fn doctor_alerts<'a>(report: &'a serde_json::Value, release: &str) -> Vec<&'a serde_json::Value> {
+    report["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            a["kernel"] == release
+                && a["problem"].as_str().unwrap().contains("initramfs would not mount root")
+        })
+        .collect()
+}
+
+#[test]
+fn status_and_kernel_install_warn_of_a_kernel_whose_image_would_not_mount_root() {
+    let Some(kver) = installed_kernel() else { return };
+    let Some(newer) = Source::of(&kver, &kver) else { return };
+    if tool("modprobe").is_none() || tool("depmod").is_none() {
+        return;
+    }
+    let later = synthetic_release(&kver, "later");
+    let root = TargetRoot::new();
+    root.add_kernel(&newer, &kver, &newer.symvers());
+    add_modules(&root, &newer, &kver, &kver, &["sd_mod", DRIVER]);
+    image_with(&root, &kver, &["ext4", "sd_mod", DRIVER]);
+
+    // No chain at all: nothing judged, and said so; status as before.
+    let (code, report, shown) = status(&root, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert!(report["doctor"]["kernels"].as_array().unwrap().is_empty(), "{report:#}");
+    let note = report["doctor"]["notes"][0].as_str().unwrap_or_default();
+    assert!(note.contains("no snapshot saved at") && note.contains(SAVED), "{note}");
+    assert!(shown.contains("doctor: not judged:") && !shown.contains("mounts root"), "{shown}");
+    // The plugin cannot judge either: it says so and lets the install go on.
+    let out = plugin(&root, &kver, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("root not checked"), "{}", text(&out));
+
+    // A saved snapshot that is not one: a note, not a crash, not a verdict.
+    std::fs::create_dir_all(root.at("/var/lib/bootkmod")).unwrap();
+    std::fs::write(root.at(SAVED), "{").unwrap();
+    let (code, report, shown) = status(&root, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
+    let note = report["doctor"]["notes"][0].as_str().unwrap_or_default();
+    assert!(note.contains("not a bootkmod doctor snapshot"), "{report:#}");
+    assert!(shown.contains("doctor: not judged:"), "{shown}");
+
+    // The snapshot: the installed kernel's image mounts root; no alert.
+    std::fs::write(root.at(SAVED), megasas_snapshot()).unwrap();
+    let (code, report, shown) = status(&root, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["doctor"]["kernels"][0]["release"], kver.as_str());
+    assert_eq!(report["doctor"]["kernels"][0]["ok"], true, "{report:#}");
+    assert!(report["doctor"]["chain"]["saved"].as_str().unwrap().ends_with(SAVED), "{report:#}");
+    assert!(report["alerts"].as_array().unwrap().is_empty(), "{report:#}");
+    assert!(shown.contains("doctor: every kernel's initramfs mounts root"), "{shown}");
+    let out = plugin(&root, &kver, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("!!!"), "{}", text(&out));
+
+    // A new kernel whose image was built without the controller's driver.
+    root.add_kernel(&newer, &later, &newer.symvers());
+    add_modules(&root, &newer, &kver, &later, &["sd_mod", DRIVER]);
+    image_with(&root, &later, &["ext4", "sd_mod"]);
+    let out = plugin(&root, &later, None);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "a warning, not a failed kernel install: {err}");
+    assert!(err.contains(&format!("kernel {later}: its initramfs would NOT mount root")), "{err}");
+    assert!(err.contains(&format!("{DRIVER} is not in the image")), "{err}");
+    let (code, report, shown) = status(&root, &[]);
+    assert_eq!(code, Some(3), "{report:#}");
+    let alerts = doctor_alerts(&report, &later);
+    assert_eq!(alerts.len(), 1, "{report:#}");
+    assert!(alerts[0]["problem"].as_str().unwrap().contains(DRIVER), "{report:#}");
+    assert!(alerts[0]["next"].as_str().unwrap().contains("doctor --fix"), "{report:#}");
+    assert!(doctor_alerts(&report, &kver).is_empty(), "{report:#}");
+    assert!(
+        shown.lines().any(|l| l.starts_with(&format!("!!! kernel {later}: its initramfs"))),
+        "{shown}"
+    );
+    assert!(shown.contains(&format!("doctor: AT RISK {later}")), "{shown}");
+    // Only the good kernel asked: fine.
+    let (code, report, _) = status(&root, &["--kver", &kver]);
+    assert_eq!(code, Some(0), "{report:#}");
+
+    // A staged image (kernel-install's staging area) is the one judged.
+    let staging = tempfile::tempdir().unwrap();
+    std::fs::copy(root.at(format!("/boot/initrd.img-{kver}")), staging.path().join("initrd"))
+        .unwrap();
+    let out = plugin(&root, &kver, Some(staging.path()));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("!!!"), "{}", text(&out));
+    std::fs::write(staging.path().join("initrd"), common::keep::tiny_image(&kver)).unwrap();
+    let out = plugin(&root, &kver, Some(staging.path()));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("would NOT mount root"),
+        "{}",
+        text(&out)
+    );
+
+    // Fixed as the warning says: quiet again.
+    let out = bk(&root, &["doctor", "--fix", "--kver", &later]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = plugin(&root, &later, None);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("!!!"), "{}", text(&out));
+    let (code, report, _) = status(&root, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert!(report["doctor"]["kernels"].as_array().unwrap().iter().all(|k| k["ok"] == true));
+
+    // A kernel doctor cannot judge: a note naming it; the other is still judged.
+    std::fs::remove_file(root.at(format!("/lib/modules/{later}/modules.dep.bin"))).unwrap();
+    let (_, report, shown) = status(&root, &[]);
+    let judged: Vec<&str> = report["doctor"]["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["release"].as_str())
+        .collect();
+    assert_eq!(judged, [kver.as_str()], "{report:#}");
+    let notes = report["doctor"]["notes"].as_array().unwrap();
+    assert!(notes.iter().any(|n| n.as_str().unwrap().starts_with(&later)), "{report:#}");
+    assert!(shown.contains(&format!("doctor: not judged: {later}")), "{shown}");
+}
