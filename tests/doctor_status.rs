@@ -6,8 +6,9 @@
 //! - no chain, or an unreadable one: status judges nothing, says so, and exits as
 //!   before (a note, never a verdict, never a crash);
 //! - the installed kernel, its image holding the controller's driver: no alert;
-//! - `kernel-install add` of a kernel whose image lacks the driver: the plugin warns
-//!   loudly naming the kernel and the driver (and does not fail the install); status
+//! - `kernel-install add` of a kernel whose image lacks the driver: the plugin (and
+//!   Debian's postinst.d hook) warns loudly naming the kernel and the driver (and does
+//!   not fail the install); status
 //!   alerts naming it and exits 3; after `doctor --fix` both are quiet;
 //! - a kernel doctor cannot judge (no `modules.dep.bin`) is a note; the others are
 //!   still judged.
@@ -35,6 +36,16 @@ fn plugin(root: &TargetRoot, release: &str, staging: Option<&Path>) -> Output {
         cmd.env("KERNEL_INSTALL_STAGING_AREA", dir);
     }
     run(&mut cmd)
+}
+
+/// Debian's counterpart, run as a kernel package's postinst runs it.
+fn postinst_hook(root: &TargetRoot, release: &str) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("initramfs-tools/kernel/postinst.d/zz-bootkmod-doctor");
+    run(Command::new(script)
+        .args([release, &format!("/boot/vmlinuz-{release}")])
+        .env("BOOTKMOD_ROOT", root.path())
+        .env("BOOTKMOD", env!("CARGO_BIN_EXE_bootkmod")))
 }
 
 fn status(root: &TargetRoot, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
@@ -113,6 +124,10 @@ fn status_and_kernel_install_warn_of_a_kernel_whose_image_would_not_mount_root()
     assert!(out.status.success(), "a warning, not a failed kernel install: {err}");
     assert!(err.contains(&format!("kernel {later}: its initramfs would NOT mount root")), "{err}");
     assert!(err.contains(&format!("{DRIVER} is not in the image")), "{err}");
+    let out = postinst_hook(&root, &later);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "a warning, not a failed package: {err}");
+    assert!(err.contains(&format!("kernel {later}: its initramfs would NOT mount root")), "{err}");
     let (code, report, shown) = status(&root, &[]);
     assert_eq!(code, Some(3), "{report:#}");
     let alerts = doctor_alerts(&report, &later);
@@ -147,8 +162,10 @@ fn status_and_kernel_install_warn_of_a_kernel_whose_image_would_not_mount_root()
     // Fixed as the warning says: quiet again.
     let out = bk(&root, &["doctor", "--fix", "--kver", &later]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let out = plugin(&root, &later, None);
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("!!!"), "{}", text(&out));
+    for out in [plugin(&root, &later, None), postinst_hook(&root, &later)] {
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("!!!"), "{}", text(&out));
+    }
     let (code, report, _) = status(&root, &[]);
     assert_eq!(code, Some(0), "{report:#}");
     assert!(report["doctor"]["kernels"].as_array().unwrap().iter().all(|k| k["ok"] == true));
