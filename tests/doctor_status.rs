@@ -11,7 +11,8 @@
 //!   not fail the install); status
 //!   alerts naming it and exits 3; after `doctor --fix` both are quiet;
 //! - a kernel doctor cannot judge (no `modules.dep.bin`) is a note; the others are
-//!   still judged.
+//!   still judged;
+//! - where `/proc` and `/sys` can be read, the live chain wins over a saved snapshot.
 
 mod common;
 
@@ -183,4 +184,89 @@ fn status_and_kernel_install_warn_of_a_kernel_whose_image_would_not_mount_root()
     let notes = report["doctor"]["notes"].as_array().unwrap();
     assert!(notes.iter().any(|n| n.as_str().unwrap().starts_with(&later)), "{report:#}");
     assert!(shown.contains(&format!("doctor: not judged: {later}")), "{shown}");
+}
+
+/// A sysfs-shaped tree under the root as the kernel lays it out for QEMU's megasas
+/// (`/sys/dev/block/8:0` → the disk, its `device` → the SCSI device bound to `sd`, up
+/// to the PCI function bound to `megaraid_sas`), and `/proc/self/mountinfo` mounting
+/// it at the root.
+fn fake_live_system(root: &TargetRoot) {
+    use std::os::unix::fs::symlink;
+    let sys = root.at("/sys");
+    let pci = "devices/pci0000:00/0000:00:04.0";
+    let scsi = format!("{pci}/host2/target2:2:0/2:2:0:0");
+    for dir in [
+        format!("{scsi}/block/sda"),
+        "bus/pci/drivers/megaraid_sas".into(),
+        "bus/scsi/drivers/sd".into(),
+        "dev/block".into(),
+    ] {
+        std::fs::create_dir_all(sys.join(dir)).unwrap();
+    }
+    let pci_dir = sys.join(pci);
+    std::fs::write(
+        pci_dir.join("modalias"),
+        "pci:v00001000d00000060sv00001000sd00001013bc01sc04i00\n",
+    )
+    .unwrap();
+    symlink("../../../bus/pci/drivers/megaraid_sas", pci_dir.join("driver")).unwrap();
+    symlink("../../../bus/pci", pci_dir.join("subsystem")).unwrap();
+    symlink("../../../../module/megaraid_sas", sys.join("bus/pci/drivers/megaraid_sas/module"))
+        .unwrap();
+    let scsi_dir = sys.join(&scsi);
+    std::fs::write(scsi_dir.join("modalias"), "scsi:t-0x00\n").unwrap();
+    symlink("../../../../../../bus/scsi/drivers/sd", scsi_dir.join("driver")).unwrap();
+    symlink("../../../../../../bus/scsi", scsi_dir.join("subsystem")).unwrap();
+    symlink("../../../../module/sd_mod", sys.join("bus/scsi/drivers/sd/module")).unwrap();
+    symlink("../../../2:2:0:0", scsi_dir.join("block/sda/device")).unwrap();
+    symlink(format!("../../{scsi}/block/sda"), sys.join("dev/block/8:0")).unwrap();
+    let at = std::fs::canonicalize(root.path()).unwrap();
+    std::fs::create_dir_all(root.at("/proc/self")).unwrap();
+    std::fs::write(
+        root.at("/proc/self/mountinfo"),
+        format!("1 0 8:0 / {} rw,relatime - ext4 /dev/sda rw\n", at.display()),
+    )
+    .unwrap();
+}
+
+/// Where `/proc` and `/sys` can be read, status judges the live chain, not a saved
+/// snapshot (here one of another host, whose controller the image lacks).
+#[test]
+fn status_prefers_the_live_chain_to_a_saved_snapshot() {
+    let Some(kver) = installed_kernel() else { return };
+    let Some(newer) = Source::of(&kver, &kver) else { return };
+    if tool("modprobe").is_none() || tool("depmod").is_none() {
+        return;
+    }
+    let root = TargetRoot::new();
+    root.add_kernel(&newer, &kver, &newer.symvers());
+    add_modules(&root, &newer, &kver, &kver, &["sd_mod", DRIVER, "vmw_pvscsi"]);
+    image_with(&root, &kver, &["ext4", "sd_mod", DRIVER]);
+    std::fs::create_dir_all(root.at("/var/lib/bootkmod")).unwrap();
+    let elsewhere = megasas_snapshot()
+        .replace(
+            "pci:v00001000d00000060sv00001000sd00001013bc01sc04i00",
+            "pci:v000015ADd000007C0sv000015ADsd000007C0bc01sc07i00",
+        )
+        .replace(DRIVER, "vmw_pvscsi");
+    std::fs::write(root.at(SAVED), elsewhere).unwrap();
+    // The saved snapshot alone: the image lacks vmw_pvscsi.
+    let (code, report, _) = status(&root, &[]);
+    assert_eq!(code, Some(3), "{report:#}");
+    assert_eq!(doctor_alerts(&report, &kver).len(), 1, "{report:#}");
+
+    fake_live_system(&root);
+    let (code, report, shown) = status(&root, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["doctor"]["chain"], "live", "{report:#}");
+    assert_eq!(report["doctor"]["kernels"][0]["ok"], true, "{report:#}");
+    assert!(shown.contains("(the live system's chain)"), "{shown}");
+    // doctor reads the same chain from it: what --save writes is the snapshot's twin.
+    let out = bk(&root, &["doctor", "--save", "-"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let saved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut expected: serde_json::Value = serde_json::from_str(&megasas_snapshot()).unwrap();
+    expected["recorded_on"] = saved["recorded_on"].clone();
+    assert_eq!(saved["devices"], expected["devices"], "{saved:#}");
+    assert_eq!(saved["mounts"], expected["mounts"], "{saved:#}");
 }
