@@ -9,7 +9,9 @@
 //!   no megaraid_sas of its own: AT RISK, the problem naming the kernel and the check's
 //!   reason, the same text `bootkmod status --json` and `bootkmod check` give;
 //! - a copy of the rt kernel that has its own in-tree megaraid_sas in its image: OK
-//!   although bootkmod's builds are refused there (noted, not a risk).
+//!   although bootkmod's builds are refused there (noted, not a risk);
+//! - the installed kernel's image rebuilt without the driver: AT RISK, and `--fix`
+//!   injects the build install placed.
 //!
 //! The snapshot is written here in `doctor --save`'s format with what sysfs shows for
 //! QEMU's megasas (`-device megasas`): the disk's SCSI device bound to `sd`, the PCI
@@ -187,4 +189,34 @@ fn an_out_of_tree_controller_driver_refused_on_a_kernel_puts_that_kernel_at_risk
     // --kver of the good kernel alone: exit 0.
     let out = bk(&root, &["doctor", "--from", snap, "--kver", &kver]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // The installed kernel's image rebuilt by another tool without the driver: AT RISK
+    // naming it; --fix injects bootkmod's build from the kernel's tree, then OK.
+    let image = root.at(format!("/boot/initrd.img-{kver}"));
+    std::fs::write(&image, common::keep::tiny_image(&kver)).unwrap();
+    image_with(&root, &kver, &["ext4", "sd_mod"]);
+    let out = bk(&root, &["--json", "doctor", "--from", snap, "--kver", &kver]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(3), "{report:#}");
+    let k = verdict(&report, &kver);
+    assert_eq!(k["fix"], serde_json::json!([DRIVER]), "{k:#}");
+    let link = controller_link(&report, &kver);
+    assert_eq!(link["state"], "missing", "{link:#}");
+    assert!(link["reason"].as_str().unwrap().contains("not in the image"), "{link:#}");
+    let out = bk(&root, &["--json", "doctor", "--from", snap, "--kver", &kver, "--fix"]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(controller_link(&report, &kver)["state"], "present", "{report:#}");
+    // The image now holds the very file install placed (sha256 of the image's copy).
+    let placed = root.at(format!("/lib/modules/{kver}/extra/megaraid_sas/megaraid_sas.ko"));
+    let listing = run(bootkmod().args(["initramfs", "ls"]).arg(&image));
+    let inside = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .find(|p| p.contains(&format!("/{kver}/")) && p.ends_with("/megaraid_sas.ko"))
+        .map(str::to_string);
+    let inside = inside.unwrap_or_else(|| panic!("no megaraid_sas.ko in {}", text(&listing)));
+    let copy = run(bootkmod().args(["initramfs", "cat"]).arg(&image).arg(&inside));
+    assert!(copy.status.success(), "{}", text(&copy));
+    assert!(copy.stdout == std::fs::read(&placed).unwrap(), "{inside} is not bootkmod's build");
 }
