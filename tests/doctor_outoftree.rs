@@ -10,6 +10,8 @@
 //!   reason, the same text `bootkmod status --json` and `bootkmod check` give;
 //! - a copy of the rt kernel that has its own in-tree megaraid_sas in its image: OK
 //!   although bootkmod's builds are refused there (noted, not a risk);
+//! - the older ABI build: OK when a build serves it (weak-updates/), else AT RISK with
+//!   the refusal: doctor agrees with check whatever check finds there;
 //! - the installed kernel's image rebuilt without the driver: AT RISK, and `--fix`
 //!   injects the build install placed.
 //!
@@ -69,6 +71,8 @@ fn an_out_of_tree_controller_driver_refused_on_a_kernel_puts_that_kernel_at_risk
     let rt_tree = synthetic_release(rt_kver, "tree");
     let Some(newer) = Source::of(&kver, &kver) else { return };
     let Some(rt) = Source::of(rt_kver, &kver) else { return };
+    let older_kver = others.older.as_str();
+    let Some(older) = Source::of(older_kver, &kver) else { return };
     if tool("modprobe").is_none() || tool("depmod").is_none() || tool("modinfo").is_none() {
         return;
     }
@@ -87,7 +91,10 @@ fn an_out_of_tree_controller_driver_refused_on_a_kernel_puts_that_kernel_at_risk
     root.add_kernel(&newer, &kver, &newer.symvers());
     root.add_kernel(&rt, rt_kver, &rt.symvers());
     root.add_kernel(&rt, &rt_tree, &rt.symvers());
-    for (src, release) in [(&newer, kver.as_str()), (&rt, rt_kver), (&rt, rt_tree.as_str())] {
+    root.add_kernel(&older, older_kver, &older.symvers());
+    for (src, release) in
+        [(&newer, kver.as_str()), (&rt, rt_kver), (&rt, rt_tree.as_str()), (&older, older_kver)]
+    {
         add_modules(&root, src, &kver, release, &["sd_mod"]);
     }
     add_modules(&root, &rt, &kver, &rt_tree, &[DRIVER]);
@@ -100,6 +107,7 @@ fn an_out_of_tree_controller_driver_refused_on_a_kernel_puts_that_kernel_at_risk
     );
     image_with(&root, &kver, &["ext4", "sd_mod"]);
     image_with(&root, rt_kver, &["ext4", "sd_mod"]);
+    image_with(&root, older_kver, &["ext4", "sd_mod"]);
     image_with(&root, &rt_tree, &["ext4", "sd_mod", DRIVER]);
 
     // The driver (exit 3: it is unusable on the rt kernels), then its update, kept
@@ -177,6 +185,22 @@ fn an_out_of_tree_controller_driver_refused_on_a_kernel_puts_that_kernel_at_risk
     assert_eq!(link["state"], "present", "{link:#}");
     assert!(link["note"].as_str().unwrap_or_default().contains("not usable"), "{link:#}");
     assert!(status_reason(&rt_tree).contains("module_layout"));
+
+    // The older ABI build of the kernel: whatever check found there, doctor agrees.
+    // Served by a build (weak-updates/, injected by install): OK; refused: AT RISK
+    // with that refusal.
+    let k = verdict(&report, older_kver);
+    let m = status["kernels"].as_array().unwrap().iter().find(|k| k["release"] == older_kver);
+    let m = &m.unwrap()["modules"][0];
+    if m["compatible"] == true {
+        assert_eq!(m["placement"], "weak-updates", "{m:#}");
+        assert_eq!(k["ok"], true, "{older_kver} is served by a build: {k:#}");
+        assert_eq!(controller_link(&report, older_kver)["state"], "present", "{k:#}");
+    } else {
+        let why = m["reasons"][0].as_str().unwrap();
+        assert_eq!(k["ok"], false, "{older_kver} refuses every build: {k:#}");
+        assert!(k["problems"][0].as_str().unwrap().contains(why), "{k:#}");
+    }
 
     // The text names the kernel at risk and the reason too.
     let out = bk(&root, &["doctor", "--from", snap, "--all-kernels"]);
