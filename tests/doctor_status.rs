@@ -12,7 +12,8 @@
 //!   alerts naming it and exits 3; after `doctor --fix` both are quiet;
 //! - a kernel doctor cannot judge (no `modules.dep.bin`) is a note; the others are
 //!   still judged;
-//! - where `/proc` and `/sys` can be read, the live chain wins over a saved snapshot.
+//! - where `/proc` and `/sys` can be read, the live chain wins over a saved snapshot;
+//!   a btrfs root (anonymous `0:N` in mountinfo) is followed through its mount source.
 
 mod common;
 
@@ -269,4 +270,32 @@ fn status_prefers_the_live_chain_to_a_saved_snapshot() {
     expected["recorded_on"] = saved["recorded_on"].clone();
     assert_eq!(saved["devices"], expected["devices"], "{saved:#}");
     assert_eq!(saved["mounts"], expected["mounts"], "{saved:#}");
+
+    // btrfs shows an anonymous MAJ:MIN (0:N) in mountinfo: the chain follows the mount
+    // source to its block device instead, so the controller is still judged.
+    std::os::unix::fs::symlink(
+        "../../devices/pci0000:00/0000:00:04.0/host2/target2:2:0/2:2:0:0/block/sda",
+        {
+            std::fs::create_dir_all(root.at("/sys/class/block")).unwrap();
+            root.at("/sys/class/block/sda")
+        },
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.at("/dev")).unwrap();
+    std::fs::write(root.at("/dev/sda"), b"").unwrap();
+    let at = std::fs::canonicalize(root.path()).unwrap();
+    std::fs::write(
+        root.at("/proc/self/mountinfo"),
+        format!("1 0 0:33 / {} rw - btrfs {}/dev/sda rw\n", at.display(), at.display()),
+    )
+    .unwrap();
+    let out = bk(&root, &["--json", "doctor"]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(3), "the image has no btrfs: {report:#}");
+    let needs: Vec<&str> =
+        report["needs"].as_array().unwrap().iter().filter_map(|n| n["link"].as_str()).collect();
+    assert!(needs.contains(&"filesystem btrfs"), "{needs:?}");
+    assert!(needs.iter().any(|n| n.contains(DRIVER)), "the controller is judged: {needs:?}");
+    let problems = report["kernels"][0]["problems"].to_string();
+    assert!(problems.contains("btrfs") && !problems.contains(DRIVER), "{problems}");
 }

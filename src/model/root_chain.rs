@@ -106,6 +106,8 @@ struct MountInfo {
     majmin: String,
     mount_point: String,
     fstype: String,
+    /// The mount source (`/dev/sda2`, `server:/export`, `tmpfs`).
+    source: String,
 }
 
 /// Parse mountinfo: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SRC
@@ -124,6 +126,7 @@ fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
             majmin: majmin.to_string(),
             mount_point: unescape_octal(point),
             fstype: fstype.to_string(),
+            source: fields.get(dash + 2).map(|s| unescape_octal(s)).unwrap_or_default(),
         };
         out.retain(|m| m.mount_point != mount.mount_point);
         out.push(mount);
@@ -149,6 +152,24 @@ fn unescape_octal(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The sysfs entry of a mount's block device: its `MAJ:MIN` under `/sys/dev/block`; for
+/// a filesystem that shows an anonymous number (`0:N`: btrfs, whose subvolumes get one
+/// each, as well as tmpfs, nfs, overlay) the block device its source names, if any
+/// (`/dev/sda2`; `/dev/mapper/root` resolves to `dm-0`), under `/sys/class/block`. The
+/// source is a path of the reader's own `/dev` (under `--root`, the host's), as
+/// mountinfo shows it. `None`: no block device.
+fn device_link(sys: &Path, m: &MountInfo) -> Option<PathBuf> {
+    if !m.majmin.starts_with("0:") {
+        return Some(sys.join("dev/block").join(&m.majmin));
+    }
+    if !m.source.starts_with('/') {
+        return None;
+    }
+    let device = std::fs::canonicalize(&m.source).ok()?;
+    let link = sys.join("class/block").join(device.file_name()?);
+    link.exists().then_some(link)
 }
 
 /// Mount points fstab marks `x-initrd.mount` (the initramfs mounts them too).
@@ -216,10 +237,9 @@ impl RootChain {
                 }
                 continue;
             };
-            let device = if m.majmin.starts_with("0:") {
-                None
-            } else {
-                Some(chain.add_device(&sys, &sys.join("dev/block").join(&m.majmin))?)
+            let device = match device_link(&sys, m) {
+                Some(link) => Some(chain.add_device(&sys, &link)?),
+                None => None,
             };
             chain.mounts.push(ChainMount { target: point, fstype: m.fstype.clone(), device, why });
         }
@@ -392,6 +412,7 @@ mod tests {
         assert_eq!(m[1].mount_point, "/my boot");
         // The later mount over / wins.
         assert_eq!((m[2].majmin.as_str(), m[2].fstype.as_str()), ("8:3", "xfs"));
+        assert_eq!(m[2].source, "/dev/sda3");
     }
 
     #[test]
