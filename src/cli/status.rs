@@ -58,15 +58,14 @@ pub fn run(ctx: &Context, args: StatusArgs) -> Result<Exit> {
         let kver = args.kver.as_deref().unwrap_or_default();
         return dracut_list(ctx, &ledger, kver);
     }
-    let mut kernels = status::status(&ctx.root, &ledger)?;
+    let (mut kernels, mut doctor) = status::status_with_doctor(&ctx.root, &ledger)?;
     if let Some(k) = &args.kver {
         kernels.retain(|s| &s.release == k);
+        doctor.retain_kernel(k);
         if kernels.is_empty() {
             anyhow::bail!("no kernel {k} under {}", ctx.root.shown("/lib/modules").display());
         }
     }
-    let releases: Vec<String> = kernels.iter().map(|k| k.release.clone()).collect();
-    let doctor = status::doctor(&ctx.root, &ledger, &releases);
     let mut alerts = status::alerts(&ctx.root, &ledger, &kernels);
     alerts.extend(status::doctor_alerts(&ctx.root, &doctor));
     if let Some(k) = &args.kver {
@@ -238,6 +237,9 @@ fn render_doctor(out: &mut impl Write, d: &DoctorStatus) -> std::io::Result<()> 
         } else {
             writeln!(out, "doctor: AT RISK {} ({from}; see above)", at_risk.join(", "))?;
         }
+    }
+    for (release, why) in &d.not_judged {
+        writeln!(out, "doctor: not judged: {release}: {why}")?;
     }
     for n in &d.notes {
         writeln!(out, "doctor: not judged: {n}")?;

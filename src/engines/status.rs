@@ -18,8 +18,7 @@
 //! [`verify`] re-hashes every installed module, stored copy, link target and image and
 //! lists each [`Drift`].
 
-use crate::engines::doctor::{self, ExamineOptions};
-use crate::engines::initramfs;
+use crate::engines::doctor::{self, ImageIndex};
 use crate::engines::inject::{Digests, ImageContents};
 use crate::model::kernel;
 use crate::model::ledger::{
@@ -29,7 +28,8 @@ use crate::model::ledger::{
 use crate::model::module::{name_from_path, sha256_hex};
 use crate::model::root::Root;
 use crate::model::root_chain::{ChainSource, RootChain};
-use anyhow::{Context, Result};
+use anyhow::Result;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One module on one kernel, as it is now.
@@ -110,7 +110,21 @@ pub const REBUILT_SINCE: &str = "rebuilt by another tool since bootkmod wrote it
 
 /// Status of every installed kernel under `root`.
 pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
+    Ok(status_judged(root, ledger, None)?.0)
+}
+
+/// doctor's verdict on one kernel, or why it could not be had.
+type Verdict = (String, Result<doctor::KernelVerdict>);
+
+/// [`status`], and with `needs` (doctor's, from root's chain) doctor's verdict on each
+/// kernel, from the same single read of its image (reading is most of the cost).
+fn status_judged(
+    root: &Root,
+    ledger: &Ledger,
+    needs: Option<&[doctor::Need]>,
+) -> Result<(Vec<KernelStatus>, Vec<Verdict>)> {
     let mut out = Vec::new();
+    let mut verdicts = Vec::new();
     // A kernel kernel-install removed is gone even while its files linger a moment.
     let releases = kernel::releases(root)?;
     for release in releases.into_iter().filter(|r| !ledger.removed_kernels.contains(r)) {
@@ -119,16 +133,26 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
         // An image that cannot be read (not an initramfs, truncated) is this kernel's
         // problem, reported on its line, not a stop for the others.
         let mut image_error = None;
-        let image_files = match &image {
-            Some(p) => match image_module_names(root, p, &release) {
-                Ok(names) => Some(names),
-                Err(e) => {
-                    image_error = Some(format!("{e:#}"));
-                    Some(Vec::new())
-                }
-            },
+        let index = image.as_ref().map(|p| read_image(root, p));
+        let image_files = match &index {
+            Some(Ok((_, index))) => Some(image_module_names(index, &release)),
+            Some(Err(e)) => {
+                image_error = Some(format!("{e:#}"));
+                Some(Vec::new())
+            }
             None => None,
         };
+        if let Some(needs) = needs {
+            let judged = match (&image, &index) {
+                (Some(_), Some(Ok((host, index)))) => Some((host.clone(), Ok(index))),
+                (Some(p), Some(Err(e))) => {
+                    Some((root.host(p).unwrap_or_else(|_| p.clone()), Err(format!("{e:#}"))))
+                }
+                _ => None,
+            };
+            let verdict = doctor::examine_kernel(root, needs, ledger, &release, judged);
+            verdicts.push((release.clone(), verdict));
+        }
         let image_record = recorded.and_then(|k| k.image.as_ref());
         let image_unchanged = match (&image, image_record) {
             (Some(p), Some(rec)) if &rec.path == p => {
@@ -205,7 +229,7 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
             at_risk,
         });
     }
-    Ok(out)
+    Ok((out, verdicts))
 }
 
 /// Something to act on before reading the table (see the module overview).
@@ -347,8 +371,18 @@ pub struct DoctorStatus {
     pub chain: Option<ChainSource>,
     /// The kernels judged.
     pub kernels: Vec<DoctorKernel>,
-    /// Why doctor judged nothing, or some kernel not (`KVER: why`).
+    /// Kernels doctor could not judge (no indexes, say), and why.
+    pub not_judged: BTreeMap<String, String>,
+    /// Why doctor judged nothing.
     pub notes: Vec<String>,
+}
+
+impl DoctorStatus {
+    /// Keep only what concerns kernel `release` (`status --kver`).
+    pub fn retain_kernel(&mut self, release: &str) {
+        self.kernels.retain(|k| k.release == release);
+        self.not_judged.retain(|k, _| k == release);
+    }
 }
 
 /// doctor's verdict on one kernel's image.
@@ -364,53 +398,39 @@ pub struct DoctorKernel {
     pub fix: Vec<String>,
 }
 
-/// Ask doctor about `releases` (see [`DoctorStatus`]). A kernel doctor cannot judge
-/// (no indexes, say) becomes a note; the others are still judged.
-pub fn doctor(root: &Root, ledger: &Ledger, releases: &[String]) -> DoctorStatus {
-    let mut out = DoctorStatus::default();
-    if releases.is_empty() {
-        return out;
-    }
-    let chain = match RootChain::live_or_saved(root) {
+/// [`status`], and doctor's word on every kernel (see [`DoctorStatus`]), each image read
+/// once for both. A kernel doctor cannot judge is a note; the others are still judged.
+pub fn status_with_doctor(
+    root: &Root,
+    ledger: &Ledger,
+) -> Result<(Vec<KernelStatus>, DoctorStatus)> {
+    let mut doctor = DoctorStatus::default();
+    let needs = match RootChain::live_or_saved(root) {
         Ok((chain, source)) => {
-            out.chain = Some(source);
-            chain
+            doctor.chain = Some(source);
+            Some(doctor::needs(&chain))
         }
         Err(e) => {
-            out.notes.push(format!("no chain of root to judge: {e:#}"));
-            return out;
+            doctor.notes.push(format!("no chain of root to judge: {e:#}"));
+            None
         }
     };
-    let ask = |kernels: &[String]| {
-        let opts = ExamineOptions { kernels: kernels.to_vec(), image: None };
-        doctor::examine(root, &chain, ledger, &opts)
-    };
-    let verdicts = match ask(releases) {
-        Ok(e) => e.kernels,
-        // One kernel's error fails the whole examination: ask again one by one.
-        Err(_) => releases
-            .iter()
-            .filter_map(|r| match ask(std::slice::from_ref(r)) {
-                Ok(e) => Some(e.kernels),
-                Err(e) => {
-                    out.notes.push(format!("{r}: not judged: {e:#}"));
-                    None
-                }
-            })
-            .flatten()
-            .collect(),
-    };
-    out.kernels = verdicts
-        .into_iter()
-        .map(|k| DoctorKernel {
-            release: k.release,
-            image: k.image,
-            ok: k.ok,
-            problems: k.problems,
-            fix: k.fix,
-        })
-        .collect();
-    out
+    let (kernels, verdicts) = status_judged(root, ledger, needs.as_deref())?;
+    for (release, verdict) in verdicts {
+        match verdict {
+            Ok(k) => doctor.kernels.push(DoctorKernel {
+                release: k.release,
+                image: k.image,
+                ok: k.ok,
+                problems: k.problems,
+                fix: k.fix,
+            }),
+            Err(e) => {
+                doctor.not_judged.insert(release, format!("{e:#}"));
+            }
+        }
+    }
+    Ok((kernels, doctor))
 }
 
 /// An alert per problem of each kernel doctor finds at risk.
@@ -437,22 +457,26 @@ pub fn doctor_alerts(root: &Root, doctor: &DoctorStatus) -> Vec<Alert> {
     out
 }
 
-/// Names of the modules of `release` inside an image.
-fn image_module_names(root: &Root, image: &Path, release: &str) -> Result<Vec<String>> {
+/// Read the image at target path `image` once (the kernel's unpacking rules): its host
+/// path and what status and doctor need of it.
+fn read_image(root: &Root, image: &Path) -> Result<(PathBuf, ImageIndex)> {
     let host = root.host(image)?;
-    let file =
-        std::fs::File::open(&host).with_context(|| format!("{}: cannot open", host.display()))?;
-    let (view, _) =
-        initramfs::read_view(std::io::BufReader::new(file), &host.display().to_string())?;
+    let index = ImageIndex::open(&host)?;
+    Ok((host, index))
+}
+
+/// Names of the modules of `release` inside an image.
+fn image_module_names(image: &ImageIndex, release: &str) -> Vec<String> {
     let marker = format!("modules/{release}/");
-    Ok(view
+    image
+        .view()
         .entries()
         .filter(|e| e.inode.file_type() == crate::formats::cpio::S_IFREG)
         .map(|e| String::from_utf8_lossy(e.path).into_owned())
         .filter(|p| p.contains(&marker))
         .filter(|p| crate::model::tree::is_module_file(p))
         .map(|p| name_from_path(Path::new(&p)))
-        .collect())
+        .collect()
 }
 
 /// Something that is no longer as bootkmod left it.
