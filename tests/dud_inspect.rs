@@ -255,3 +255,44 @@ fn a_bare_rpm_and_a_dir_tree_are_media_too() {
     assert_eq!(code, Some(3));
     assert_eq!(v["nested_isos"][0], "dd.iso");
 }
+
+#[test]
+fn copies_of_one_module_from_other_tools_get_the_same_verdict() {
+    let t = tempfile::tempdir().unwrap();
+    let k = RHEL_RELEASE;
+    let older = "5.14.0-284.11.1.el9_2.x86_64";
+    // One package holding the module for two kernels: both copies land on one path.
+    handmade(
+        t.path(),
+        "kmod-two-in-one",
+        vec![rpm::Dependency::greater_eq("kernel-modules", older)],
+        &[
+            (&format!("/lib/modules/{older}/extra/m/m.ko"), None),
+            (&format!("/lib/modules/{k}/extra/m/m.ko.xz"), None),
+        ],
+    );
+    // Two packages taken, but one copy of `n` sits where nothing loads it.
+    handmade(
+        t.path(),
+        "kmod-n-lib",
+        vec![rpm::Dependency::greater_eq("kernel-modules", older)],
+        &[(&format!("/lib/modules/{older}/extra/n/n.ko"), None)],
+    );
+    handmade(
+        t.path(),
+        "kmod-n-usr",
+        vec![rpm::Dependency::greater_eq("kernel-modules", older)],
+        &[(&format!("/usr/lib/modules/{k}/extra/n/n.ko"), None)],
+    );
+    let (code, v) = inspect_json(t.path(), k, "x86_64");
+    assert_eq!(code, Some(0));
+    let builds = v["module_builds"].as_array().unwrap();
+    let of = |m: &str| builds.iter().find(|b| b["module"] == m).unwrap_or_else(|| panic!("{v:#}"));
+    let m = of("m");
+    assert_eq!(m["builds"].as_array().unwrap().len(), 2, "{m:#}");
+    assert_eq!(m["undecided"], true, "{m:#}");
+    assert!(m["why"].as_str().unwrap().contains(&format!("/lib/modules/{k}/updates/extra/m/")));
+    let n = of("n");
+    assert_eq!(n["undecided"], false, "{n:#}");
+    assert_eq!(n["loaded"], "kmod-n-lib-1.0-1.x86_64", "{n:#}");
+}

@@ -2,7 +2,9 @@
 
 use super::{print_json, Context};
 use crate::engines::dud::{inspect, Inspection};
-use crate::engines::dud_package::{plan_package, read_modules, FirmwareFile, PackageOptions};
+use crate::engines::dud_package::{
+    plan_builds, read_modules, split_builds, FirmwareFile, PackageOptions,
+};
 use crate::exit::Exit;
 use crate::model::dud::Medium;
 use crate::model::kernel::{Interest, Kernel, KernelOptions};
@@ -29,12 +31,16 @@ pub enum DudCommand {
 
 /// Build a Driver Update Disk from prebuilt modules, with no toolchain.
 ///
-/// One kmod RPM per invocation (Name: kmod-NAME, Provides: kernel-modules >= the
-/// modules' vermagic release), on an ISO9660 disk labelled OEMDRV (or as a directory
-/// tree, or the bare RPM). Set SOURCE_DATE_EPOCH for byte-identical rebuilds.
+/// One kmod RPM per build: the modules built for one kernel release (Name: kmod-NAME,
+/// Provides: kernel-modules >= their vermagic release), on an ISO9660 disk labelled
+/// OEMDRV (or as a directory tree, or the bare RPM). Builds of one driver for several
+/// kernels give one RPM each, named kmod-NAME-RELEASE; Anaconda takes every one whose
+/// release is not above the installer's kernel (see `dud inspect`). Set
+/// SOURCE_DATE_EPOCH for byte-identical rebuilds.
 ///
 /// Examples:
 ///   bootkmod dud build ./megaraid_sas.ko -o dd.iso
+///   bootkmod dud build el9_2/megaraid_sas.ko el9_4/megaraid_sas.ko -o dd.iso
 ///   bootkmod dud build a.ko b.ko --firmware fw.bin --name vendor-hba --version 1.2 -o dd.iso
 ///   bootkmod dud build ./x.ko --format rpm -o . --sign-key key.asc
 #[derive(Debug, clap::Args)]
@@ -48,12 +54,14 @@ pub struct BuildArgs {
     #[arg(long, value_name = "FILE")]
     pub firmware: Vec<PathBuf>,
     /// Output: the ISO file, the directory, or the RPM file (a directory for --format
-    /// rpm puts the RPM in it under rpm's own file name).
+    /// rpm puts the RPM in it under rpm's own file name; with several builds it is
+    /// always a directory).
     #[arg(short, long, value_name = "PATH")]
     pub output: PathBuf,
     #[arg(long, value_enum, default_value = "iso")]
     pub format: DudFormat,
-    /// Package name after `kmod-` (default: the first module's name).
+    /// Package name after `kmod-` (default: the first module's name; with several
+    /// builds, the first module of the oldest one).
     #[arg(long)]
     pub name: Option<String>,
     /// Package version (default: the first module's version=).
@@ -81,7 +89,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "DIR")]
     pub check_root: Option<PathBuf>,
     /// Kernel release to check against under --check-root (default: the modules'
-    /// vermagic release).
+    /// vermagic release; each build its own when there are several).
     #[arg(long, value_name = "K", requires = "check_root")]
     pub check_kver: Option<String>,
     /// Compute and show the package, write nothing.
@@ -113,7 +121,9 @@ pub struct InspectArgs {
 ///
 /// Copies the modules and firmware Anaconda would take into ROOT/lib/modules/K/updates/
 /// and ROOT/lib/firmware/updates/, then regenerates K's module indexes. For %pre/%post
-/// scripts and tests. Exit 3 when nothing on the disk is for K.
+/// scripts and tests. Exit 3 when nothing on the disk is for K. A disk on which K takes
+/// several builds of one module is refused (Anaconda's outcome there follows directory
+/// order; `dud inspect` shows it).
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
     /// The driver disk: an ISO image, a directory, or a bare .rpm.
@@ -160,25 +170,31 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<Exit> {
             Ok(FirmwareFile { path: p.clone(), content })
         })
         .collect::<Result<Vec<_>>>()?;
-    let target = match &args.check_root {
-        Some(dir) => {
-            let release = match &args.check_kver {
-                Some(k) => k.clone(),
-                None => modules
-                    .first()
-                    .and_then(|m| m.module.vermagic())
-                    .and_then(|v| v.split_whitespace().next())
-                    .unwrap_or_default()
-                    .to_string(),
-            };
-            let set: Vec<_> = modules.iter().map(|m| m.module.clone()).collect();
-            let opts = KernelOptions { interest: Some(Interest::of(&set)), ..Default::default() };
-            Some(Kernel::read(&Root::new(dir), &release, &opts)?)
-        }
-        None => None,
+    let builds = split_builds(modules, args.arch.as_deref())?;
+    if builds.len() > 1 && args.check_kver.is_some() {
+        eprintln!(
+            "bootkmod: --check-kver names one kernel, but the modules are builds for {} \
+             kernels; without it each build is checked against its own release under \
+             --check-root",
+            builds.len()
+        );
+        return Ok(Exit::Usage);
+    }
+    let targets = match &args.check_root {
+        Some(dir) => builds
+            .iter()
+            .map(|build| {
+                let release = args.check_kver.clone().unwrap_or(build.kernel_release.clone());
+                let set: Vec<_> = build.modules.iter().map(|m| m.module.clone()).collect();
+                let opts =
+                    KernelOptions { interest: Some(Interest::of(&set)), ..Default::default() };
+                Kernel::read(&Root::new(dir), &release, &opts).map(Some)
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
     };
-    let plan = plan_package(
-        &modules,
+    let plans = plan_builds(
+        &builds,
         &firmware,
         &PackageOptions {
             name: args.name,
@@ -186,8 +202,9 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<Exit> {
             release: args.release,
             arch: args.arch,
             kabi_requires: args.kabi_requires,
+            name_suffix: None,
         },
-        target.as_ref(),
+        &targets,
     )?;
     let sign_key = match &args.sign_key {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?),
@@ -200,42 +217,46 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<Exit> {
         source_date: source_date_epoch()?,
         sign_key,
     };
-    let output = if args.format == DudFormat::Rpm && args.output.is_dir() {
-        args.output.join(plan.file_name())
-    } else {
-        args.output
+    let output = match plans.as_slice() {
+        [only] if args.format == DudFormat::Rpm && args.output.is_dir() => {
+            args.output.join(only.file_name())
+        }
+        _ => args.output,
     };
-    for w in &plan.warnings {
+    for w in plans.iter().flat_map(|p| &p.warnings) {
         eprintln!("bootkmod: warning: {w}");
     }
-    let report = ops::build(plan, &output, &opts, args.dry_run)?;
+    let report = ops::build(plans, &output, &opts, args.dry_run)?;
     if ctx.json {
         print_json(&report)?;
         return Ok(Exit::Ok);
     }
     let mut out = std::io::stdout().lock();
-    let p = &report.package;
-    writeln!(
-        out,
-        "{} {}-{}.{} for kernel {}",
-        p.name, p.version, p.release, p.arch, p.kernel_release
-    )?;
-    for d in &p.provides {
-        writeln!(out, "  Provides: {d}")?;
-    }
-    for d in &p.requires {
-        writeln!(out, "  Requires: {d}")?;
-    }
-    for f in &p.files {
-        writeln!(out, "  {:>8}  {}", f.size, f.path)?;
+    for built in &report.builds {
+        let p = &built.package;
+        writeln!(
+            out,
+            "{} {}-{}.{} for kernel {}",
+            p.name, p.version, p.release, p.arch, p.kernel_release
+        )?;
+        for d in &p.provides {
+            writeln!(out, "  Provides: {d}")?;
+        }
+        for d in &p.requires {
+            writeln!(out, "  Requires: {d}")?;
+        }
+        for f in &p.files {
+            writeln!(out, "  {:>8}  {}", f.size, f.path)?;
+        }
     }
     let verb = if report.dry_run { "would write" } else { "wrote" };
+    let sizes: Vec<String> = report.builds.iter().map(|b| b.rpm_size.to_string()).collect();
     writeln!(
         out,
         "{verb} {} ({:?}, RPM {} bytes{})",
         report.output.display(),
         report.format,
-        report.rpm_size,
+        sizes.join(" + "),
         if report.signed { ", signed" } else { "" }
     )?;
     Ok(Exit::Ok)
@@ -301,6 +322,18 @@ fn run_inspect(ctx: &Context, args: InspectArgs) -> Result<Exit> {
             }
         }
     }
+    for m in &inspection.module_builds {
+        writeln!(out, "  module {}: {} builds on the disk", m.module, m.builds.len())?;
+        for b in &m.builds {
+            let verdict = if b.taken { "TAKEN" } else { "skipped" };
+            writeln!(out, "    {verdict:<8} {} ({})", b.nevra, b.kernel_modules.join(", "))?;
+        }
+        match &m.loaded {
+            Some(build) => writeln!(out, "    Anaconda loads {build}: {}", m.why)?,
+            None if m.undecided => writeln!(out, "    UNDECIDED: {}", m.why)?,
+            None => writeln!(out, "    none taken: {}", m.why)?,
+        }
+    }
     Ok(exit)
 }
 
@@ -314,6 +347,15 @@ fn apply(ctx: &Context, args: ApplyArgs) -> Result<Exit> {
             args.arch
         );
         return Ok(Exit::Negative);
+    }
+    // Anaconda's own result is decided by directory order there: no build is "the one".
+    if let Some(m) = inspection.module_builds.iter().find(|m| m.undecided) {
+        anyhow::bail!(
+            "{}: refusing to pick one of several builds of {}: {}",
+            args.dud.display(),
+            m.module,
+            m.why
+        );
     }
     let report = ops::apply(&ctx.root, &inspection, &args.kver, args.dry_run)?;
     if ctx.json {

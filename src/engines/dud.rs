@@ -6,12 +6,18 @@
 //! (`kernel-modules` against the kernel release, `installer-enhancement` against the
 //! installer version) decide whether it is taken and what it may contribute → each
 //! payload file is classed by the extractor's filter, and modules under `lib/modules/`
-//! and firmware under `lib/firmware/` get their destination in the running system.
+//! and firmware under `lib/firmware/` get their destination in the running system →
+//! modules of one name carried by several packages (builds for several kernels) get a
+//! verdict of their own ([`ModuleBuilds`]): Anaconda takes *every* package whose
+//! Provides holds and never compares their versions (`dracut/driver_updates.py`:
+//! `extract_drivers` extracts each into one directory, `grab_driver_files` copies each
+//! module file to its `updates/` destination in directory-walk order, so a later copy
+//! replaces an earlier one). Only a single taken build is a decided outcome.
 //! Pure: RPMs are parsed from the bytes the model read.
 
 use crate::formats::dud::{
-    extract_class, normalise_payload_path, provide_matches, sense_operator, updates_destination,
-    ExtractClass, PackageFlags, INSTALLER_ENHANCEMENT, KERNEL_MODULES,
+    extract_class, module_name, normalise_payload_path, provide_matches, sense_operator,
+    updates_destination, ExtractClass, PackageFlags, INSTALLER_ENHANCEMENT, KERNEL_MODULES,
 };
 use crate::model::dud::{Medium, MediumKind};
 
@@ -41,6 +47,8 @@ pub struct PackageVerdict {
     pub provides: Vec<ProvideVerdict>,
     /// Why the package is not taken, or problems with what it carries.
     pub reasons: Vec<String>,
+    /// Payload paths of the module files it carries, taken or not.
+    pub module_files: Vec<String>,
     pub files: Vec<FileVerdict>,
 }
 
@@ -69,6 +77,38 @@ pub struct Inspection {
     pub repos: Vec<RepoVerdict>,
     /// Top-level `.iso` files, which Anaconda opens only when the medium has no repo.
     pub nested_isos: Vec<String>,
+    /// Each module name that more than one package on the medium carries (several
+    /// builds of a driver), and which build Anaconda ends up with for this kernel.
+    pub module_builds: Vec<ModuleBuilds>,
+}
+
+/// One copy of the module a [`ModuleBuilds`] is about: a module file of a package.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildOfModule {
+    pub nevra: String,
+    /// Path of the package on the medium.
+    pub path: String,
+    /// The module file's path in the package's payload.
+    pub file: String,
+    pub taken: bool,
+    /// Its `kernel-modules` Provides as rpm prints them (`kernel-modules >= 5.14.0-...`).
+    pub kernel_modules: Vec<String>,
+    /// Where its copy of the module lands in the running system, when taken.
+    pub destination: Option<String>,
+}
+
+/// Several builds of one module on the medium, and Anaconda's outcome for the kernel.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModuleBuilds {
+    pub module: String,
+    /// Every copy on the medium (usually one per package), in the medium's order.
+    pub builds: Vec<BuildOfModule>,
+    /// The build whose copy Anaconda loads, when the rules decide it: the only one taken.
+    pub loaded: Option<String>,
+    /// More than one build is taken: which copy is loaded follows directory order, not
+    /// version, so no build can be named.
+    pub undecided: bool,
+    pub why: String,
 }
 
 impl Inspection {
@@ -91,7 +131,7 @@ impl Inspection {
 /// Inspect `medium` for kernel release `kernel` (whole `uname -r`) on `arch`, with the
 /// installer version `installer` for `installer-enhancement` packages.
 pub fn inspect(medium: &Medium, kernel: &str, arch: &str, installer: Option<&str>) -> Inspection {
-    let repos = medium
+    let repos: Vec<RepoVerdict> = medium
         .repos
         .iter()
         .map(|repo| {
@@ -118,6 +158,7 @@ pub fn inspect(medium: &Medium, kernel: &str, arch: &str, installer: Option<&str
             }
         })
         .collect();
+    let module_builds = module_builds(&repos, kernel);
     Inspection {
         source: medium.source.display().to_string(),
         kind: medium.kind,
@@ -125,6 +166,117 @@ pub fn inspect(medium: &Medium, kernel: &str, arch: &str, installer: Option<&str
         arch: arch.to_string(),
         repos,
         nested_isos: medium.nested_isos.clone(),
+        module_builds,
+    }
+}
+
+/// The module names several packages carry, with Anaconda's outcome for `kernel`.
+///
+/// The rule, from `dracut/driver_updates.py`: `extract_drivers` extracts every package
+/// `dd_list` lists (each whose Provides holds) into one directory, in the order the
+/// repo's directory lists them, and names each for installation on the target;
+/// `grab_driver_files` then copies every extracted module file to its destination under
+/// `/lib/modules/<kernel>/updates/` (the built-for release directory dropped), in the
+/// order a walk of that directory yields them. No step compares package or kernel
+/// versions: with one taken build that build is loaded; with several, copies of one
+/// destination replace each other and the last one written stays.
+fn module_builds(repos: &[RepoVerdict], kernel: &str) -> Vec<ModuleBuilds> {
+    let mut by_name: Vec<(String, Vec<BuildOfModule>)> = Vec::new();
+    for p in repos.iter().flat_map(|r| &r.packages) {
+        for file in &p.module_files {
+            let Some(module) = module_name(file) else { continue };
+            let build = BuildOfModule {
+                nevra: p.nevra.clone(),
+                path: p.path.clone(),
+                file: file.clone(),
+                taken: p.taken,
+                kernel_modules: p
+                    .provides
+                    .iter()
+                    .filter(|pv| pv.provide.starts_with(KERNEL_MODULES))
+                    .map(|pv| pv.provide.clone())
+                    .collect(),
+                destination: p
+                    .files
+                    .iter()
+                    .find(|f| &f.path == file)
+                    .and_then(|f| f.destination.clone()),
+            };
+            match by_name.iter_mut().find(|(name, _)| name == module) {
+                Some((_, builds)) => builds.push(build),
+                None => by_name.push((module.to_string(), vec![build])),
+            }
+        }
+    }
+    by_name
+        .into_iter()
+        .filter(|(_, builds)| builds.len() > 1)
+        .map(|(module, builds)| {
+            let (loaded, undecided, why) = outcome(&module, &builds, kernel);
+            ModuleBuilds { module, builds, loaded, undecided, why }
+        })
+        .collect()
+}
+
+/// Anaconda's outcome for one module's copies: (the build loaded, undecided, why).
+fn outcome(module: &str, builds: &[BuildOfModule], kernel: &str) -> (Option<String>, bool, String) {
+    let taken: Vec<&BuildOfModule> = builds.iter().filter(|b| b.taken).collect();
+    let loaded: Vec<&BuildOfModule> =
+        taken.iter().copied().filter(|b| b.destination.is_some()).collect();
+    match (taken.as_slice(), loaded.as_slice()) {
+        ([], _) => {
+            (None, false, format!("Anaconda takes no build of {module} for kernel {kernel}"))
+        }
+        (_, []) => (
+            None,
+            false,
+            format!(
+                "no taken copy of {module} is ever loaded on kernel {kernel} (see the packages)"
+            ),
+        ),
+        ([_], [only]) => (
+            Some(only.nevra.clone()),
+            false,
+            format!(
+                "the only build Anaconda takes for kernel {kernel}; the others are skipped (see \
+                 their packages)"
+            ),
+        ),
+        (_, [only]) => (
+            Some(only.nevra.clone()),
+            false,
+            format!("the only taken copy of {module} that lands under updates/ on kernel {kernel}"),
+        ),
+        (_, several) => {
+            let mut names: Vec<&str> = several.iter().map(|b| b.nevra.as_str()).collect();
+            names.dedup();
+            let mut places: Vec<String> = several
+                .iter()
+                .filter_map(|b| b.destination.as_ref())
+                .map(|d| format!("/{d}"))
+                .collect();
+            places.sort();
+            places.dedup();
+            let landing = match places.as_slice() {
+                [one] => {
+                    format!("every copy of {module} is written to {one} and the last one stays")
+                }
+                _ => format!(
+                    "copies of {module} land at {} and depmod keeps one of them",
+                    places.join(", ")
+                ),
+            };
+            (
+                None,
+                true,
+                format!(
+                    "kernel {kernel} takes {} copies of {module} ({}): Anaconda never compares \
+                     versions; {landing}, in the order directories list them",
+                    several.len(),
+                    names.join(", ")
+                ),
+            )
+        }
     }
 }
 
@@ -142,6 +294,7 @@ fn judge_package(
         flags: PackageFlags::default(),
         provides: Vec::new(),
         reasons: Vec::new(),
+        module_files: Vec::new(),
         files: Vec::new(),
     };
     // The rpm crate panics on some hostile headers: its frame is checked first.
@@ -159,6 +312,13 @@ fn judge_package(
     let meta = &package.metadata;
     verdict.name = meta.get_name().unwrap_or_default().to_string();
     verdict.nevra = meta.get_nevra().map(|n| n.to_string()).unwrap_or_default();
+    verdict.module_files = meta
+        .get_file_paths()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.display().to_string())
+        .filter(|p| module_name(p).is_some())
+        .collect();
     let provides = meta.get_provides().unwrap_or_default();
     for dep in &provides {
         let sense = dep.flags.bits();

@@ -3,8 +3,10 @@
 //!
 //! Flow: module files read as [`Module`]s → [`check_plausible`] refuses what cannot be
 //! a driver for the target, and [`check_compatible`] (when a target kernel tree is
-//! given) what its loader would refuse → [`plan_package`] derives the package identity, dependencies, payload paths and
-//! scriptlets. [`crate::operations::dud`] turns the plan into RPM, directory and ISO
+//! given) what its loader would refuse → [`split_builds`] groups them by the kernel
+//! release they were built for (one build, one package) → [`plan_builds`] /
+//! [`plan_package`] derive each package's identity, dependencies, payload paths and
+//! scriptlets. [`crate::operations::dud`] turns the plans into RPM, directory and ISO
 //! bytes.
 //!
 //! The rules (DESIGN.md §3, "Driver Update Disk"):
@@ -16,11 +18,18 @@
 //! - Payload under `lib/modules/<kver>/extra/<name>/` as plain `.ko` (RHEL 8's extractor
 //!   takes nothing else reliably), no symlinks; firmware under `lib/firmware/`;
 //!   a `depmod.d` override so the driver wins over an in-tree module of the same name.
+//! - Several builds of a driver (modules built for different kernel releases) make one
+//!   package each, named `kmod-<name>-<release>` so that every name is distinct:
+//!   Anaconda lists the *names* of the packages it took for dnf to install on the
+//!   target (`dracut/driver_updates.py`, `extract_drivers`; read by pyanaconda's
+//!   `collect_driver_disk_requirements`), and under one shared name dnf would install
+//!   only the highest version, whichever build the installer took.
 
 use crate::engines::compat;
 use crate::formats::compression::{self, Compression};
 use crate::formats::dud::rpm_arch;
 use crate::formats::elf::Endian;
+use crate::formats::rpmvercmp::rpmvercmp;
 use crate::model::kernel::Kernel;
 use crate::model::module::Module;
 use anyhow::{bail, Context, Result};
@@ -53,6 +62,9 @@ pub struct PackageOptions {
     /// Target architecture (`uname -m`); modules for another machine are refused.
     pub arch: Option<String>,
     pub kabi_requires: bool,
+    /// Appended to the package name (`kmod-<name>-<suffix>`) when the disk holds several
+    /// builds of the driver ([`plan_builds`] sets it); `None` for a single build.
+    pub name_suffix: Option<String>,
 }
 
 /// One dependency as rpm prints it: `name op version`.
@@ -180,6 +192,123 @@ fn kernel_release(module: &Module) -> Option<&str> {
     module.vermagic()?.split_whitespace().next()
 }
 
+/// The modules built for one kernel release: one package on the disk.
+#[derive(Debug, Clone)]
+pub struct Build {
+    /// The vermagic release the modules were built for, as `uname -r` prints it.
+    pub kernel_release: String,
+    /// In the order given.
+    pub modules: Vec<PackagedModule>,
+}
+
+/// Group modules into builds, one per vermagic release, oldest release first under
+/// rpmvercmp (the order Anaconda's `kernel-modules >=` test ranks them in). Implausible
+/// modules are refused ([`check_plausible`]), and so is a module name given twice for one
+/// release, naming both files: one package cannot carry two files of one name.
+pub fn split_builds(modules: Vec<PackagedModule>, arch: Option<&str>) -> Result<Vec<Build>> {
+    if modules.is_empty() {
+        bail!("no modules given");
+    }
+    let mut builds: Vec<Build> = Vec::new();
+    for m in modules {
+        check_plausible(&m.module, arch)?;
+        let release = kernel_release(&m.module).unwrap_or_default().to_string();
+        let index = match builds.iter().position(|b| b.kernel_release == release) {
+            Some(i) => i,
+            None => {
+                builds.push(Build { kernel_release: release.clone(), modules: Vec::new() });
+                builds.len() - 1
+            }
+        };
+        let build = &mut builds[index];
+        let name = m.module.name();
+        if let Some(other) = build.modules.iter().find(|o| o.module.name() == name) {
+            bail!(
+                "{}: module {name} built for kernel {release} is given twice (also {}); a disk \
+                 carries one build of a module per kernel release",
+                display(&m.module),
+                display(&other.module)
+            );
+        }
+        build.modules.push(m);
+    }
+    builds.sort_by(|a, b| rpmvercmp(&a.kernel_release, &b.kernel_release));
+    Ok(builds)
+}
+
+/// Plan one package per build. A single build is exactly [`plan_package`]. Several
+/// builds share the package name's base (`--name`, else the oldest build's first module)
+/// and each gets its kernel release as a name suffix (`-` turned into `_`), so names,
+/// files and repo entries never collide; each keeps its own `kernel-modules >=` release.
+/// `targets[i]`, when given, is the kernel build `i` must load on.
+pub fn plan_builds(
+    builds: &[Build],
+    firmware: &[FirmwareFile],
+    opts: &PackageOptions,
+    targets: &[Option<Kernel>],
+) -> Result<Vec<PackagePlan>> {
+    let target = |i: usize| targets.get(i).and_then(Option::as_ref);
+    let (first, several) = match builds {
+        [] => bail!("no modules given"),
+        [only] => return Ok(vec![plan_package(&only.modules, firmware, opts, target(0))?]),
+        [first, ..] => (first, builds),
+    };
+    let base = match &opts.name {
+        Some(n) => n.clone(),
+        None => first.modules.first().map(|m| m.module.name()).unwrap_or_default(),
+    };
+    let mut plans = Vec::with_capacity(several.len());
+    for (i, build) in several.iter().enumerate() {
+        let release = &build.kernel_release;
+        if !release.chars().all(|c| c.is_ascii_alphanumeric() || "._+~^-".contains(c)) {
+            bail!("kernel release {release:?} cannot be part of an rpm package name");
+        }
+        let opts = PackageOptions {
+            name: Some(base.clone()),
+            name_suffix: Some(release.replace('-', "_")),
+            ..opts.clone()
+        };
+        plans.push(plan_package(&build.modules, firmware, &opts, target(i))?);
+    }
+    if let Some(other) = plans.iter().find(|p| p.arch != plans[0].arch) {
+        bail!(
+            "builds for {} and {}: one disk per architecture (pass --arch to see which)",
+            plans[0].arch,
+            other.arch
+        );
+    }
+    let mut file_names = BTreeSet::new();
+    for plan in &plans {
+        if !file_names.insert(plan.file_name()) {
+            bail!("two builds would both be written as {}", plan.file_name());
+        }
+    }
+    // Anaconda takes every package whose `kernel-modules >=` holds: from the second
+    // oldest release of a module on, a kernel takes several builds of it.
+    let mut releases_of: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for build in several {
+        for m in &build.modules {
+            releases_of.entry(m.module.name()).or_default().push(&build.kernel_release);
+        }
+    }
+    let mut warnings = Vec::new();
+    for (module, releases) in &releases_of {
+        if let [_, second, ..] = releases.as_slice() {
+            warnings.push(format!(
+                "module {module} has builds for {}: a kernel at or above {second} satisfies the \
+                 kernel-modules Provides of more than one, Anaconda then takes them all, and \
+                 which copy it loads follows directory order, not version (see `bootkmod dud \
+                 inspect`)",
+                releases.join(", ")
+            ));
+        }
+    }
+    if let Some(last) = plans.last_mut() {
+        last.warnings.extend(warnings);
+    }
+    Ok(plans)
+}
+
 /// Derive the package from plausible modules.
 pub fn plan_package(
     modules: &[PackagedModule],
@@ -228,6 +357,10 @@ pub fn plan_package(
         }
     }
 
+    let package_name = match &opts.name_suffix {
+        Some(suffix) => format!("kmod-{base}-{suffix}"),
+        None => format!("kmod-{base}"),
+    };
     let extra_dir = format!("/lib/modules/{kernel}/extra/{base}");
     let mut files = Vec::new();
     let mut provides = vec![Dep {
@@ -286,7 +419,9 @@ pub fn plan_package(
         override_conf.push_str(&format!("override {name} * weak-updates/{base}\n"));
     }
     files.push(PayloadFile {
-        path: format!("/etc/depmod.d/kmod-{base}.conf"),
+        // Named after the package: two builds installed side by side on the target must
+        // not both own one path with different contents (rpm refuses the transaction).
+        path: format!("/etc/depmod.d/{package_name}.conf"),
         mode: 0o644,
         size: override_conf.len(),
         content: override_conf.into_bytes(),
@@ -334,7 +469,7 @@ pub fn plan_package(
     }
     Ok(PackagePlan {
         warnings,
-        name: format!("kmod-{base}"),
+        name: package_name,
         version,
         release: opts.release.clone(),
         arch,

@@ -85,6 +85,17 @@ pub struct PackageFlags {
 
 const MODULE_SUFFIXES: [&str; 5] = [".ko", ".ko.gz", ".ko.xz", ".ko.bz2", ".ko.zst"];
 
+/// The module name Anaconda files a payload module under: the file name up to its first
+/// `.ko` (`driver_updates.py`, `grab_driver_files`). `None` for a file that is not a
+/// module to the extractor.
+pub fn module_name(path: &str) -> Option<&str> {
+    let file = path.rsplit('/').next()?;
+    if !MODULE_SUFFIXES.iter().any(|s| file.ends_with(s)) {
+        return None;
+    }
+    file.split(".ko").next().filter(|n| !n.is_empty())
+}
+
 /// Strip what the extractor strips from an archive path: leading `/` and `./`.
 pub fn normalise_payload_path(path: &str) -> &str {
     let mut p = path;
@@ -195,6 +206,10 @@ mod tests {
         assert_eq!(extract_class("lib/modules/5.14/a.ko", e), None);
         assert_eq!(normalise_payload_path("./lib/a.ko"), "lib/a.ko");
         assert_eq!(normalise_payload_path("//./x"), "x");
+        assert_eq!(module_name("lib/modules/5.14/extra/a/a_b.ko.xz"), Some("a_b"));
+        assert_eq!(module_name("/lib/modules/5.14/extra/a/a.ko"), Some("a"));
+        assert_eq!(module_name("lib/firmware/a.ko.bin"), None);
+        assert_eq!(module_name("lib/modules/5.14/.ko"), None);
     }
 
     proptest::proptest! {

@@ -5,7 +5,8 @@
 //!   gzip or xz payload as Anaconda's extractor requires), optionally signed with an
 //!   OpenPGP secret key.
 //! - The disk is ISO9660 with Rock Ridge and Joliet written by `hadris-iso` (no external
-//!   tool): `rhdd3` and `rpms/<arch>/<package>.rpm`, volume label `OEMDRV` by default.
+//!   tool): `rhdd3` and `rpms/<arch>/<package>.rpm` (one per build of the driver),
+//!   volume label `OEMDRV` by default.
 //!   With `SOURCE_DATE_EPOCH` every timestamp (RPM build time, file times, ISO volume
 //!   dates, signature time) comes from it, so the same inputs give the same bytes.
 //! - Every file lands through [`AtomicSet`] (temp file, fsync, rename, fsync dir).
@@ -112,23 +113,20 @@ fn dependency(d: &crate::engines::dud_package::Dep) -> rpm::Dependency {
     }
 }
 
-/// The ISO9660 image of a one-package disk.
-pub fn build_iso(
-    arch: &str,
-    rpm_name: &str,
-    rpm_bytes: &[u8],
-    opts: &BuildOptions,
-) -> Result<Vec<u8>> {
+/// The ISO9660 image of a disk holding `rpms` (file name, bytes) for `arch`.
+pub fn build_iso(arch: &str, rpms: &[(String, Vec<u8>)], opts: &BuildOptions) -> Result<Vec<u8>> {
     use hadris_fs::{Content, DateTime, Node, Tree};
     use hadris_iso::{IsoId, IsoOptions};
     let mut tree = Tree::new();
     tree.insert(REPO_MARKER, Node::file(Content::bytes(rhdd3_text())))
         .map_err(|e| anyhow::anyhow!("ISO tree: {e:?}"))?;
-    tree.insert(
-        format!("{}/{rpm_name}", rpms_dir(arch)),
-        Node::file(Content::bytes(rpm_bytes.to_vec())),
-    )
-    .map_err(|e| anyhow::anyhow!("ISO tree: {e:?}"))?;
+    for (rpm_name, rpm_bytes) in rpms {
+        tree.insert(
+            format!("{}/{rpm_name}", rpms_dir(arch)),
+            Node::file(Content::bytes(rpm_bytes.clone())),
+        )
+        .map_err(|e| anyhow::anyhow!("ISO tree: {e:?}"))?;
+    }
     let time = DateTime::from_unix_seconds(i64::from(opts.source_date.unwrap_or_else(now)))
         .map_err(|e| anyhow::anyhow!("ISO time: {e:?}"))?;
     let iso_opts = IsoOptions::new()
@@ -162,35 +160,51 @@ fn now() -> u32 {
 /// What `dud build` wrote (or would write, on a dry run).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BuildReport {
+    /// The first (oldest-release) package; the only one of a single-build disk.
     pub package: PackagePlan,
     pub format: DudFormat,
     pub output: PathBuf,
     pub rpm_file: String,
     pub rpm_size: usize,
+    /// Every package on the disk, oldest built-for release first (one per build).
+    pub builds: Vec<BuiltPackage>,
     pub signed: bool,
     pub written: Vec<PathBuf>,
     pub dry_run: bool,
 }
 
-/// Build the package and write the disk at `out` in the requested format.
+/// One package of the disk.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuiltPackage {
+    pub package: PackagePlan,
+    pub rpm_file: String,
+    pub rpm_size: usize,
+}
+
+/// Build the packages and write the disk at `out` in the requested format. With several
+/// packages, `--format rpm` writes each under rpm's file name into the directory `out`.
 pub fn build(
-    plan: PackagePlan,
+    plans: Vec<PackagePlan>,
     out: &Path,
     opts: &BuildOptions,
     dry_run: bool,
 ) -> Result<BuildReport> {
-    let rpm_bytes = build_rpm(&plan, opts)?;
-    let rpm_file = plan.file_name();
+    let Some(arch) = plans.first().map(|p| p.arch.clone()) else { bail!("no package to build") };
+    let mut rpms: Vec<(String, Vec<u8>)> = Vec::with_capacity(plans.len());
+    for plan in &plans {
+        rpms.push((plan.file_name(), build_rpm(plan, opts)?));
+    }
     let mut written = Vec::new();
     let mut outputs: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     match opts.format {
-        DudFormat::Rpm => outputs.push((out.to_path_buf(), rpm_bytes.clone())),
-        DudFormat::Iso => {
-            outputs.push((out.to_path_buf(), build_iso(&plan.arch, &rpm_file, &rpm_bytes, opts)?))
-        }
+        DudFormat::Rpm if rpms.len() == 1 => outputs.push((out.to_path_buf(), rpms[0].1.clone())),
+        DudFormat::Rpm => outputs.extend(rpms.iter().map(|(n, b)| (out.join(n), b.clone()))),
+        DudFormat::Iso => outputs.push((out.to_path_buf(), build_iso(&arch, &rpms, opts)?)),
         DudFormat::Dir => {
             outputs.push((out.join(REPO_MARKER), rhdd3_text().to_vec()));
-            outputs.push((out.join(rpms_dir(&plan.arch)).join(&rpm_file), rpm_bytes.clone()));
+            for (name, bytes) in &rpms {
+                outputs.push((out.join(rpms_dir(&arch)).join(name), bytes.clone()));
+            }
         }
     }
     if !dry_run {
@@ -203,13 +217,24 @@ pub fn build(
             written.push(path.clone());
         }
     }
+    let builds: Vec<BuiltPackage> = plans
+        .into_iter()
+        .zip(&rpms)
+        .map(|(package, (rpm_file, bytes))| BuiltPackage {
+            package,
+            rpm_file: rpm_file.clone(),
+            rpm_size: bytes.len(),
+        })
+        .collect();
+    let first = builds[0].clone();
     Ok(BuildReport {
         format: opts.format,
         output: out.to_path_buf(),
-        rpm_file,
-        rpm_size: rpm_bytes.len(),
+        rpm_file: first.rpm_file,
+        rpm_size: first.rpm_size,
+        package: first.package,
+        builds,
         signed: opts.sign_key.is_some(),
-        package: plan,
         written,
         dry_run,
     })
