@@ -6,7 +6,7 @@ use super::{print_json, Context};
 use crate::engines::doctor::{self, Examination, ExamineOptions, LinkState};
 use crate::exit::Exit;
 use crate::model::ledger;
-use crate::model::root_chain::RootChain;
+use crate::model::root_chain::{ChainSource, RootChain};
 use crate::operations::doctor::{self as fixing, FixReport};
 use anyhow::{Context as _, Result};
 use std::io::Write;
@@ -20,6 +20,9 @@ use std::path::PathBuf;
 /// (modalias through that kernel's modules.alias), and looks into that kernel's image:
 /// is each module there with its dependencies, and does the image's own index map the
 /// device to it? A kernel is AT RISK when any link would be missing at boot.
+///
+/// Without --from, the live chain is read; where it cannot be (no /proc or /sys under
+/// the root), the snapshot saved at /var/lib/bootkmod/doctor-snapshot.json is judged.
 ///
 /// Exit 0 when every kernel is OK, 3 when one is at risk (after --fix: still at risk).
 ///
@@ -68,7 +71,18 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> Result<Exit> {
                 .with_context(|| format!("{}: cannot read", file.display()))?;
             RootChain::from_json(&text, &file.display().to_string())?
         }
-        None => RootChain::read(&ctx.root)?,
+        // A snapshot is of the live system; judging falls back to the saved one.
+        None if args.save.is_some() => RootChain::read(&ctx.root)?,
+        None => match RootChain::live_or_saved(&ctx.root)? {
+            (chain, ChainSource::Live) => chain,
+            (chain, ChainSource::Saved(path)) => {
+                eprintln!(
+                    "bootkmod: note: the live chain cannot be read here; judging the snapshot {}",
+                    path.display()
+                );
+                chain
+            }
+        },
     };
     if let Some(out) = &args.save {
         fixing::save(&chain, out)?;

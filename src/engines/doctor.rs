@@ -245,6 +245,11 @@ impl ImageIndex {
         Ok(Ok(ImageTree { path: t.path.clone(), indexes, modules }))
     }
 
+    /// The image's merged tree, as the kernel unpacks it.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
     fn has_file(&self, path: &Path) -> bool {
         self.view
             .lookup(path.to_string_lossy().as_bytes(), true)
@@ -337,9 +342,9 @@ pub fn judge(chain_needs: &[Need], input: &KernelInput) -> Result<KernelVerdict>
             found.iter().filter(|(_, b)| !b).map(|(m, _)| m.clone()).collect();
         wanted.dedup();
         if let Some(bound) = &need.bound {
-            if wanted.contains(bound) {
-                wanted = vec![bound.clone()];
-            } else if wanted.is_empty() && !input.host.resolve(bound)?.is_empty() {
+            if wanted.contains(bound)
+                || (wanted.is_empty() && !input.host.resolve(bound)?.is_empty())
+            {
                 wanted = vec![bound.clone()];
             } else if !wanted.is_empty() {
                 verdict.note = Some(format!(
@@ -432,7 +437,12 @@ pub fn judge(chain_needs: &[Need], input: &KernelInput) -> Result<KernelVerdict>
             let used = links.iter().any(|l| {
                 l.module.as_deref() == Some(name.as_str()) && l.state != LinkState::NoModule
             });
-            if !used {
+            // A link left without a module already gave this reason.
+            let told = links.iter().any(|l| {
+                l.state == LinkState::NoModule
+                    && chain_needs[l.need].bound.as_deref() == Some(name.as_str())
+            });
+            if !used && !told {
                 problems.push(format!(
                     "root-critical driver {} installed by bootkmod is not usable on {release}: {why}",
                     m.name
@@ -522,6 +532,26 @@ pub struct Examination {
     pub kernels: Vec<KernelVerdict>,
 }
 
+/// Judge `chain_needs` on kernel `release` of `root` (its tree's indexes) and `image`
+/// (host path and contents, or why they could not be read; `None`: no image).
+/// `status` calls it with the image it has read already.
+pub fn examine_kernel(
+    root: &crate::model::root::Root,
+    chain_needs: &[Need],
+    ledger: &Ledger,
+    release: &str,
+    image: Option<(PathBuf, std::result::Result<&ImageIndex, String>)>,
+) -> Result<KernelVerdict> {
+    let host = TreeIndexes::load(root, release)?;
+    if host.dep.is_empty() {
+        anyhow::bail!(
+            "{}: no modules.dep.bin (run depmod {release})",
+            root.shown(crate::engines::depmod::tree_dir(release)).display()
+        );
+    }
+    judge(chain_needs, &KernelInput { release, host: &host, image, ledger })
+}
+
 /// Judge `chain` on the kernels of `root`: each kernel's tree and image are read on a
 /// thread of their own (decompressing an image is most of the cost).
 pub fn examine(
@@ -546,13 +576,6 @@ pub fn examine(
     }
     let chain_needs = needs(chain);
     let one = |release: &String| -> Result<KernelVerdict> {
-        let host = TreeIndexes::load(root, release)?;
-        if host.dep.is_empty() {
-            anyhow::bail!(
-                "{}: no modules.dep.bin (run depmod {release})",
-                root.shown(crate::engines::depmod::tree_dir(release)).display()
-            );
-        }
         let image_path = match &opts.image {
             Some(p) => Some(p.clone()),
             None => match crate::model::ledger::find_image(root, release) {
@@ -565,7 +588,7 @@ pub fn examine(
             (Some(p), Some(r)) => Some((p.clone(), r.as_ref().map_err(Clone::clone))),
             _ => None,
         };
-        judge(&chain_needs, &KernelInput { release, host: &host, image, ledger })
+        examine_kernel(root, &chain_needs, ledger, release, image)
     };
     let kernels: Vec<KernelVerdict> = std::thread::scope(|s| {
         let handles: Vec<_> = releases.iter().map(|r| s.spawn(move || one(r))).collect();

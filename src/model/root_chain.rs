@@ -22,6 +22,11 @@ use std::path::{Path, PathBuf};
 /// Version of the snapshot layout; a reader refuses others.
 pub const SNAPSHOT_FORMAT: u32 = 1;
 
+/// Target-absolute path of the snapshot `status`, the kernel-install plugin and a
+/// plain `doctor` read when the live chain cannot be read (no `/proc` or `/sys` under
+/// the root: an image built in a chroot, a container): `doctor --save` it there.
+pub const SAVED_SNAPSHOT: &str = "/var/lib/bootkmod/doctor-snapshot.json";
+
 /// Where the initramfs must mount something, and on what.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChainMount {
@@ -101,6 +106,8 @@ struct MountInfo {
     majmin: String,
     mount_point: String,
     fstype: String,
+    /// The mount source (`/dev/sda2`, `server:/export`, `tmpfs`).
+    source: String,
 }
 
 /// Parse mountinfo: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SRC
@@ -119,6 +126,7 @@ fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
             majmin: majmin.to_string(),
             mount_point: unescape_octal(point),
             fstype: fstype.to_string(),
+            source: fields.get(dash + 2).map(|s| unescape_octal(s)).unwrap_or_default(),
         };
         out.retain(|m| m.mount_point != mount.mount_point);
         out.push(mount);
@@ -144,6 +152,24 @@ fn unescape_octal(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The sysfs entry of a mount's block device: its `MAJ:MIN` under `/sys/dev/block`; for
+/// a filesystem that shows an anonymous number (`0:N`: btrfs, whose subvolumes get one
+/// each, as well as tmpfs, nfs, overlay) the block device its source names, if any
+/// (`/dev/sda2`; `/dev/mapper/root` resolves to `dm-0`), under `/sys/class/block`. The
+/// source is a path of the reader's own `/dev` (under `--root`, the host's), as
+/// mountinfo shows it. `None`: no block device.
+fn device_link(sys: &Path, m: &MountInfo) -> Option<PathBuf> {
+    if !m.majmin.starts_with("0:") {
+        return Some(sys.join("dev/block").join(&m.majmin));
+    }
+    if !m.source.starts_with('/') {
+        return None;
+    }
+    let device = std::fs::canonicalize(&m.source).ok()?;
+    let link = sys.join("class/block").join(device.file_name()?);
+    link.exists().then_some(link)
 }
 
 /// Mount points fstab marks `x-initrd.mount` (the initramfs mounts them too).
@@ -211,10 +237,9 @@ impl RootChain {
                 }
                 continue;
             };
-            let device = if m.majmin.starts_with("0:") {
-                None
-            } else {
-                Some(chain.add_device(root, &sys, &sys.join("dev/block").join(&m.majmin))?)
+            let device = match device_link(&sys, m) {
+                Some(link) => Some(chain.add_device(root, &sys, &link)?),
+                None => None,
             };
             chain.mounts.push(ChainMount { target: point, fstype: m.fstype.clone(), device, why });
         }
@@ -348,6 +373,40 @@ fn crypttab_cipher(crypttab: &str, name: &str) -> Option<String> {
     })
 }
 
+/// Where a chain came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainSource {
+    /// The live system's `/proc` and `/sys` under the root.
+    Live,
+    /// The snapshot at [`SAVED_SNAPSHOT`] (host path given).
+    Saved(PathBuf),
+}
+
+impl RootChain {
+    /// The chain of the system under `root`: the live one, else the snapshot saved at
+    /// [`SAVED_SNAPSHOT`]. The error names why neither could be had.
+    pub fn live_or_saved(root: &Root) -> Result<(RootChain, ChainSource)> {
+        let live_error = match RootChain::read(root) {
+            Ok(chain) => return Ok((chain, ChainSource::Live)),
+            Err(e) => e,
+        };
+        let saved = root.host(SAVED_SNAPSHOT)?;
+        let text = match std::fs::read_to_string(&saved) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!(
+                    "{live_error:#}; and no snapshot saved at {}",
+                    root.shown(SAVED_SNAPSHOT).display()
+                )
+            }
+            Err(e) => bail!("{live_error:#}; and {}: cannot read: {e}", saved.display()),
+        };
+        let chain = RootChain::from_json(&text, &saved.display().to_string())?;
+        Ok((chain, ChainSource::Saved(saved)))
+    }
+}
+
 /// The nodes from a disk's own device up to the bus root that carry a modalias or a
 /// bound driver.
 fn device_path(sys: &Path, disk: &Path) -> Vec<DeviceNode> {
@@ -389,6 +448,7 @@ mod tests {
         assert_eq!(m[1].mount_point, "/my boot");
         // The later mount over / wins.
         assert_eq!((m[2].majmin.as_str(), m[2].fstype.as_str()), ("8:3", "xfs"));
+        assert_eq!(m[2].source, "/dev/sda3");
     }
 
     #[test]
