@@ -187,15 +187,15 @@ fn status_and_kernel_install_warn_of_a_kernel_whose_image_would_not_mount_root()
     assert!(shown.contains(&format!("doctor: not judged: {later}")), "{shown}");
 }
 
-/// A sysfs-shaped tree under the root as the kernel lays it out for QEMU's megasas
+/// A sysfs-shaped tree under the root as the kernel laid it out for QEMU's megasas in the guest that recorded topology (a)
 /// (`/sys/dev/block/8:0` → the disk, its `device` → the SCSI device bound to `sd`, up
 /// to the PCI function bound to `megaraid_sas`), and `/proc/self/mountinfo` mounting
 /// it at the root.
 fn fake_live_system(root: &TargetRoot) {
     use std::os::unix::fs::symlink;
     let sys = root.at("/sys");
-    let pci = "devices/pci0000:00/0000:00:04.0";
-    let scsi = format!("{pci}/host2/target2:2:0/2:2:0:0");
+    let pci = "devices/pci0000:00/0000:00:02.0";
+    let scsi = format!("{pci}/host0/target0:2:0/0:2:0:0");
     for dir in [
         format!("{scsi}/block/sda"),
         "bus/pci/drivers/megaraid_sas".into(),
@@ -219,7 +219,7 @@ fn fake_live_system(root: &TargetRoot) {
     symlink("../../../../../../bus/scsi/drivers/sd", scsi_dir.join("driver")).unwrap();
     symlink("../../../../../../bus/scsi", scsi_dir.join("subsystem")).unwrap();
     symlink("../../../../module/sd_mod", sys.join("bus/scsi/drivers/sd/module")).unwrap();
-    symlink("../../../2:2:0:0", scsi_dir.join("block/sda/device")).unwrap();
+    symlink("../../../0:2:0:0", scsi_dir.join("block/sda/device")).unwrap();
     symlink(format!("../../{scsi}/block/sda"), sys.join("dev/block/8:0")).unwrap();
     let at = std::fs::canonicalize(root.path()).unwrap();
     std::fs::create_dir_all(root.at("/proc/self")).unwrap();
@@ -274,7 +274,7 @@ fn status_prefers_the_live_chain_to_a_saved_snapshot() {
     // btrfs shows an anonymous MAJ:MIN (0:N) in mountinfo: the chain follows the mount
     // source to its block device instead, so the controller is still judged.
     std::os::unix::fs::symlink(
-        "../../devices/pci0000:00/0000:00:04.0/host2/target2:2:0/2:2:0:0/block/sda",
+        "../../devices/pci0000:00/0000:00:02.0/host0/target0:2:0/0:2:0:0/block/sda",
         {
             std::fs::create_dir_all(root.at("/sys/class/block")).unwrap();
             root.at("/sys/class/block/sda")

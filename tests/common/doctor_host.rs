@@ -9,8 +9,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 pub const DRIVER: &str = "megaraid_sas";
-/// What sysfs shows as `modalias` for QEMU's `-device megasas` (LSI MegaRAID SAS 1078).
-const MEGASAS_MODALIAS: &str = "pci:v00001000d00000060sv00001000sd00001013bc01sc04i00";
 
 pub fn text(out: &Output) -> String {
     format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
@@ -21,21 +19,10 @@ pub fn bk(root: &TargetRoot, args: &[&str]) -> Output {
 }
 
 /// A snapshot of a host whose root is ext4 on the whole disk sda behind a megasas
-/// controller, in the layout `doctor --save` writes (format 1).
+/// controller: topology (a), recorded by bootkmod in a QEMU guest
+/// (`tests/doctor_record.rs`).
 pub fn megasas_snapshot() -> String {
-    serde_json::json!({
-        "format": 1,
-        "recorded_on": "test",
-        "mounts": [{"target": "/", "fstype": "ext4", "device": "sda", "why": "root"}],
-        "devices": {"sda": {"name": "sda", "kind": "disk", "path": [
-            {"sysfs": "pci0000:00/0000:00:04.0/host2/target2:2:0/2:2:0:0",
-             "subsystem": "scsi", "driver": "sd", "module": "sd_mod",
-             "modalias": "scsi:t-0x00"},
-            {"sysfs": "pci0000:00/0000:00:04.0", "subsystem": "pci",
-             "driver": DRIVER, "module": DRIVER, "modalias": MEGASAS_MODALIAS}
-        ]}}
-    })
-    .to_string()
+    std::fs::read_to_string(super::doctor::Topology::MegasasExt4.fixture()).unwrap()
 }
 
 /// `names` and everything modprobe loads with them (kmod's `--show-depends` on the
