@@ -148,9 +148,7 @@ fn render(out: &mut impl Write, e: &Examination, fixes: Option<&[FixReport]>) ->
         if let Some(top) = &m.device {
             device_rows(e, top, 1, &mut lines);
         }
-        for (depth, text, need) in lines {
-            rows.push((format!("{}└─ {text}", "   ".repeat(depth - 1)), need));
-        }
+        rows.extend(tree_rows(&lines));
     }
     for (text, need) in rows {
         let shown: String = text.chars().take(CHAIN_WIDTH - 1).collect();
@@ -197,6 +195,27 @@ fn render(out: &mut impl Write, e: &Examination, fixes: Option<&[FixReport]>) ->
         writeln!(out, "fix {}: {} {}{why}", f.release, f.outcome, f.modules.join(", "))?;
     }
     Ok(())
+}
+
+/// Draw `(depth, text, need)` lines (depth from 1) as a tree, as `lsblk -s` does: `├─`
+/// before a line with a later sibling, `└─` before the last, `│` continuing an
+/// ancestor's siblings.
+fn tree_rows(lines: &[(usize, String, Option<usize>)]) -> Vec<(String, Option<usize>)> {
+    let has_later_sibling = |j: usize| {
+        let depth = lines[j].0;
+        lines[j + 1..].iter().take_while(|l| l.0 >= depth).any(|l| l.0 == depth)
+    };
+    let mut open: Vec<bool> = Vec::new();
+    let mut rows = Vec::new();
+    for (j, (depth, text, need)) in lines.iter().enumerate() {
+        open.truncate(depth - 1);
+        open.resize(depth - 1, false);
+        let prefix: String = open.iter().map(|o| if *o { "│  " } else { "   " }).collect();
+        let later = has_later_sibling(j);
+        rows.push((format!("{prefix}{}─ {text}", if later { '├' } else { '└' }), *need));
+        open.push(later);
+    }
+    rows
 }
 
 /// The device `name`, its needs, then the devices below it, indented by depth.

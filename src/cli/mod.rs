@@ -99,6 +99,15 @@ pub fn main() -> Exit {
     };
     match result {
         Ok(exit) => exit,
+        // `bootkmod doctor | head` is not an error: the reader had enough.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Exit::Ok
+        }
         Err(e) => {
             eprintln!("bootkmod: {e:#}");
             Exit::Error
