@@ -5,6 +5,7 @@ mod check;
 mod demo;
 mod depmod;
 mod deps;
+mod doctor;
 mod dud;
 mod info;
 mod initramfs;
@@ -57,6 +58,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     Depmod(depmod::DepmodArgs),
     Deps(deps::DepsArgs),
+    Doctor(doctor::DoctorArgs),
     Install(install::InstallArgs),
     Status(status::StatusArgs),
     Verify(verify::VerifyArgs),
@@ -86,6 +88,7 @@ pub fn main() -> Exit {
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Depmod(args) => depmod::run(&ctx, args),
         Command::Deps(args) => deps::run(&ctx, args),
+        Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Install(args) => install::run(&ctx, args),
         Command::Status(args) => status::run(&ctx, args),
         Command::Verify(args) => verify::run(&ctx, args),
@@ -96,6 +99,15 @@ pub fn main() -> Exit {
     };
     match result {
         Ok(exit) => exit,
+        // `bootkmod doctor | head` is not an error: the reader had enough.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Exit::Ok
+        }
         Err(e) => {
             eprintln!("bootkmod: {e:#}");
             Exit::Error

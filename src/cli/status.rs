@@ -3,9 +3,10 @@
 //! root-critical driver. Exit 3 when any kernel is at risk.
 
 use super::{print_json, Context};
-use crate::engines::status::{self, Alert, BuildUse, KernelStatus};
+use crate::engines::status::{self, Alert, BuildUse, DoctorStatus, KernelStatus};
 use crate::exit::Exit;
 use crate::model::ledger::{self, Placement};
+use crate::model::root_chain::ChainSource;
 use crate::operations::install::{Policy, CONFIG_FILE};
 use anyhow::Result;
 use std::io::Write;
@@ -14,8 +15,13 @@ use std::io::Write;
 /// (extra/ or weak-updates/), inside the initramfs, and whether the image is unchanged
 /// since bootkmod recorded it.
 ///
+/// It also asks `bootkmod doctor` whether each kernel's initramfs brings up the chain
+/// under root (live, else the snapshot saved at /var/lib/bootkmod/doctor-snapshot.json);
+/// without a chain it says so and judges nothing.
+///
 /// Exit 3 when a kernel would boot without a root-critical driver, or when something
-/// needs action first (a banner names the kernel and the command to run): an interrupted
+/// needs action first (a banner names the kernel and the command to run): a kernel
+/// whose initramfs would not mount root (doctor), an interrupted
 /// or failed operation, a kernel a run could not complete, a driver placed but not in an
 /// image, a weak-updates link the ledger does not record.
 ///
@@ -52,14 +58,16 @@ pub fn run(ctx: &Context, args: StatusArgs) -> Result<Exit> {
         let kver = args.kver.as_deref().unwrap_or_default();
         return dracut_list(ctx, &ledger, kver);
     }
-    let mut kernels = status::status(&ctx.root, &ledger)?;
+    let (mut kernels, mut doctor) = status::status_with_doctor(&ctx.root, &ledger)?;
     if let Some(k) = &args.kver {
         kernels.retain(|s| &s.release == k);
+        doctor.retain_kernel(k);
         if kernels.is_empty() {
             anyhow::bail!("no kernel {k} under {}", ctx.root.shown("/lib/modules").display());
         }
     }
     let mut alerts = status::alerts(&ctx.root, &ledger, &kernels);
+    alerts.extend(status::doctor_alerts(&ctx.root, &doctor));
     if let Some(k) = &args.kver {
         alerts.retain(|a| a.kernel.as_ref().is_none_or(|a| a == k));
     }
@@ -73,11 +81,20 @@ pub fn run(ctx: &Context, args: StatusArgs) -> Result<Exit> {
             kernels: &'a [KernelStatus],
             /// Every build kept, with the kernels it serves.
             builds: &'a [BuildUse],
+            /// Will each kernel's image mount root (`bootkmod doctor`)?
+            doctor: &'a DoctorStatus,
         }
-        print_json(&Report { at_risk, alerts: &alerts, kernels: &kernels, builds: &builds })?;
+        print_json(&Report {
+            at_risk,
+            alerts: &alerts,
+            kernels: &kernels,
+            builds: &builds,
+            doctor: &doctor,
+        })?;
     } else {
         let mut out = std::io::stdout().lock();
         render_alerts(&mut out, &alerts)?;
+        render_doctor(&mut out, &doctor)?;
         render(&mut out, &kernels)?;
         render_builds(&mut out, &builds)?;
     }
@@ -200,6 +217,32 @@ fn render(out: &mut impl Write, kernels: &[KernelStatus]) -> std::io::Result<()>
                 writeln!(out, "{:<28}   not taken: {}", "", p.label())?;
             }
         }
+    }
+    Ok(())
+}
+
+/// doctor's word, one line: whether every kernel's image mounts root, or why it was
+/// not judged (never "ok" then). Its problems are among the alerts.
+fn render_doctor(out: &mut impl Write, d: &DoctorStatus) -> std::io::Result<()> {
+    let from = match &d.chain {
+        Some(ChainSource::Live) => "the live system's chain".to_string(),
+        Some(ChainSource::Saved(p)) => format!("the chain saved in {}", p.display()),
+        None => String::new(),
+    };
+    let at_risk: Vec<&str> =
+        d.kernels.iter().filter(|k| !k.ok).map(|k| k.release.as_str()).collect();
+    if !d.kernels.is_empty() {
+        if at_risk.is_empty() {
+            writeln!(out, "doctor: every kernel's initramfs mounts root ({from})")?;
+        } else {
+            writeln!(out, "doctor: AT RISK {} ({from}; see above)", at_risk.join(", "))?;
+        }
+    }
+    for (release, why) in &d.not_judged {
+        writeln!(out, "doctor: not judged: {release}: {why}")?;
+    }
+    for n in &d.notes {
+        writeln!(out, "doctor: not judged: {n}")?;
     }
     Ok(())
 }

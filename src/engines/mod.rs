@@ -4,6 +4,7 @@
 pub mod choose;
 pub mod compat;
 pub mod depmod;
+pub mod doctor;
 pub mod dud;
 pub mod dud_package;
 pub mod initramfs;

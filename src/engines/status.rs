@@ -18,7 +18,7 @@
 //! [`verify`] re-hashes every installed module, stored copy, link target and image and
 //! lists each [`Drift`].
 
-use crate::engines::initramfs;
+use crate::engines::doctor::{self, ImageIndex};
 use crate::engines::inject::{Digests, ImageContents};
 use crate::model::kernel;
 use crate::model::ledger::{
@@ -27,7 +27,9 @@ use crate::model::ledger::{
 };
 use crate::model::module::{name_from_path, sha256_hex};
 use crate::model::root::Root;
-use anyhow::{Context, Result};
+use crate::model::root_chain::{ChainSource, RootChain};
+use anyhow::Result;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One module on one kernel, as it is now.
@@ -108,7 +110,21 @@ pub const REBUILT_SINCE: &str = "rebuilt by another tool since bootkmod wrote it
 
 /// Status of every installed kernel under `root`.
 pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
+    Ok(status_judged(root, ledger, None)?.0)
+}
+
+/// doctor's verdict on one kernel, or why it could not be had.
+type Verdict = (String, Result<doctor::KernelVerdict>);
+
+/// [`status`], and with `needs` (doctor's, from root's chain) doctor's verdict on each
+/// kernel, from the same single read of its image (reading is most of the cost).
+fn status_judged(
+    root: &Root,
+    ledger: &Ledger,
+    needs: Option<&[doctor::Need]>,
+) -> Result<(Vec<KernelStatus>, Vec<Verdict>)> {
     let mut out = Vec::new();
+    let mut verdicts = Vec::new();
     // A kernel kernel-install removed is gone even while its files linger a moment.
     let releases = kernel::releases(root)?;
     for release in releases.into_iter().filter(|r| !ledger.removed_kernels.contains(r)) {
@@ -117,16 +133,26 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
         // An image that cannot be read (not an initramfs, truncated) is this kernel's
         // problem, reported on its line, not a stop for the others.
         let mut image_error = None;
-        let image_files = match &image {
-            Some(p) => match image_module_names(root, p, &release) {
-                Ok(names) => Some(names),
-                Err(e) => {
-                    image_error = Some(format!("{e:#}"));
-                    Some(Vec::new())
-                }
-            },
+        let index = image.as_ref().map(|p| read_image(root, p));
+        let image_files = match &index {
+            Some(Ok((_, index))) => Some(image_module_names(index, &release)),
+            Some(Err(e)) => {
+                image_error = Some(format!("{e:#}"));
+                Some(Vec::new())
+            }
             None => None,
         };
+        if let Some(needs) = needs {
+            let judged = match (&image, &index) {
+                (Some(_), Some(Ok((host, index)))) => Some((host.clone(), Ok(index))),
+                (Some(p), Some(Err(e))) => {
+                    Some((root.host(p).unwrap_or_else(|_| p.clone()), Err(format!("{e:#}"))))
+                }
+                _ => None,
+            };
+            let verdict = doctor::examine_kernel(root, needs, ledger, &release, judged);
+            verdicts.push((release.clone(), verdict));
+        }
         let image_record = recorded.and_then(|k| k.image.as_ref());
         let image_unchanged = match (&image, image_record) {
             (Some(p), Some(rec)) if &rec.path == p => {
@@ -203,7 +229,7 @@ pub fn status(root: &Root, ledger: &Ledger) -> Result<Vec<KernelStatus>> {
             at_risk,
         });
     }
-    Ok(out)
+    Ok((out, verdicts))
 }
 
 /// Something to act on before reading the table (see the module overview).
@@ -334,22 +360,123 @@ pub fn alerts(root: &Root, ledger: &Ledger, kernels: &[KernelStatus]) -> Vec<Ale
     out
 }
 
-/// Names of the modules of `release` inside an image.
-fn image_module_names(root: &Root, image: &Path, release: &str) -> Result<Vec<String>> {
+/// What doctor says of each kernel's image (issue 13), for `status`: judged when a
+/// chain is at hand (the live one, else the snapshot saved at `SAVED_SNAPSHOT`), else
+/// why not. Never an error: what keeps doctor from judging is a note, neither a
+/// failure of status nor a verdict.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DoctorStatus {
+    /// Where the chain came from; `None` when there was none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainSource>,
+    /// The kernels judged.
+    pub kernels: Vec<DoctorKernel>,
+    /// Kernels doctor could not judge (no indexes, say), and why.
+    pub not_judged: BTreeMap<String, String>,
+    /// Why doctor judged nothing.
+    pub notes: Vec<String>,
+}
+
+impl DoctorStatus {
+    /// Keep only what concerns kernel `release` (`status --kver`).
+    pub fn retain_kernel(&mut self, release: &str) {
+        self.kernels.retain(|k| k.release == release);
+        self.not_judged.retain(|k, _| k == release);
+    }
+}
+
+/// doctor's verdict on one kernel's image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DoctorKernel {
+    pub release: String,
+    /// Host path of the image judged.
+    pub image: Option<PathBuf>,
+    pub ok: bool,
+    /// Why root would not mount from the image, one line each.
+    pub problems: Vec<String>,
+    /// Modules `doctor --fix` would inject.
+    pub fix: Vec<String>,
+}
+
+/// [`status`], and doctor's word on every kernel (see [`DoctorStatus`]), each image read
+/// once for both. A kernel doctor cannot judge is a note; the others are still judged.
+pub fn status_with_doctor(
+    root: &Root,
+    ledger: &Ledger,
+) -> Result<(Vec<KernelStatus>, DoctorStatus)> {
+    let mut doctor = DoctorStatus::default();
+    let needs = match RootChain::live_or_saved(root) {
+        Ok((chain, source)) => {
+            doctor.chain = Some(source);
+            Some(doctor::needs(&chain))
+        }
+        Err(e) => {
+            doctor.notes.push(format!("no chain of root to judge: {e:#}"));
+            None
+        }
+    };
+    let (kernels, verdicts) = status_judged(root, ledger, needs.as_deref())?;
+    for (release, verdict) in verdicts {
+        match verdict {
+            Ok(k) => doctor.kernels.push(DoctorKernel {
+                release: k.release,
+                image: k.image,
+                ok: k.ok,
+                problems: k.problems,
+                fix: k.fix,
+            }),
+            Err(e) => {
+                doctor.not_judged.insert(release, format!("{e:#}"));
+            }
+        }
+    }
+    Ok((kernels, doctor))
+}
+
+/// An alert per problem of each kernel doctor finds at risk.
+pub fn doctor_alerts(root: &Root, doctor: &DoctorStatus) -> Vec<Alert> {
+    let mut out = Vec::new();
+    for k in doctor.kernels.iter().filter(|k| !k.ok) {
+        let release = &k.release;
+        let path =
+            find_image(root, release).unwrap_or_else(|| Path::new("/lib/modules").join(release));
+        let next = if k.fix.is_empty() {
+            format!("bootkmod doctor --kver {release} (injecting cannot fix it)")
+        } else {
+            format!("bootkmod doctor --fix --kver {release} (injects {})", k.fix.join(", "))
+        };
+        for problem in &k.problems {
+            out.push(Alert {
+                kernel: Some(release.clone()),
+                path: path.clone(),
+                problem: format!("its initramfs would not mount root: {problem}"),
+                next: next.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Read the image at target path `image` once (the kernel's unpacking rules): its host
+/// path and what status and doctor need of it.
+fn read_image(root: &Root, image: &Path) -> Result<(PathBuf, ImageIndex)> {
     let host = root.host(image)?;
-    let file =
-        std::fs::File::open(&host).with_context(|| format!("{}: cannot open", host.display()))?;
-    let (view, _) =
-        initramfs::read_view(std::io::BufReader::new(file), &host.display().to_string())?;
+    let index = ImageIndex::open(&host)?;
+    Ok((host, index))
+}
+
+/// Names of the modules of `release` inside an image.
+fn image_module_names(image: &ImageIndex, release: &str) -> Vec<String> {
     let marker = format!("modules/{release}/");
-    Ok(view
+    image
+        .view()
         .entries()
         .filter(|e| e.inode.file_type() == crate::formats::cpio::S_IFREG)
         .map(|e| String::from_utf8_lossy(e.path).into_owned())
         .filter(|p| p.contains(&marker))
         .filter(|p| crate::model::tree::is_module_file(p))
         .map(|p| name_from_path(Path::new(&p)))
-        .collect())
+        .collect()
 }
 
 /// Something that is no longer as bootkmod left it.

@@ -8,6 +8,7 @@ pub mod dud;
 pub mod elf;
 pub mod kconfig;
 pub mod kmod_index;
+pub mod luks;
 pub mod modinfo;
 pub mod modversions;
 pub mod rpm_header;

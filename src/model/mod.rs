@@ -5,4 +5,5 @@ pub mod kernel;
 pub mod ledger;
 pub mod module;
 pub mod root;
+pub mod root_chain;
 pub mod tree;

@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod depmod;
+pub mod doctor;
 pub mod dracut;
 pub mod dud;
 pub mod extract;

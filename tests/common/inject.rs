@@ -41,20 +41,28 @@ poweroff -f
 /// Copy kmod (as `/sbin/modprobe`), its shared libraries and the dynamic loader into
 /// the image tree, at the paths `ldd` names.
 pub fn add_kmod(dir: &Path) -> Option<()> {
-    let kmod = tool("kmod")?;
-    let ldd = tool("ldd")?;
-    fs::create_dir_all(dir.join("sbin")).unwrap();
-    fs::copy(&kmod, dir.join("sbin/kmod")).unwrap();
+    add_binary(dir, &tool("kmod")?, "/sbin/kmod")?;
     std::os::unix::fs::symlink("kmod", dir.join("sbin/modprobe")).unwrap();
-    let out = run(Command::new(ldd).arg(&kmod));
+    Some(())
+}
+
+/// Copy `binary` to `at` in the tree `dir`, with the shared libraries and the dynamic
+/// loader `ldd` names, at their own paths (the real bytes under each name).
+pub fn add_binary(dir: &Path, binary: &Path, at: &str) -> Option<()> {
+    let ldd = tool("ldd")?;
+    let dst = dir.join(at.trim_start_matches('/'));
+    fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    fs::copy(binary, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", binary.display()));
+    let out = run(Command::new(ldd).arg(binary));
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux... (0x...)"
-        let path = line.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from);
-        let Some(path) = path else { continue };
-        let dst = dir.join(path.strip_prefix("/").unwrap());
+        let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) else { continue };
+        let dst = dir.join(path.trim_start_matches('/'));
+        if dst.exists() {
+            continue;
+        }
         fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        // Follow the library's symlink: the image gets the real bytes under the name.
-        fs::copy(&path, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", path.display()));
+        fs::copy(path, &dst).unwrap_or_else(|e| panic!("copy {path}: {e}"));
     }
     Some(())
 }
@@ -63,6 +71,14 @@ pub fn add_kmod(dir: &Path) -> Option<()> {
 /// closure, from the installed kernel) with indexes written by kmod's real `depmod`,
 /// and `/init` from [`modalias_init`]. Returns the packed, uncompressed cpio.
 pub fn base_cpio(release: &str, modules: &[&str], device: &str, out: &Path) -> Option<()> {
+    let dir = modprobe_tree(release, modules)?;
+    dir.init(&modalias_init(device));
+    dir.pack(out)
+}
+
+/// The tree of [`base_cpio`] without its `/init`: busybox, kmod as `/sbin/modprobe`,
+/// `modules` with their dependency closure and kmod's own indexes.
+pub fn modprobe_tree(release: &str, modules: &[&str]) -> Option<InitramfsDir> {
     let dir = InitramfsDir::busybox()?;
     let paths = dir.modules_from_host(release, modules)?;
     assert!(!paths.is_empty());
@@ -75,8 +91,7 @@ pub fn base_cpio(release: &str, modules: &[&str], device: &str, out: &Path) -> O
     let st = run(Command::new(depmod).arg("-b").arg(dir.path()).arg(release));
     assert!(st.status.success(), "depmod: {}", String::from_utf8_lossy(&st.stderr));
     add_kmod(dir.path())?;
-    dir.init(&modalias_init(device));
-    dir.pack(out)
+    Some(dir)
 }
 
 /// Compress a file with the real tool, as distributions make images: gzip, xz with the

@@ -110,6 +110,8 @@ pub mod builds;
 pub mod check;
 pub mod chroot;
 pub mod depmod;
+pub mod doctor;
+pub mod doctor_host;
 pub mod initramfs;
 pub mod inject;
 pub mod jail;

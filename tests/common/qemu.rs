@@ -341,7 +341,10 @@ impl InitramfsDir {
             );
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 let Some(path) = line.strip_prefix("insmod ") else { continue };
-                let path = path.trim().to_string();
+                // The module path, without the options of modprobe.d (`start_ro=1`).
+                let Some(path) = path.split_whitespace().next().map(str::to_string) else {
+                    continue;
+                };
                 if !order.contains(&path) {
                     let dst = self.path().join(path.trim_start_matches('/'));
                     fs::create_dir_all(dst.parent().unwrap()).unwrap();

@@ -125,6 +125,26 @@ impl TreeIndexes {
         Ok(Vec::new())
     }
 
+    /// Built-in modules that provide `name` (by alias or as their own name), whatever
+    /// loadable module modprobe would pick first: the kernel asks modprobe only for what
+    /// it does not have, so a built-in provider settles a request by name
+    /// (`crypto-aes` while `aes_generic` is built in, though `aesni_intel` matches first).
+    pub fn builtin_providers(&self, name: &str) -> Result<Vec<String>> {
+        let Some(key) = normalize_alias(name) else { return Ok(Vec::new()) };
+        if let Some(idx) = self.index(&self.builtin_alias, "modules.builtin.alias.bin")? {
+            let v = idx.lookup(&key).with_context(|| self.ctx("modules.builtin.alias.bin"))?;
+            if !v.is_empty() {
+                return Ok(v.into_iter().map(|v| v.value).collect());
+            }
+        }
+        if let Some(idx) = self.index(&self.builtin, "modules.builtin.bin")? {
+            if !idx.lookup(&key).with_context(|| self.ctx("modules.builtin.bin"))?.is_empty() {
+                return Ok(vec![key]);
+            }
+        }
+        Ok(Vec::new())
+    }
+
     fn ctx(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
