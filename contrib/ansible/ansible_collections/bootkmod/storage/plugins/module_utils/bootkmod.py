@@ -25,12 +25,13 @@ def bootkmod_bin(module):
     return module.get_bin_path('bootkmod', required=True)
 
 
-def run_json(module, args, ok_codes=(0, 3), environ=None):
+def run_json(module, args, ok_codes=(0, 3), environ=None, fail=True):
     """Run `bootkmod --root ROOT --json ARGS` (no --root for a module without that option),
     with `environ` added to its environment; returns (rc, report, stderr).
 
     An exit code outside ok_codes, or a report that is not JSON, fails the module with
-    bootkmod's own message (its stderr), which names the file or kernel concerned."""
+    bootkmod's own message (its stderr), which names the file or kernel concerned; with
+    fail=False a report that is not JSON comes back as {}."""
     cmd = [bootkmod_bin(module)]
     if 'root' in module.params:
         cmd += ['--root', module.params['root']]
@@ -42,6 +43,8 @@ def run_json(module, args, ok_codes=(0, 3), environ=None):
     try:
         report = json.loads(out) if out.strip() else {}
     except ValueError as e:
+        if not fail:
+            return rc, {}, err
         module.fail_json(msg='bootkmod printed no JSON report: %s' % e,
                          rc=rc, cmd=cmd, stdout=out, stderr=err)
     return rc, report, err

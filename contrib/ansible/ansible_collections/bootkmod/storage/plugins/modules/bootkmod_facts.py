@@ -16,7 +16,9 @@ description:
     branch on, in particular C(bootkmod.at_risk) and C(bootkmod.kernels_at_risk).
   - When the host's bootkmod has a C(doctor) command (C(bootkmod doctor --help) succeeds),
     its C(--json) report is added as C(bootkmod.doctor); with an older bootkmod that key is
-    null and nothing fails.
+    null and nothing fails. Where doctor cannot judge (no chain readable under the root,
+    no kernels), the key holds the verdict C(status) folded in, else C(error) with
+    doctor's message; the task still succeeds.
   - Reads only; never changes the host.
 version_added: "0.1.0"
 author:
@@ -73,7 +75,7 @@ ansible_facts:
           C(image), C(image_unchanged), C(modules) by driver name with C(compatible),
           C(placement), C(placed), C(in_image), C(root_critical), C(reasons), and
           C(at_risk)), C(kernels_at_risk) (list of releases), C(builds) (list),
-          C(doctor) (the doctor report or null), C(root).
+          C(doctor) (the doctor report, C(error), or null), C(root).
       returned: always
       type: dict
       sample:
@@ -92,7 +94,7 @@ ansible_facts:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.bootkmod.storage.plugins.module_utils.bootkmod import (
-    COMMON_ARGS, bootkmod_bin, run_json)
+    COMMON_ARGS, bootkmod_bin, bootkmod_message, run_json)
 
 
 def has_doctor(module):
@@ -116,8 +118,12 @@ def main():
         kernels[k['release']] = entry
     doctor = None
     if has_doctor(module):
-        # doctor exits 3 when a kernel is at risk: a finding, not a failure.
-        rc, doctor, err = run_json(module, ['doctor'])
+        # doctor exits 3 when a kernel is at risk: a finding, not a failure. Where it
+        # cannot judge (no chain readable, no kernels), its error is a fact too, and the
+        # verdict status folded in stands: doctor never costs the host its status facts.
+        rc, doctor, err = run_json(module, ['doctor'], ok_codes=(0, 1, 3), fail=False)
+        if rc == 1:
+            doctor = status.get('doctor') or dict(error=bootkmod_message(err))
     facts = dict(
         root=module.params['root'],
         at_risk=bool(status.get('at_risk')),
