@@ -71,15 +71,8 @@ options:
         then reported in I(at_risk) and the task warns instead of failing).
     type: bool
     default: false
-  root:
-    description:
-      - The target root bootkmod works on (C(--root)), e.g. C(/mnt/sysimage).
-    type: path
-    default: /
-  executable:
-    description:
-      - Path of the bootkmod binary on the host; by default it is looked up on C(PATH).
-    type: path
+extends_documentation_fragment:
+  - bootkmod.storage.bootkmod
 attributes:
   check_mode:
     description: Runs bootkmod with C(--dry-run), which writes nothing.

@@ -80,10 +80,8 @@ options:
       - Timestamp (seconds) written into the disk; by default the newest modification time
         of I(src) and I(firmware).
     type: int
-  executable:
-    description:
-      - Path of the bootkmod binary; by default it is looked up on C(PATH).
-    type: path
+extends_documentation_fragment:
+  - bootkmod.storage.bootkmod.executable
 attributes:
   check_mode:
     description: Builds in a temporary file and compares, but does not write I(dest).

@@ -28,15 +28,8 @@ options:
     description:
       - Only this kernel release (C(--kver)); by default every kernel under I(root).
     type: str
-  root:
-    description:
-      - The target root bootkmod reads (C(--root)).
-    type: path
-    default: /
-  executable:
-    description:
-      - Path of the bootkmod binary on the host; by default it is looked up on C(PATH).
-    type: path
+extends_documentation_fragment:
+  - bootkmod.storage.bootkmod
 attributes:
   check_mode:
     description: Reads only, in check mode as otherwise.
