@@ -16,6 +16,26 @@ const LUKS2_BINARY_HEADER: usize = 4096;
 /// Most of a header worth reading: LUKS2 headers are 16 KiB by default, at most 4 MiB.
 pub const MAX_HEADER: usize = 4 << 20;
 
+/// Bytes of the device a header whose first [`FIRST_READ`] bytes are `head` needs read for
+/// [`cipher`]: LUKS1's fixed header, LUKS2's `hdr_size` (at most [`MAX_HEADER`]); 0 when
+/// `head` is no LUKS header.
+pub fn header_len(head: &[u8]) -> usize {
+    if !is_luks(head) {
+        return 0;
+    }
+    match head.get(6..8).map(|v| u16::from_be_bytes([v[0], v[1]])) {
+        Some(2) => head
+            .get(8..16)
+            .map(|s| u64::from_be_bytes(s.try_into().unwrap_or_default()))
+            .and_then(|n| usize::try_from(n).ok())
+            .map_or(FIRST_READ, |n| n.clamp(FIRST_READ, MAX_HEADER)),
+        _ => FIRST_READ,
+    }
+}
+
+/// What to read first: LUKS1's whole header, LUKS2's binary header.
+pub const FIRST_READ: usize = LUKS2_BINARY_HEADER;
+
 /// Whether `bytes` start with a LUKS header.
 pub fn is_luks(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)
@@ -146,6 +166,16 @@ mod tests {
         let mut v9 = luks1("aes", "xts");
         v9[7] = 9;
         assert!(cipher(&v9).is_err());
+    }
+
+    #[test]
+    fn header_len_asks_for_the_whole_json_area_and_no_more() {
+        assert_eq!(header_len(&luks2("{}")), 16384);
+        assert_eq!(header_len(&luks1("aes", "xts")), FIRST_READ);
+        assert_eq!(header_len(b"not luks"), 0);
+        let mut huge = luks2("{}");
+        huge[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(header_len(&huge), MAX_HEADER);
     }
 
     #[test]

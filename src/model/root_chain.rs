@@ -14,6 +14,7 @@
 //! `/proc` and `/sys` are read (Anaconda bind-mounts them into `/mnt/sysimage`), and
 //! mount points below `DIR` are taken relative to it.
 
+use crate::formats::luks;
 use crate::model::root::Root;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -347,13 +348,13 @@ fn crypt_cipher(root: &Root, dir: &Path, lower: &[PathBuf]) -> Option<String> {
     let from_header = lower.iter().find_map(|l| {
         let name = l.file_name()?.to_string_lossy().into_owned();
         let dev = root.host(format!("/dev/{name}")).ok()?;
+        // The binary header first; then as much as it says the JSON area needs.
+        let mut file = std::fs::File::open(dev).ok()?;
         let mut head = Vec::new();
-        std::fs::File::open(dev)
-            .ok()?
-            .take(crate::formats::luks::MAX_HEADER as u64)
-            .read_to_end(&mut head)
-            .ok()?;
-        crate::formats::luks::cipher(&head).ok()
+        (&mut file).take(luks::FIRST_READ as u64).read_to_end(&mut head).ok()?;
+        let rest = luks::header_len(&head).saturating_sub(head.len());
+        file.take(rest as u64).read_to_end(&mut head).ok()?;
+        luks::cipher(&head).ok()
     });
     from_header.or_else(|| {
         let name = read_trimmed(&dir.join("dm/name"))?;

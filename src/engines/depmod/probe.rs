@@ -111,18 +111,7 @@ impl TreeIndexes {
                 return Ok(v.into_iter().map(|v| (v.value, false)).collect());
             }
         }
-        if let Some(idx) = self.index(&self.builtin_alias, "modules.builtin.alias.bin")? {
-            let v = idx.lookup(&key).with_context(|| self.ctx("modules.builtin.alias.bin"))?;
-            if !v.is_empty() {
-                return Ok(v.into_iter().map(|v| (v.value, true)).collect());
-            }
-        }
-        if let Some(idx) = self.index(&self.builtin, "modules.builtin.bin")? {
-            if !idx.lookup(&key).with_context(|| self.ctx("modules.builtin.bin"))?.is_empty() {
-                return Ok(vec![(key, true)]);
-            }
-        }
-        Ok(Vec::new())
+        Ok(self.builtin_providers(name)?.into_iter().map(|m| (m, true)).collect())
     }
 
     /// Built-in modules that provide `name` (by alias or as their own name), whatever
