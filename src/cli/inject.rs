@@ -107,7 +107,7 @@ pub fn run(ctx: &Context, args: InjectArgs) -> Result<Exit> {
     if ctx.json {
         print_json(&report)?;
     } else {
-        write_report(&mut std::io::stdout().lock(), &report)?;
+        write_report(&mut std::io::stdout().lock(), &report, ctx.verbose)?;
     }
     Ok(exit_of(&report))
 }
@@ -123,14 +123,18 @@ pub fn exit_of(report: &Report) -> Exit {
 }
 
 /// Render a report as text.
-pub fn write_report(out: &mut dyn Write, r: &Report) -> std::io::Result<()> {
+pub fn write_report(out: &mut dyn Write, r: &Report, verbose: bool) -> std::io::Result<()> {
     let p = &r.plan;
     writeln!(out, "image:   {} (kernel {}, tree {})", r.image.display(), p.release, p.tree)?;
     for v in &p.verdicts {
         let state = if v.compatible { "compatible" } else { "REFUSED" };
         writeln!(out, "check:   {} {state}", v.module)?;
-        for reason in &v.reasons {
+        let (shown, rest) = super::check::shown_reasons(v, verbose);
+        for reason in shown {
             writeln!(out, "           {reason}")?;
+        }
+        if let Some(rest) = rest {
+            writeln!(out, "           {rest}")?;
         }
     }
     if r.outcome == Outcome::Refused {

@@ -79,7 +79,7 @@ pub fn main() -> Exit {
         }
     };
     init_logging(cli.verbose);
-    let ctx = Context { root: Root::new(&cli.root), json: cli.json };
+    let ctx = Context { root: Root::new(&cli.root), json: cli.json, verbose: cli.verbose > 0 };
     let result = match cli.command {
         Command::Info(args) => info::run(&ctx, args),
         Command::Check(args) => check::run(&ctx, args),
@@ -119,6 +119,8 @@ pub fn main() -> Exit {
 pub struct Context {
     pub root: Root,
     pub json: bool,
+    /// `-v` given: reports list everything (every reason of a refusal), not a summary.
+    pub verbose: bool,
 }
 
 fn init_logging(verbose: u8) {

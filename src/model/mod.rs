@@ -2,6 +2,7 @@
 
 pub mod dud;
 pub mod kernel;
+pub mod kernel_image;
 pub mod ledger;
 pub mod module;
 pub mod root;

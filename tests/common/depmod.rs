@@ -26,10 +26,16 @@ impl TreeRoot {
     /// Copy the installed tree's module files whose tree-relative path satisfies
     /// `keep`, plus the kernel package's inputs. Hard links when possible.
     pub fn copy_installed(release: &str, keep: impl Fn(&str) -> bool) -> TreeRoot {
+        Self::copy_tree(Path::new("/"), release, keep)
+    }
+
+    /// [`TreeRoot::copy_installed`] from the tree of kernel `release` under `from` (an
+    /// unpacked kernel package).
+    pub fn copy_tree(from: &Path, release: &str, keep: impl Fn(&str) -> bool) -> TreeRoot {
         let dir = tempfile::tempdir().unwrap();
         let root = TreeRoot { dir, release: release.to_string() };
-        let src = Path::new("/lib/modules").join(release);
-        for m in super::kernel_modules(release) {
+        let src = from.join("lib/modules").join(release);
+        for m in super::kernel_modules_in(from, release) {
             let rel = m.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
             if keep(&rel) {
                 root.place(&rel, &m);
