@@ -74,6 +74,7 @@ pub fn symvers(data: &[u8]) {
 pub fn signature_der(data: &[u8]) {
     let _ = signature::split(data);
     let _ = der::cert_identity(data);
+    let _ = der::signer_cert(data);
 }
 
 /// A driver disk ISO9660 image: mounted in memory, walked, and every package on it

@@ -1,6 +1,7 @@
 //! Formats: pure byte codecs. Bytes in, values out (and back); no filesystem, no
 //! global state. This is where fuzzing and property tests aim.
 
+pub mod bls;
 pub mod compression;
 pub mod cpio;
 pub mod der;
@@ -17,3 +18,4 @@ pub mod rpm_header;
 pub mod rpmvercmp;
 pub mod signature;
 pub mod symvers;
+pub mod uki;

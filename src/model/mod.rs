@@ -1,5 +1,6 @@
 //! Model: facts read from files (through a [`root::Root`]), never written.
 
+pub mod boot_images;
 pub mod dud;
 pub mod kernel;
 pub mod kernel_image;

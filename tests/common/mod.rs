@@ -124,3 +124,4 @@ pub mod inject;
 pub mod jail;
 pub mod keep;
 pub mod kmod;
+pub mod sign;
