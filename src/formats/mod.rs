@@ -10,6 +10,7 @@ pub mod kconfig;
 pub mod kmod_index;
 pub mod luks;
 pub mod modinfo;
+pub mod modprobe_conf;
 pub mod modversions;
 pub mod rpm_header;
 pub mod rpmvercmp;
