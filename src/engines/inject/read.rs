@@ -64,6 +64,9 @@ impl Digests<'_> {
     }
 }
 
+/// A configuration file of an image: `(file name, (image path, text))`.
+pub type ConfigFile<'a> = (String, (String, &'a [u8]));
+
 /// Whether a raw entry name may be something [`ImageContents`] keeps: only these bodies
 /// are read into memory.
 fn worth_reading(name: &[u8]) -> bool {
@@ -236,7 +239,7 @@ impl ImageContents {
 
     /// The image's modprobe.d files, per directory of [`MODPROBE_DIRS`] (dracut copies
     /// the host's `/etc/modprobe.d` in): `(file name, (image path, text))`.
-    pub fn modprobe_dirs(&self) -> Vec<Vec<(String, (String, &[u8]))>> {
+    pub fn modprobe_dirs(&self) -> Vec<Vec<ConfigFile<'_>>> {
         MODPROBE_DIRS
             .iter()
             .map(|dir| {
