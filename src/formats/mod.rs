@@ -13,6 +13,7 @@ pub mod kmod_index;
 pub mod ksymtab;
 pub mod luks;
 pub mod modinfo;
+pub mod modprobe_conf;
 pub mod modversions;
 pub mod rpm_header;
 pub mod rpmvercmp;

@@ -5,6 +5,7 @@ pub mod dud;
 pub mod kernel;
 pub mod kernel_image;
 pub mod ledger;
+pub mod modprobe;
 pub mod module;
 pub mod root;
 pub mod root_chain;
