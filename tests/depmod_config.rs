@@ -19,15 +19,11 @@ use std::process::Command;
 const KVER: &str = "4.4.4";
 
 fn sample(name: &str) -> SampleModule {
-    let mut s = SampleModule::new(name, &format!("{KVER} SMP preempt mod_unload modversions "));
-    s.import("module_layout", 0x1234_5678);
-    s
+    common::depmod::sample(KVER, name)
 }
 
 fn empty_root() -> TreeRoot {
-    let root = TreeRoot { dir: tempfile::tempdir().unwrap(), release: KVER.into() };
-    std::fs::create_dir_all(root.tree()).unwrap();
-    root
+    TreeRoot::empty(KVER)
 }
 
 fn put(path: &Path, m: &SampleModule) {

@@ -13,15 +13,11 @@ use common::depmod::{assert_same_indexes, TreeRoot};
 const KVER: &str = "6.1.0-99-sample";
 
 fn sample(name: &str) -> SampleModule {
-    let mut s = SampleModule::new(name, &format!("{KVER} SMP preempt mod_unload modversions "));
-    s.import("module_layout", 0x1234_5678);
-    s
+    common::depmod::sample(KVER, name)
 }
 
 fn empty_root() -> TreeRoot {
-    let root = TreeRoot { dir: tempfile::tempdir().unwrap(), release: KVER.into() };
-    std::fs::create_dir_all(root.tree()).unwrap();
-    root
+    TreeRoot::empty(KVER)
 }
 
 fn write(root: &TreeRoot, rel: &str, m: &SampleModule) {

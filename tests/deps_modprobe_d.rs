@@ -15,9 +15,7 @@ use std::process::Command;
 const KVER: &str = "6.1.0-99-modprobe";
 
 fn sample(name: &str) -> SampleModule {
-    let mut s = SampleModule::new(name, &format!("{KVER} SMP preempt mod_unload modversions "));
-    s.import("module_layout", 0x1234_5678);
-    s
+    common::depmod::sample(KVER, name)
 }
 
 /// A tree: `md_core` exports a symbol `md_drv` uses; `md_drv` has a PCI alias and its

@@ -116,16 +116,8 @@ pub fn key_id_hex(key: &[u8]) -> String {
 /// Read the identity of an X.509 certificate given as DER or PEM.
 pub fn cert_identity(bytes: &[u8]) -> Result<CertIdentity> {
     let der = certificate_der(bytes)?;
-    let (cert, _) = der_next(&der).context("not a DER certificate")?;
-    let parts = der_children(expect(cert, SEQUENCE, "Certificate")?.body)?;
-    let Some(tbs) = parts.first() else { bail!("empty Certificate") };
-    let fields = der_children(expect(*tbs, SEQUENCE, "TBSCertificate")?.body)?;
-    // The version is optional ([0] EXPLICIT); skip it when present.
-    let fields = match fields.first() {
-        Some(f) if f.tag == CONTEXT_0 => &fields[1..],
-        _ => &fields[..],
-    };
-    let [serial, _sig_alg, issuer, ..] = fields else { bail!("short TBSCertificate") };
+    let fields = tbs_fields(&der)?;
+    let [serial, _sig_alg, issuer, ..] = fields.as_slice() else { bail!("short TBSCertificate") };
     let serial = serial_bytes(expect(*serial, INTEGER, "serialNumber")?.body);
     Ok(CertIdentity { issuer: common_name(*issuer)?, serial })
 }
@@ -201,15 +193,8 @@ const BIT_STRING: u8 = 0x03;
 /// Read the signer's parts of an X.509 certificate given as DER or PEM.
 pub fn signer_cert(bytes: &[u8]) -> Result<SignerCert> {
     let der = certificate_der(bytes)?;
-    let (cert, _) = der_next(&der).context("not a DER certificate")?;
-    let parts = der_children(expect(cert, SEQUENCE, "Certificate")?.body)?;
-    let Some(tbs) = parts.first() else { bail!("empty Certificate") };
-    let fields = der_children(expect(*tbs, SEQUENCE, "TBSCertificate")?.body)?;
-    let fields = match fields.first() {
-        Some(f) if f.tag == CONTEXT_0 => &fields[1..],
-        _ => &fields[..],
-    };
-    let [serial, _sig_alg, issuer, _validity, _subject, spki, ..] = fields else {
+    let fields = tbs_fields(&der)?;
+    let [serial, _sig_alg, issuer, _validity, _subject, spki, ..] = fields.as_slice() else {
         bail!("short TBSCertificate")
     };
     let serial = expect(*serial, INTEGER, "serialNumber")?;
@@ -240,6 +225,19 @@ pub fn signer_cert(bytes: &[u8]) -> Result<SignerCert> {
         identity,
         rsa_public,
     })
+}
+
+/// The fields of a DER certificate's TBSCertificate, from the serial number on (the
+/// optional `[0] EXPLICIT` version skipped).
+fn tbs_fields(der: &[u8]) -> Result<Vec<Der<'_>>> {
+    let (cert, _) = der_next(der).context("not a DER certificate")?;
+    let parts = der_children(expect(cert, SEQUENCE, "Certificate")?.body)?;
+    let Some(tbs) = parts.first() else { bail!("empty Certificate") };
+    let mut fields = der_children(expect(*tbs, SEQUENCE, "TBSCertificate")?.body)?;
+    if fields.first().is_some_and(|f| f.tag == CONTEXT_0) {
+        fields.remove(0);
+    }
+    Ok(fields)
 }
 
 fn certificate_der(bytes: &[u8]) -> Result<Vec<u8>> {

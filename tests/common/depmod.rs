@@ -13,7 +13,23 @@ pub struct TreeRoot {
     pub release: String,
 }
 
+/// A generated module for `release`, importing `module_layout` as every modversions
+/// build does.
+pub fn sample(release: &str, name: &str) -> bootkmod::samples::SampleModule {
+    let vermagic = format!("{release} SMP preempt mod_unload modversions ");
+    let mut s = bootkmod::samples::SampleModule::new(name, &vermagic);
+    s.import("module_layout", 0x1234_5678);
+    s
+}
+
 impl TreeRoot {
+    /// A root whose `lib/modules/<release>` exists and is empty.
+    pub fn empty(release: &str) -> TreeRoot {
+        let root = TreeRoot { dir: tempfile::tempdir().unwrap(), release: release.into() };
+        std::fs::create_dir_all(root.tree()).unwrap();
+        root
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
