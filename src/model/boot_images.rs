@@ -54,6 +54,14 @@ pub struct BootImage {
     pub why: String,
 }
 
+impl BootImage {
+    /// An image found on disk by a layout or naming rule (not named by an entry): it
+    /// exists and it is where a driver goes.
+    fn found(path: PathBuf, kind: ImageKind, why: String) -> BootImage {
+        BootImage { path, kind, exists: true, receives_drivers: true, why }
+    }
+}
+
 /// Every image that boots `release` under `root`. See the module overview.
 pub fn find(root: &Root, release: &str) -> Vec<BootImage> {
     let mut out: Vec<BootImage> = Vec::new();
@@ -133,16 +141,8 @@ pub fn find(root: &Root, release: &str) -> Vec<BootImage> {
             if matches!(token.as_str(), "loader" | "EFI" | "efi") || !exists(&p) {
                 continue;
             }
-            push(
-                &mut out,
-                BootImage {
-                    path: p,
-                    kind: ImageKind::Initramfs,
-                    exists: true,
-                    receives_drivers: true,
-                    why: format!("kernel-install's layout, entry token {token} in {boot}"),
-                },
-            );
+            let why = format!("kernel-install's layout, entry token {token} in {boot}");
+            push(&mut out, BootImage::found(p, ImageKind::Initramfs, why));
         }
     }
     let preferred = crate::model::ledger::default_image(root, release);
@@ -153,16 +153,8 @@ pub fn find(root: &Root, release: &str) -> Vec<BootImage> {
     names.sort_by_key(|p| *p != preferred);
     for p in names {
         if exists(&p) {
-            push(
-                &mut out,
-                BootImage {
-                    path: p,
-                    kind: ImageKind::Initramfs,
-                    exists: true,
-                    receives_drivers: true,
-                    why: "the distribution's name for the kernel's initramfs".into(),
-                },
-            );
+            let why = "the distribution's name for the kernel's initramfs".into();
+            push(&mut out, BootImage::found(p, ImageKind::Initramfs, why));
         }
     }
     for boot in BOOT_DIRS {
@@ -183,16 +175,7 @@ pub fn find(root: &Root, release: &str) -> Vec<BootImage> {
                 }
                 None => continue,
             };
-            push(
-                &mut out,
-                BootImage {
-                    path: p,
-                    kind: ImageKind::Uki,
-                    exists: true,
-                    receives_drivers: true,
-                    why,
-                },
-            );
+            push(&mut out, BootImage::found(p, ImageKind::Uki, why));
         }
     }
     out
