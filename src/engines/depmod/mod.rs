@@ -332,7 +332,10 @@ const CYCLE_WALK_BUDGET: usize = 1 << 20;
 /// from each start still listed, a depth-first walk (LIFO, providers pushed in the
 /// order first needed) follows dependencies; each time it comes back to the start, the
 /// path is one cycle (`start -> ... -> start`) and its members stop being starts. A
-/// module with no dependencies stops being a start when reached. Where kmod would
+/// module with no dependencies stops being a start when reached. The starts are a
+/// circular list, and taking one out of it makes the module after it the next start
+/// (kmod's list removal returns the successor, which depmod keeps as the head): which
+/// module a cycle is printed from depends on that rotation. Where kmod would
 /// report a start reached again by an earlier walk as a one-module "cycle" (a stuck
 /// module behind a cycle that itself has dependencies), nothing is reported; where
 /// kmod would walk a cycle not through the start forever, the walk does not descend
@@ -344,7 +347,8 @@ fn find_cycles(direct: &[Vec<usize>], users: &[usize]) -> (Vec<Vec<usize>>, usiz
     let mut cycles = Vec::new();
     let mut budget = CYCLE_WALK_BUDGET;
     while !starts.is_empty() {
-        let start = starts.remove(0);
+        let start = starts[0];
+        take_start(&mut starts, start);
         // Vertices: (module, parent vertex); a path is a chain of parents.
         let mut vertices: Vec<(usize, Option<usize>)> = vec![(start, None)];
         let mut stack = vec![0usize];
@@ -353,15 +357,20 @@ fn find_cycles(direct: &[Vec<usize>], users: &[usize]) -> (Vec<Vec<usize>>, usiz
             if visited[m] && m == start {
                 let Some(mut at) = parent else { continue };
                 let mut path = vec![start];
+                let mut members = Vec::new();
                 loop {
                     let (pm, pp) = vertices[at];
                     path.push(pm);
                     in_cycles.insert(pm);
-                    starts.retain(|&s| s != pm);
+                    members.push(pm);
                     match pp {
                         Some(p) => at = p,
                         None => break,
                     }
+                }
+                // kmod takes them out from the start of the cycle onwards.
+                for &m in members.iter().rev() {
+                    take_start(&mut starts, m);
                 }
                 path.reverse();
                 cycles.push(path);
@@ -369,7 +378,7 @@ fn find_cycles(direct: &[Vec<usize>], users: &[usize]) -> (Vec<Vec<usize>>, usiz
             }
             visited[m] = true;
             if direct[m].is_empty() {
-                starts.retain(|&s| s != m);
+                take_start(&mut starts, m);
                 continue;
             }
             for &d in &direct[m] {
@@ -392,6 +401,15 @@ fn find_cycles(direct: &[Vec<usize>], users: &[usize]) -> (Vec<Vec<usize>>, usiz
         }
     }
     (cycles, in_cycles.len())
+}
+
+/// Take `module` out of the circular list of starts (`starts[0]` is its head); the
+/// module after it, wrapping around, becomes the head. Absent: nothing changes.
+fn take_start(starts: &mut Vec<usize>, module: usize) {
+    if let Some(p) = starts.iter().position(|&s| s == module) {
+        starts.remove(p);
+        starts.rotate_left(p);
+    }
 }
 
 /// Every module `i` needs, directly or not, sorted by topological rank.
