@@ -593,18 +593,6 @@ impl Checker<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Rule;
-
-    #[test]
-    fn json_and_text_name_rules_alike() {
-        for rule in [Rule::Signature, Rule::ModuleLayout, Rule::StructModuleSize, Rule::SetMember] {
-            assert_eq!(serde_json::to_value(rule).unwrap(), rule.name());
-        }
-    }
-}
-
 /// With the target's efivars read (`--secure-boot auto`): which key databases lack the
 /// module's key, and the `mokutil --import` that enrolls it (the target's own copy of
 /// the certificate when a local signing tool keeps one, else `CERT`).
@@ -623,4 +611,16 @@ fn enroll_hint(kernel: &Kernel, signer: Option<&str>, key_id: &[u8]) -> String {
         None => format!("CERT (the certificate of {who}, DER)"),
     };
     format!("; key {} ({who}) is {looked}: enroll it with `mokutil --import {cert}` and confirm at the next boot", key_id_hex(key_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rule;
+
+    #[test]
+    fn json_and_text_name_rules_alike() {
+        for rule in [Rule::Signature, Rule::ModuleLayout, Rule::StructModuleSize, Rule::SetMember] {
+            assert_eq!(serde_json::to_value(rule).unwrap(), rule.name());
+        }
+    }
 }

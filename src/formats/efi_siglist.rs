@@ -281,7 +281,7 @@ mod tests {
             header: vec![],
             signatures: vec![],
         };
-        let bytes = write(&[empty.clone()]).unwrap();
+        let bytes = write(std::slice::from_ref(&empty)).unwrap();
         let mut patched = bytes.clone();
         patched[24..28].copy_from_slice(&17u32.to_le_bytes());
         assert_eq!(parse(&patched).unwrap()[0].signatures, vec![]);
