@@ -372,3 +372,67 @@ fn the_kernel_with_sig_enforce_refuses_a_module_signed_by_an_unknown_key() {
     assert!(!*loaded, "loaded under module.sig_enforce=1:\n{msgs}");
     assert!(msgs.contains("Loading of module with unavailable key is rejected"), "{msgs}");
 }
+
+/// `install --sign-key/--sign-cert`: the module placed in the kernel's tree (and kept in
+/// the store) is the signed one: kmod's `modinfo` names the signer, `check --trusted-key
+/// CERT` accepts it under enforcement and `check` without the key refuses it naming the
+/// signer; the given file itself is left unsigned.
+#[test]
+fn install_signs_what_it_places() {
+    let Some(common::keep::Setup { kver, newer, symvers, bkram, root, scratch }) =
+        common::keep::Setup::new()
+    else {
+        return;
+    };
+    let Some(modinfo) = tool("modinfo") else { return };
+    let Some(mok) = make_key_bits(scratch.path(), "mok", 2048) else { return };
+    root.add_kernel(&newer, &kver, &symvers);
+    let given = std::fs::read(&bkram).unwrap();
+    let field = |file: &Path, f: &str| {
+        let out = run(Command::new(&modinfo).args(["-F", f]).arg(file));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(field(&bkram, "signer"), "", "the fixture starts unsigned");
+
+    let out = run(bootkmod()
+        .arg("--root")
+        .arg(root.path())
+        .args(["install", "--root-critical", "--sign-hash", "sha512", "--sign-key"])
+        .arg(&mok.key)
+        .arg("--sign-cert")
+        .arg(&mok.cert_pem)
+        .arg(&bkram));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&bkram).unwrap(), given, "the given file is not changed");
+    let placed = root.at(format!("/lib/modules/{kver}/extra/bkram/bkram.ko"));
+    assert_eq!(field(&placed, "signer"), "mok signing key");
+    assert_eq!(field(&placed, "sig_hashalgo"), "sha512");
+    // What install placed is what sign-file makes of the given file with that key.
+    let Some(expected) =
+        sign_with(&given, "sha512", &mok.key, &mok.cert_pem, scratch.path(), "bkram.ko")
+    else {
+        return;
+    };
+    assert_eq!(std::fs::read(&placed).unwrap(), expected, "placed bytes are sign-file's");
+
+    let check = |trusted: Option<&Path>| {
+        let mut cmd = bootkmod();
+        cmd.arg("check").arg(&placed).args(["--kver", &kver, "--secure-boot", "on"]);
+        if let Some(cert) = trusted {
+            cmd.arg("--trusted-key").arg(cert);
+        }
+        run(&mut cmd)
+    };
+    let accepted = check(Some(&mok.cert_pem));
+    assert_eq!(accepted.status.code(), Some(0), "{}", String::from_utf8_lossy(&accepted.stdout));
+    let refused = check(None);
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(refused.status.code(), Some(3), "{text}");
+    assert!(text.contains("mok signing key"), "the refusal names the signer: {text}");
+}

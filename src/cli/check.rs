@@ -75,7 +75,9 @@ pub struct CheckArgs {
 /// `--secure-boot` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SecureBoot {
-    /// Read the kernel command line, lockdown and EFI Secure Boot state under ROOT.
+    /// Read the kernel command line, lockdown and EFI Secure Boot state under ROOT, and
+    /// trust the keys of its efivars (shim's MokListRT, the firmware's db); a module
+    /// signed by a key in neither is named with the `mokutil --import` that fixes it.
     Auto,
     /// Assume enforcement.
     On,

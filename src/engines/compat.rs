@@ -326,8 +326,9 @@ impl Checker<'_> {
                     .join(", ");
                 let message = if enforced {
                     format!(
-                        "{name}: signed with key {key} the kernel does not trust: refused ({})",
-                        kernel.enforcement.because
+                        "{name}: signed with key {key} the kernel does not trust: refused ({}){}",
+                        kernel.enforcement.because,
+                        enroll_hint(kernel, sig.signer.as_deref(), &sig.key_id)
                     )
                 } else {
                     format!(
@@ -590,6 +591,26 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// With the target's efivars read (`--secure-boot auto`): which key databases lack the
+/// module's key, and the `mokutil --import` that enrolls it (the target's own copy of
+/// the certificate when a local signing tool keeps one, else `CERT`).
+fn enroll_hint(kernel: &Kernel, signer: Option<&str>, key_id: &[u8]) -> String {
+    let Some(efi) = &kernel.efi else { return String::new() };
+    let mut looked: Vec<&str> = efi.keys.iter().map(|k| k.variable.as_str()).collect();
+    looked.dedup();
+    let looked = if looked.is_empty() {
+        "not enrolled (the target's efivars hold no MokListRT or db key)".to_string()
+    } else {
+        format!("not in {}", looked.join(" or "))
+    };
+    let who = signer.unwrap_or("the signer");
+    let cert = match efi.local_cert(signer, key_id) {
+        Some(c) => c.path.display().to_string(),
+        None => format!("CERT (the certificate of {who}, DER)"),
+    };
+    format!("; key {} ({who}) is {looked}: enroll it with `mokutil --import {cert}` and confirm at the next boot", key_id_hex(key_id))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod compression;
 pub mod cpio;
 pub mod der;
 pub mod dud;
+pub mod efi_siglist;
 pub mod elf;
 pub mod kconfig;
 pub mod kernel_image;

@@ -189,6 +189,11 @@ pub struct Kernel {
     pub allow_missing_namespace_imports: bool,
     pub enforcement: Enforcement,
     pub trusted_keys: Vec<TrustedKey>,
+    /// With `--secure-boot auto`: what efivarfs under the root says (Secure Boot state,
+    /// MokListRT and db keys, which are also in [`Kernel::trusted_keys`]), and the local
+    /// signing certificates found there (`model::efi_keys`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub efi: Option<crate::model::efi_keys::EfiKeys>,
     /// Files of the tree that could not be read (a dangling weak-updates link, an
     /// unreadable module): left out, each named.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -251,7 +256,18 @@ impl Kernel {
         let allow_missing_namespace_imports =
             enabled("CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS").unwrap_or(false);
 
-        let trusted_keys = trusted_keys(reference.as_ref(), &opts.trusted_keys)?;
+        let mut trusted_keys = trusted_keys(reference.as_ref(), &opts.trusted_keys)?;
+        let efi = match opts.secure_boot {
+            SecureBootMode::Auto => Some(crate::model::efi_keys::read(root)?),
+            _ => None,
+        };
+        if let Some(efi) = &efi {
+            warnings.extend(efi.warnings.iter().map(|w| format!("efivars: {w}")));
+            trusted_keys.extend(efi.keys.iter().map(|k| TrustedKey {
+                identity: k.identity.clone(),
+                source: format!("{} (efivars, owner {})", k.variable, k.owner),
+            }));
+        }
         let enforcement = if sig_force {
             Enforcement { enforced: true, because: "CONFIG_MODULE_SIG_FORCE=y".into() }
         } else {
@@ -262,7 +278,7 @@ impl Kernel {
                 SecureBootMode::Off => {
                     Enforcement { enforced: false, because: "--secure-boot off".into() }
                 }
-                SecureBootMode::Auto => detect_enforcement(root)?,
+                SecureBootMode::Auto => detect_enforcement(root, efi.as_ref())?,
             }
         };
 
@@ -284,6 +300,7 @@ impl Kernel {
             allow_missing_namespace_imports,
             enforcement,
             trusted_keys,
+            efi,
             warnings,
         })
     }
@@ -638,7 +655,10 @@ fn read_all(files: &[PathBuf]) -> Result<Vec<Result<Module>>> {
 /// `--secure-boot auto`: enforcement is on when the command line asks for it
 /// (`module.sig_enforce=1`, `lockdown=`), when lockdown is active, or when EFI Secure
 /// Boot is on (distribution kernels lock down under Secure Boot).
-fn detect_enforcement(root: &Root) -> Result<Enforcement> {
+fn detect_enforcement(
+    root: &Root,
+    efi: Option<&crate::model::efi_keys::EfiKeys>,
+) -> Result<Enforcement> {
     let cmdline = read_optional(&root.host("/proc/cmdline")?)?.unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline);
     for word in cmdline.split_whitespace() {
@@ -669,11 +689,21 @@ fn detect_enforcement(root: &Root) -> Result<Enforcement> {
             because: format!("lockdown {}", lockdown.trim()),
         });
     }
-    let secure_boot =
-        root.host("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c")?;
-    // efivarfs files are 4 attribute bytes then the value.
-    if read_optional(&secure_boot)?.is_some_and(|v| v.get(4) == Some(&1)) {
-        return Ok(Enforcement { enforced: true, because: "EFI Secure Boot is enabled".into() });
+    // efivarfs (model::efi_keys): SecureBoot, unless the user told shim to stop
+    // validating (MokSBStateRT), when the kernel does not lock down.
+    match efi.map(|e| (e.secure_boot, e.shim_validation_disabled)) {
+        Some((Some(true), false)) => {
+            return Ok(Enforcement { enforced: true, because: "EFI Secure Boot is enabled".into() })
+        }
+        Some((Some(true), true)) => {
+            return Ok(Enforcement {
+                enforced: false,
+                because:
+                    "EFI Secure Boot is enabled but shim's validation is disabled (MokSBStateRT)"
+                        .into(),
+            })
+        }
+        _ => {}
     }
     Ok(Enforcement {
         enforced: false,

@@ -258,11 +258,28 @@ pub struct KernelRecord {
     pub modules: BTreeMap<String, ModuleOnKernel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageRecord>,
+    /// Every other initramfs that boots the kernel and receives drivers
+    /// (`model::boot_images`: another boot entry's last initrd, kernel-install's layout
+    /// beside a distribution name, ...), each kept as `image` is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_images: Vec<ImageRecord>,
     /// The last run could not finish this kernel (the other kernels went on): the step
     /// and the reason. `modules` and `image` are then what was known before that run.
     /// Cleared by the run that completes the kernel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+}
+
+impl KernelRecord {
+    /// `image`, then `more_images`.
+    pub fn images(&self) -> impl Iterator<Item = &ImageRecord> {
+        self.image.iter().chain(&self.more_images)
+    }
+
+    /// [`KernelRecord::images`], to change.
+    pub fn images_mut(&mut self) -> impl Iterator<Item = &mut ImageRecord> {
+        self.image.iter_mut().chain(&mut self.more_images)
+    }
 }
 
 /// An operation that was started and has not yet finished.

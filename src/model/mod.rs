@@ -2,6 +2,7 @@
 
 pub mod boot_images;
 pub mod dud;
+pub mod efi_keys;
 pub mod kernel;
 pub mod kernel_image;
 pub mod ledger;

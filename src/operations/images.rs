@@ -189,7 +189,34 @@ pub fn update(
     previous: Option<&ImageRecord>,
     opts: UpdateOptions,
 ) -> Result<Option<Updated>> {
-    let found = find(root, release);
+    update_at(root, release, find(root, release), usable, previous, opts)
+}
+
+/// Every other initramfs that boots `release` and receives drivers
+/// (`model::boot_images`), besides `primary`: each is brought up to date like the
+/// primary one ([`update_at`]). Unified Kernel Images are not among them.
+pub fn others(root: &Root, release: &str, primary: Option<&Path>) -> Vec<PathBuf> {
+    crate::model::boot_images::find(root, release)
+        .into_iter()
+        .filter(|i| {
+            i.exists
+                && i.receives_drivers
+                && i.kind == crate::model::boot_images::ImageKind::Initramfs
+                && Some(i.path.as_path()) != primary
+        })
+        .map(|i| i.path)
+        .collect()
+}
+
+/// [`update`] of the image at `found` (target-absolute; `None`: the kernel has none).
+pub fn update_at(
+    root: &Root,
+    release: &str,
+    found: Option<PathBuf>,
+    usable: &[String],
+    previous: Option<&ImageRecord>,
+    opts: UpdateOptions,
+) -> Result<Option<Updated>> {
     let path = match (&found, opts.method) {
         (Some(p), _) => p.clone(),
         (None, ImageMethod::Regenerate) if !usable.is_empty() => default_image(root, release),

@@ -243,8 +243,12 @@ pub(crate) fn remove_modules(run: &Run, ledger: &mut Ledger, names: &[String]) -
     }
     // Images: undo what bootkmod changed, never reverting another writer (see
     // images::undo). Other modules still installed are re-offered by the refresh below.
-    for (release, kernel) in ledger.kernels.iter_mut() {
-        let Some(image) = kernel.image.as_mut().filter(|i| i.updated) else { continue };
+    for (release, image) in ledger
+        .kernels
+        .iter_mut()
+        .flat_map(|(release, kernel)| kernel.images_mut().map(move |i| (release, i)))
+        .filter(|(_, i)| i.updated)
+    {
         let rels = placed.get(release).map(Vec::as_slice).unwrap_or_default();
         let undone = images::undo(root, release, image, rels, false).and_then(|undone| {
             image.note = Some(undone.note().into());
@@ -341,13 +345,15 @@ pub(crate) fn forget_kernel(root: &Root, ledger: &mut Ledger, release: &str) -> 
     } else {
         done.pruned = weak_updates::prune_gone_tree(root, release)?;
     }
-    let backup = ledger
+    let backups: Vec<PathBuf> = ledger
         .kernels
         .get(release)
-        .and_then(|k| k.image.as_ref())
-        .and_then(|i| i.backup.clone())
-        .filter(|b| root.host_entry(b).is_ok_and(|h| std::fs::symlink_metadata(h).is_ok()));
-    if let Some(backup) = &backup {
+        .into_iter()
+        .flat_map(|k| k.images())
+        .filter_map(|i| i.backup.clone())
+        .filter(|b| root.host_entry(b).is_ok_and(|h| std::fs::symlink_metadata(h).is_ok()))
+        .collect();
+    for backup in &backups {
         remove_synced(&root.host_entry(backup)?)?;
     }
     ledger.kernels.remove(release);

@@ -172,7 +172,11 @@ pub(crate) fn refresh(run: &Run, ledger: &mut Ledger, only: &[String]) -> Result
     let placed_all = done.restored.is_empty() || !run.dry_run;
     for release in releases {
         let previous = ledger.kernels.get(&release).cloned().unwrap_or_default();
-        let mut record = KernelRecord { image: previous.image.clone(), ..KernelRecord::default() };
+        let mut record = KernelRecord {
+            image: previous.image.clone(),
+            more_images: previous.more_images.clone(),
+            ..KernelRecord::default()
+        };
         let step = KernelStep {
             run,
             release: &release,
@@ -354,7 +358,11 @@ impl KernelStep<'_> {
             if !run.dry_run && !usable.is_empty() {
                 // The target's 90bootkmod asks `bootkmod status --dracut` for this
                 // kernel's verdicts: they must be in the saved ledger before dracut runs.
-                let pending = KernelRecord { image: previous.clone(), ..record.clone() };
+                let pending = KernelRecord {
+                    image: previous.clone(),
+                    more_images: self.previous.more_images.clone(),
+                    ..record.clone()
+                };
                 ledger.kernels.insert(release.to_string(), pending);
                 run.state.save(ledger, lock)?;
             }
@@ -362,8 +370,23 @@ impl KernelStep<'_> {
         let opts = images::UpdateOptions { method: run.images, dry_run: run.dry_run, placed };
         let updated = images::update(root, release, &usable, previous.as_ref(), opts)
             .with_context(|| format!("image of kernel {release}"))?;
-        let image_changed = updated.as_ref().is_some_and(|u| u.changed);
+        let mut image_changed = updated.as_ref().is_some_and(|u| u.changed);
         record.image = updated.map(|u| u.record);
+        // Every other image that boots the kernel gets the same drivers: an image
+        // bootkmod leaves out boots without them.
+        let primary = record.image.as_ref().map(|i| i.path.clone());
+        let mut more = Vec::new();
+        for path in images::others(root, release, primary.as_deref()) {
+            let before = self.previous.more_images.iter().find(|i| i.path == path);
+            let updated =
+                images::update_at(root, release, Some(path.clone()), &usable, before, opts)
+                    .with_context(|| format!("image {} of kernel {release}", path.display()))?;
+            if let Some(u) = updated {
+                image_changed |= u.changed;
+                more.push(u.record);
+            }
+        }
+        record.more_images = more;
         Ok(KernelOutcome {
             release: release.to_string(),
             record: record.clone(),

@@ -81,7 +81,7 @@ pub fn remove(root: &Root, names: &[String], dry_run: bool) -> Result<RemoveRepo
         let placed = images::placed_in_trees(&ledger, &names);
         let mut undone = Vec::new();
         for (release, kernel) in &ledger.kernels {
-            if let Some(image) = kernel.image.as_ref().filter(|i| i.updated) {
+            for image in kernel.images().filter(|i| i.updated) {
                 let rels = placed.get(release).map(Vec::as_slice).unwrap_or_default();
                 undone.push((image.path.clone(), images::undo(root, release, image, rels, true)?));
             }
