@@ -8,16 +8,19 @@ use crate::engines::initramfs::{kernel_versions, read_view};
 use crate::exit::Exit;
 use crate::formats::compression::{Compression, EncoderSettings};
 use crate::formats::cpio::Format;
+use crate::formats::uki::Uki;
 use crate::operations::extract::{self, ExtractOptions};
 use crate::operations::pack::{self, PackOptions};
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use std::io::{BufReader, Write};
 use std::path::PathBuf;
 
 /// Read, list, extract and write initramfs images exactly as the kernel unpacks them.
 ///
 /// An image is any sequence of cpio archives (newc or crc), raw or compressed (gzip, xz,
-/// zstd, lz4 legacy, bzip2, lzma), with zero padding between; later entries win.
+/// zstd, lz4 legacy, bzip2, lzma), with zero padding between; later entries win. A
+/// Unified Kernel Image (EFI/Linux/*.efi) is read through its .initrd section; `ls
+/// --segments` also prints its .uname, .osrel, .cmdline, .linux size and signature.
 ///
 /// Examples:
 ///   bootkmod initramfs ls -l /boot/initrd.img-6.1.0-56-amd64
@@ -25,6 +28,7 @@ use std::path::PathBuf;
 ///   bootkmod initramfs extract initrd.img /tmp/x usr/lib/modules
 ///   bootkmod initramfs cat initrd.img etc/cmdline.d/01-default.conf
 ///   bootkmod initramfs kernel-versions initrd.img
+///   bootkmod initramfs ls --segments /boot/efi/EFI/Linux/debian-6.1.0-57-amd64.efi
 ///   bootkmod initramfs create --compress zstd ./tree overlay.img
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -150,30 +154,79 @@ fn parse_compression(name: &str) -> Result<Compression> {
     })
 }
 
-fn open(image: &std::path::Path) -> Result<BufReader<std::fs::File>> {
-    let file =
-        std::fs::File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
-    Ok(BufReader::with_capacity(1 << 20, file))
+/// The image's initramfs bytes: the file, or a Unified Kernel Image's `.initrd`.
+fn open(image: &std::path::Path) -> Result<BufReader<std::io::Take<std::fs::File>>> {
+    Ok(BufReader::with_capacity(1 << 20, crate::operations::uki::open_initramfs(image)?.0))
+}
+
+/// A UKI's facts as `ls --segments` prints them.
+fn print_uki(out: &mut dyn Write, uki: &Uki) -> Result<()> {
+    let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+    writeln!(out, "Unified Kernel Image:")?;
+    writeln!(out, "  .uname    {}", or_none(&uki.uname))?;
+    writeln!(out, "  .osrel    {}", uki.os_name().unwrap_or_else(|| "(none)".into()))?;
+    writeln!(out, "  .cmdline  {}", or_none(&uki.cmdline))?;
+    writeln!(out, "  .linux    {} bytes", uki.linux.map_or(0, |l| l.1))?;
+    writeln!(
+        out,
+        "  .initrd   {} bytes at {:#x}",
+        uki.initrd.map_or(0, |l| l.1),
+        uki.initrd.map_or(0, |l| l.0)
+    )?;
+    match uki.signature {
+        Some((offset, len)) => {
+            writeln!(out, "  signed    Authenticode, {len} bytes at {offset:#x}")?
+        }
+        None => writeln!(out, "  signed    no")?,
+    }
+    Ok(())
+}
+
+/// A UKI's facts in `--json`.
+fn json_uki(uki: &Uki) -> serde_json::Value {
+    serde_json::json!({
+        "uname": uki.uname,
+        "pretty_name": uki.os_name(),
+        "cmdline": uki.cmdline,
+        "linux_size": uki.linux.map(|l| l.1),
+        "initrd_offset": uki.initrd.map(|l| l.0),
+        "initrd_size": uki.initrd.map(|l| l.1),
+        "signature": uki.signature.map(|(offset, size)| serde_json::json!({"offset": offset, "size": size})),
+    })
 }
 
 fn ls(ctx: &Context, image: &std::path::Path, long: bool, segments_only: bool) -> Result<Exit> {
     let source = image.display().to_string();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let (reader, uki) = crate::operations::uki::open_initramfs(image)?;
+    let reader = BufReader::with_capacity(1 << 20, reader);
     if segments_only {
-        let segments = walk::walk(open(image)?, &source, &mut walk::Ignore)?;
+        let segments = walk::walk(reader, &source, &mut walk::Ignore)?;
         if ctx.json {
             drop(out);
-            print_json(&segments)?;
+            match &uki {
+                Some(u) => {
+                    print_json(&serde_json::json!({ "uki": json_uki(u), "segments": segments }))?
+                }
+                None => print_json(&segments)?,
+            }
         } else {
+            if let Some(u) = &uki {
+                print_uki(&mut out, u)?;
+            }
             print_segments(&mut out, &segments)?;
         }
         return Ok(Exit::Ok);
     }
-    let (view, segments) = read_view(open(image)?, &source)?;
+    let (view, segments) = read_view(reader, &source)?;
     if ctx.json {
         drop(out);
         let entries: Vec<_> = view.entries().map(|e| json_entry(&e)).collect();
-        print_json(&serde_json::json!({ "segments": segments, "entries": entries }))?;
+        let mut doc = serde_json::json!({ "segments": segments, "entries": entries });
+        if let Some(u) = &uki {
+            doc["uki"] = json_uki(u);
+        }
+        print_json(&doc)?;
         return Ok(Exit::Ok);
     }
     let mut links: std::collections::HashMap<usize, u32> = Default::default();

@@ -76,6 +76,15 @@ pub struct InjectArgs {
     /// A certificate (DER or PEM) the kernel trusts besides its build key. Repeatable.
     #[arg(long = "trusted-key", value_name = "CERT")]
     pub trusted_keys: Vec<PathBuf>,
+
+    /// A Unified Kernel Image: sign the rewritten image with this private key (PEM), by
+    /// sbsign. A signed UKI is never rewritten without it (exit 3, nothing written).
+    #[arg(long, value_name = "KEY", requires = "sign_cert")]
+    pub sign_key: Option<PathBuf>,
+
+    /// The certificate of --sign-key (PEM), as the firmware or shim trusts it (db, MOK).
+    #[arg(long, value_name = "CERT", requires = "sign_key")]
+    pub sign_cert: Option<PathBuf>,
 }
 
 pub fn run(ctx: &Context, args: InjectArgs) -> Result<Exit> {
@@ -103,6 +112,15 @@ pub fn run(ctx: &Context, args: InjectArgs) -> Result<Exit> {
             ..KernelOptions::default()
         },
     };
+    if crate::operations::uki::is_pe(&ctx.root.confine(&image)?)? {
+        return run_uki(ctx, &args, &image, &modules, &opts);
+    }
+    if args.sign_key.is_some() {
+        anyhow::bail!(
+            "--sign-key/--sign-cert sign a Unified Kernel Image; {} is an initramfs",
+            image.display()
+        );
+    }
     let report = inject::inject(&ctx.root, &image, &modules, &opts)?;
     // With --kver: every image that boots the kernel, and why (model::boot_images).
     let boot_images = match (&args.image, &args.kver) {
@@ -132,6 +150,73 @@ pub fn run(ctx: &Context, args: InjectArgs) -> Result<Exit> {
         }
     }
     Ok(exit_of(&report))
+}
+
+/// `inject` into a Unified Kernel Image (`operations::uki`).
+fn run_uki(
+    ctx: &Context,
+    args: &InjectArgs,
+    image: &std::path::Path,
+    modules: &[ModuleArg],
+    opts: &InjectOptions,
+) -> Result<Exit> {
+    use crate::operations::uki::{self, SignWith, UkiOutcome};
+    let sign = match (&args.sign_key, &args.sign_cert) {
+        (Some(key), Some(cert)) => Some(SignWith { key: key.clone(), cert: cert.clone() }),
+        _ => None,
+    };
+    let report = uki::inject(&ctx.root, image, modules, opts, sign.as_ref())?;
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        if let Some(r) = &report.initrd {
+            write_report(&mut out, r, ctx.verbose)?;
+        }
+        match report.outcome {
+            UkiOutcome::RefusedSigned => {
+                let (offset, len) = report.signature.unwrap_or_default();
+                writeln!(
+                    out,
+                    "refused: {} is a signed Unified Kernel Image (Authenticode certificate \
+                     table at {offset:#x}, {len} bytes); rewriting it would break Secure Boot. \
+                     Nothing written: give --sign-key KEY --sign-cert CERT to re-sign it",
+                    report.uki.display()
+                )?;
+            }
+            UkiOutcome::InitrdNotWritten => {
+                writeln!(out, "uki:     {} not rewritten", report.uki.display())?;
+            }
+            UkiOutcome::Written => {
+                if let Some(w) = &report.rewrite {
+                    writeln!(
+                        out,
+                        "uki:     {} rewritten: .initrd {} -> {} bytes, SizeOfImage {:#x}{}",
+                        report.output.display(),
+                        w.initrd_before,
+                        w.initrd_after,
+                        w.size_of_image,
+                        if w.moved.is_empty() {
+                            String::new()
+                        } else {
+                            let names: Vec<&str> = w.moved.iter().map(|m| m.0.as_str()).collect();
+                            format!(", moved {}", names.join(" "))
+                        }
+                    )?;
+                }
+                if let Some(cert) = &report.signed_with {
+                    let old =
+                        if report.signature.is_some() { "old signature stripped, " } else { "" };
+                    writeln!(out, "signed:  {old}signed again by sbsign with {}", cert.display())?;
+                }
+            }
+        }
+    }
+    Ok(match (report.outcome, &report.initrd) {
+        (UkiOutcome::RefusedSigned, _) => Exit::Negative,
+        (_, Some(r)) => exit_of(r),
+        (_, None) => Exit::Error,
+    })
 }
 
 /// The exit code of a report.

@@ -278,8 +278,9 @@ impl Visitor for Cat<'_> {
     }
 }
 
-fn open(image: &Path) -> Result<File> {
-    File::open(image).with_context(|| format!("cannot open {}", image.display()))
+/// The image's initramfs bytes (a Unified Kernel Image's `.initrd`).
+fn open(image: &Path) -> Result<io::Take<File>> {
+    Ok(crate::operations::uki::open_initramfs(image)?.0)
 }
 
 /// The view paths to extract: `paths`, what is under them, and their ancestors.

@@ -17,4 +17,5 @@ pub mod pack;
 pub mod refresh;
 pub mod remove;
 pub mod sign;
+pub mod uki;
 pub mod weak_updates;

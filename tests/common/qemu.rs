@@ -175,6 +175,9 @@ pub struct Boot {
     pub timeout: Duration,
     pub memory_mb: u32,
     pub arch: Arch,
+    /// Boot through UEFI firmware instead of `-kernel`: (firmware image, directory
+    /// served as a FAT disk, holding `EFI/BOOT/BOOTX64.EFI`).
+    pub uefi: Option<(PathBuf, PathBuf)>,
 }
 
 /// What the guest printed.
@@ -213,7 +216,21 @@ impl Boot {
             timeout: Duration::from_secs(120),
             memory_mb: 1024,
             arch: Arch::X86_64,
+            uefi: None,
         }
+    }
+
+    /// Boot `efi` (a UKI, or any EFI application) with the UEFI firmware `firmware`
+    /// (OVMF): the file is served as `EFI/BOOT/BOOTX64.EFI` of a FAT disk (QEMU's vvfat,
+    /// on virtio-blk, which the firmware reads and the guests here have no driver for).
+    /// The kernel command line is whatever the image carries.
+    pub fn uefi(firmware: &Path, efi: &Path, esp: &Path) -> Boot {
+        let dir = esp.join("EFI/BOOT");
+        fs::create_dir_all(&dir).unwrap();
+        fs::copy(efi, dir.join("BOOTX64.EFI")).unwrap();
+        let mut b = Boot::new(efi, efi);
+        b.uefi = Some((firmware.to_path_buf(), esp.to_path_buf()));
+        b
     }
 
     pub fn arch(mut self, arch: Arch) -> Boot {
@@ -239,9 +256,10 @@ impl Boot {
     pub fn run(&self) -> Option<BootLog> {
         let qemu = self.arch.qemu()?;
         let (machine, console) = self.arch.machine();
-        let kernel = match self.arch {
-            Arch::X86_64 => uncompressed_kernel(&self.kernel),
-            Arch::Aarch64 => self.kernel.clone(),
+        let kernel = match (self.arch, &self.uefi) {
+            (_, Some(_)) => self.kernel.clone(),
+            (Arch::X86_64, None) => uncompressed_kernel(&self.kernel),
+            (Arch::Aarch64, None) => self.kernel.clone(),
         };
         let _slot = Slot::acquire();
         let mut cmd = Command::new(tool("timeout")?);
@@ -250,13 +268,22 @@ impl Boot {
             .arg(&qemu)
             .args(machine)
             .args(["-m", &self.memory_mb.to_string()])
-            .args(["-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio"])
-            .arg("-kernel")
-            .arg(kernel)
-            .arg("-initrd")
-            .arg(&self.initrd)
-            .arg("-append")
-            .arg(format!("console={console} panic=-1 no_timer_check loglevel=7 {}", self.append));
+            .args(["-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio"]);
+        match &self.uefi {
+            Some((firmware, esp)) => {
+                cmd.arg("-bios").arg(firmware).args([
+                    "-drive",
+                    &format!("file=fat:rw:{},format=raw,if=none,id=esp", esp.display()),
+                    "-device",
+                    "virtio-blk-pci,drive=esp",
+                ]);
+            }
+            None => {
+                cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(&self.initrd).arg("-append").arg(
+                    format!("console={console} panic=-1 no_timer_check loglevel=7 {}", self.append),
+                );
+            }
+        }
         for (n, (disk, ctrl)) in self.disks.iter().enumerate() {
             cmd.args(ctrl.args(n, disk));
         }
