@@ -208,7 +208,7 @@ impl Ansible {
     }
 
     fn command(&self, tool: &str) -> Command {
-        let bin_dir = Path::new(env!("CARGO_BIN_EXE_bootkmod")).parent().unwrap().to_path_buf();
+        let bin_dir = common::bootkmod_path_dir();
         let path = std::env::var_os("PATH").unwrap_or_default();
         let dirs = [bin_dir, self.venv.join("bin")].into_iter().chain(std::env::split_paths(&path));
         let mut cmd = Command::new(self.venv.join("bin").join(tool));
@@ -574,7 +574,7 @@ fn facts_read_doctor_only_where_it_exists() {
     let Some(venv) = ansible_venv() else { return };
     let ansible = Ansible::controller(venv);
     let root = tempfile::tempdir().unwrap();
-    let bootkmod = env!("CARGO_BIN_EXE_bootkmod");
+    let bootkmod = common::bootkmod_bin();
     let has_doctor = run(Command::new(bootkmod).args(["doctor", "--help"])).status.success();
     let wrapper = ansible.dir.path().join("bootkmod-with-doctor");
     std::fs::write(
