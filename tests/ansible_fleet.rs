@@ -574,8 +574,8 @@ fn facts_read_doctor_only_where_it_exists() {
     let Some(venv) = ansible_venv() else { return };
     let ansible = Ansible::controller(venv);
     let root = tempfile::tempdir().unwrap();
-    let bootkmod = common::bootkmod_bin();
-    let has_doctor = run(Command::new(bootkmod).args(["doctor", "--help"])).status.success();
+    let bootkmod = common::bootkmod_bin().display().to_string();
+    let has_doctor = run(Command::new(&bootkmod).args(["doctor", "--help"])).status.success();
     let wrapper = ansible.dir.path().join("bootkmod-with-doctor");
     std::fs::write(
         &wrapper,
@@ -587,7 +587,7 @@ fn facts_read_doctor_only_where_it_exists() {
     let mut perms = std::fs::metadata(&wrapper).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&wrapper, perms).unwrap();
-    let cases = [(bootkmod.to_string(), None), (wrapper.display().to_string(), Some("wrapper"))];
+    let cases = [(bootkmod.clone(), None), (wrapper.display().to_string(), Some("wrapper"))];
     for (executable, doctor) in cases {
         let args = format!("root={} executable={executable}", root.path().display());
         let (ok, text) = ansible.ad_hoc("localhost", "bootkmod_facts", &args, &[]);
