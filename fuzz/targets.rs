@@ -9,7 +9,7 @@
 //! abort, a hang or runaway memory is the bug a fuzzer reports.
 
 use bootkmod::engines::initramfs;
-use bootkmod::formats::{compression, der, kmod_index, signature, symvers};
+use bootkmod::formats::{compression, der, kernel_image, kmod_index, ksymtab, signature, symvers};
 use bootkmod::model::dud::{Medium, MediumKind, Repo, RpmOnMedium};
 use bootkmod::model::module::{Module, ReadOptions};
 use std::path::PathBuf;
@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("dud_iso", dud_iso),
     ("rpm_package", rpm_package),
     ("ledger_json", ledger_json),
+    ("kernel_image", kernel_image),
 ];
 
 /// A module file, compressed or not: decode, signature, ELF, modinfo, modversions.
@@ -73,6 +74,7 @@ pub fn symvers(data: &[u8]) {
 pub fn signature_der(data: &[u8]) {
     let _ = signature::split(data);
     let _ = der::cert_identity(data);
+    let _ = der::signer_cert(data);
 }
 
 /// A driver disk ISO9660 image: mounted in memory, walked, and every package on it
@@ -103,4 +105,12 @@ pub fn rpm_package(data: &[u8]) {
 pub fn ledger_json(data: &[u8]) {
     // What `model::ledger::load` does with the file's bytes (its version check aside).
     let _ = serde_json::from_slice::<bootkmod::model::ledger::Ledger>(data);
+}
+
+/// A kernel boot image (`/boot/vmlinuz-KVER`): the bzImage setup header, the payload's
+/// codec, and the export table of the vmlinux inside (or of the bytes as vmlinux).
+pub fn kernel_image(data: &[u8]) {
+    if let Ok(vmlinux) = kernel_image::vmlinux(data) {
+        let _ = ksymtab::read(&vmlinux);
+    }
 }

@@ -9,13 +9,13 @@
 mod common;
 
 use bootkmod::engines::compat::{self, Rule, Verdict};
-use bootkmod::model::kernel::{Kernel, KernelOptions, SecureBootMode};
+use bootkmod::model::kernel::{Kernel, KernelOptions, SecureBootMode, VmlinuxExports};
 use bootkmod::model::module::{Module, ReadOptions};
 use bootkmod::model::root::Root;
 use common::check as ck;
 use common::qemu::{self, Boot, InitramfsDir};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A module file to try, and a label for messages.
 struct Candidate {
@@ -142,17 +142,17 @@ fn judge(
     Some(out)
 }
 
-#[test]
-fn verdicts_match_what_the_booted_kernel_does() {
-    let Some(release) = common::installed_kernel() else { return };
-    let Some(other) = common::machine::other_kernels() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(bkram) = ck::build_bkram(&release, tmp.path()) else { return };
+/// The judge's cases against the installed kernel `release`: storage drivers of the
+/// target build, an older ABI and the rt flavour, the out-of-tree `bkram` and `bkns`, and
+/// real modules altered in one place per loader rule. Files are written under `tmp`.
+fn candidates(release: &str, tmp: &Path) -> Option<Vec<Candidate>> {
+    let other = common::machine::other_kernels()?;
+    let bkram = ck::build_bkram(release, tmp)?;
 
     let host = PathBuf::from("/");
     let mut candidates = Vec::new();
     for (label, root, kver) in [
-        ("target", &host, release.as_str()),
+        ("target", &host, release),
         ("older ABI", &other.older_root, other.older.as_str()),
         ("rt flavour", &other.rt_root, other.rt.as_str()),
     ] {
@@ -167,14 +167,14 @@ fn verdicts_match_what_the_booted_kernel_does() {
 
     // A real target module with one symbol CRC changed (signature dropped: an altered
     // signed module fails verification, which is fatal even without enforcement).
-    let donor = ck::module_in(&host, &release, "vmw_pvscsi.ko");
+    let donor = ck::module_in(&host, release, "vmw_pvscsi.ko");
     let donor_module = Module::read(&donor, ReadOptions::default()).unwrap();
     let bytes = std::fs::read(&donor).unwrap();
     let (content, _) = bootkmod::formats::signature::split(&bytes).unwrap().unwrap();
     let mut unsigned = content.to_vec();
     let victim = donor_module.versions.iter().find(|v| v.symbol == "scsi_host_alloc").unwrap();
     ck::patch_version_crc(&mut unsigned, &victim.symbol, victim.crc as u32 ^ 0x10);
-    let patched = tmp.path().join("vmw_pvscsi-crc.ko");
+    let patched = tmp.join("vmw_pvscsi-crc.ko");
     std::fs::write(&patched, &unsigned).unwrap();
     candidates
         .push(Candidate { label: "target vmw_pvscsi.ko, one CRC changed".into(), file: patched });
@@ -185,11 +185,11 @@ fn verdicts_match_what_the_booted_kernel_does() {
     let variant = |label: &str, from: &PathBuf, edit: &dyn Fn(&mut Vec<u8>)| {
         let mut bytes = ck::strip_signature(&std::fs::read(from).unwrap());
         edit(&mut bytes);
-        let path = tmp.path().join(format!("variant-{}.ko", label.replace(' ', "-")));
+        let path = tmp.join(format!("variant-{}.ko", label.replace(' ', "-")));
         std::fs::write(&path, &bytes).unwrap();
         Candidate { label: label.to_string(), file: path }
     };
-    let bkns = tmp.path().join("bkns.ko");
+    let bkns = tmp.join("bkns.ko");
     candidates
         .push(Candidate { label: "out-of-tree bkns.ko (import_ns)".into(), file: bkns.clone() });
     candidates.push(variant("bkns import_ns altered", &bkns, &|b| {
@@ -212,6 +212,14 @@ fn verdicts_match_what_the_booted_kernel_does() {
     candidates
         .push(variant("vmw_pvscsi built for aarch64", &donor, &|b| ck::patch_machine(b, 183)));
 
+    Some(candidates)
+}
+
+#[test]
+fn verdicts_match_what_the_booted_kernel_does() {
+    let Some(release) = common::installed_kernel() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(candidates) = candidates(&release, tmp.path()) else { return };
     let modules: Vec<Module> =
         candidates.iter().map(|c| Module::read(&c.file, ReadOptions::default()).unwrap()).collect();
     let names: Vec<String> = modules.iter().map(Module::name).collect();
@@ -281,4 +289,85 @@ fn verdicts_match_what_the_booted_kernel_does() {
         // The judge must have seen both outcomes, or it proves nothing.
         assert!(judgements.iter().any(|j| j.loaded) && judgements.iter().any(|j| !j.loaded));
     }
+}
+
+/// The judge's cases again, against the same installed kernel read twice: with its
+/// Module.symvers (the verdicts the boot above proves), and as on a host without the
+/// headers package, where vmlinux's exports come from /boot/vmlinuz alone. Every
+/// verdict, reason and first refusal must be the same.
+#[test]
+fn verdicts_without_symvers_are_those_with_it() {
+    let Some(release) = common::installed_kernel() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(candidates) = candidates(&release, tmp.path()) else { return };
+    let modules: Vec<Module> =
+        candidates.iter().map(|c| Module::read(&c.file, ReadOptions::default()).unwrap()).collect();
+    let root = Root::new("/");
+    let mut compared = 0;
+    let mut refused = 0;
+    for mode in [SecureBootMode::Off, SecureBootMode::On] {
+        let opts = KernelOptions { secure_boot: mode, ..Default::default() };
+        let with = Kernel::read(&root, &release, &opts).unwrap();
+        assert_eq!(with.vmlinux_exports, VmlinuxExports::Symvers, "{:?}", with.symvers);
+        let opts = KernelOptions { ignore_symvers: true, ..opts };
+        let without = Kernel::read(&root, &release, &opts).unwrap();
+        assert!(
+            matches!(&without.vmlinux_exports, VmlinuxExports::Image { .. }),
+            "{:?}",
+            without.vmlinux_exports
+        );
+        assert!(without.symvers.is_none() && without.warnings.is_empty(), "{:?}", without.warnings);
+        for (c, m) in candidates.iter().zip(&modules) {
+            let (a, b) = (compat::check(&with, m), compat::check(&without, m));
+            let first = |v: &Verdict| v.first_refusal().map(|r| r.message.clone());
+            assert_eq!(a.compatible, b.compatible, "{mode:?} {}", c.label);
+            assert_eq!(first(&a), first(&b), "{mode:?} {}: first refusal", c.label);
+            assert_eq!(a.reasons, b.reasons, "{mode:?} {}: reasons", c.label);
+            assert_eq!(a.unchecked, b.unchecked, "{mode:?} {}", c.label);
+            compared += 1;
+            refused += usize::from(!a.compatible);
+        }
+    }
+    eprintln!("{compared} verdicts ({refused} refusals) the same with and without symvers");
+    assert!(refused > 0 && refused < compared);
+}
+
+/// With neither symvers nor a readable boot image, a module the tree's modules cannot
+/// serve is refused for that reason, naming no symbol as unknown.
+#[test]
+fn without_any_export_table_the_verdict_says_so() {
+    let Some(release) = common::installed_kernel() else { return };
+    let Some(other) = common::machine::other_kernels() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // A tree holding one in-tree module (the reference for vermagic and signatures).
+    let donor = ck::module_in(Path::new("/"), &release, "virtio_blk.ko");
+    let dir = tmp.path().join(format!("lib/modules/{release}/kernel/drivers/block"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&donor, dir.join("virtio_blk.ko")).unwrap();
+    let opts = KernelOptions { secure_boot: SecureBootMode::Off, ..Default::default() };
+    let kernel = Kernel::read(&Root::new(tmp.path()), &release, &opts).unwrap();
+    let VmlinuxExports::Missing { why } = &kernel.vmlinux_exports else {
+        panic!("{:?}", kernel.vmlinux_exports)
+    };
+    assert!(why.contains("no boot image"), "{why}");
+    let older = ck::module_in(&other.older_root, &other.older, "vmw_pvscsi.ko");
+    let m = Module::read(&older, ReadOptions::default()).unwrap();
+    let v = compat::check(&kernel, &m);
+    let first = v.first_refusal().expect("refused");
+    assert_eq!(first.rule, Rule::ExportTable, "{:#?}", v.reasons);
+    assert!(first.message.contains("no export table for this kernel"), "{}", first.message);
+    assert!(v.reasons.iter().all(|r| r.rule != Rule::UnknownSymbol), "{:#?}", v.reasons);
+    assert!(v.unchecked.contains(&"module-layout".to_string()));
+
+    // The CLI says the same, first.
+    let out = common::run(
+        common::bootkmod()
+            .args(["--root"])
+            .arg(tmp.path())
+            .args(["check", "--secure-boot", "off", "--kver", &release])
+            .arg(&older),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("no export table") && !text.contains("unknown symbol"), "{text}");
 }

@@ -10,7 +10,8 @@ use bootkmod::model::module::{Module, ReadOptions};
 use bootkmod::model::root::Root;
 use bootkmod::samples::{SampleArch, SampleModule};
 use common::check::{self as ck, SYNTH_CONFIG, SYNTH_LAYOUT, SYNTH_VERMAGIC};
-use std::path::{Path, PathBuf};
+use common::sign::{make_key, sign};
+use std::path::PathBuf;
 use std::process::Command;
 
 const PRINTK: u32 = 0x92997ed8;
@@ -330,51 +331,6 @@ fn symvers_gz_in_boot_and_four_field_lines_are_read() {
 }
 
 // ---- signatures with real keys ---------------------------------------------------------
-
-struct Key {
-    key: PathBuf,
-    cert_pem: PathBuf,
-}
-
-fn make_key(dir: &Path, name: &str) -> Option<Key> {
-    let openssl = common::tool("openssl")?;
-    let key = dir.join(format!("{name}.key"));
-    let cert_pem = dir.join(format!("{name}.pem"));
-    let out = common::run(
-        Command::new(openssl)
-            .args([
-                "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-batch",
-                "-subj",
-            ])
-            .arg(format!("/CN={name} signing key"))
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert_pem),
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    Some(Key { key, cert_pem })
-}
-
-fn sign_file() -> Option<PathBuf> {
-    let kver = common::installed_kernel()?;
-    let p = Path::new("/lib/modules").join(kver).join("build/scripts/sign-file");
-    if p.is_file() {
-        return Some(p);
-    }
-    common::missing("the kernel's scripts/sign-file (linux-headers)")?;
-    unreachable!()
-}
-
-fn sign(module: &[u8], key: &Key, dir: &Path, name: &str) -> Option<Vec<u8>> {
-    let path = dir.join(name);
-    std::fs::write(&path, module).unwrap();
-    let out = common::run(
-        Command::new(sign_file()?).arg("sha256").arg(&key.key).arg(&key.cert_pem).arg(&path),
-    );
-    assert!(out.status.success(), "sign-file: {}", String::from_utf8_lossy(&out.stderr));
-    Some(std::fs::read(&path).unwrap())
-}
 
 #[test]
 fn signatures_by_the_build_key_or_a_trusted_cert_pass_others_fail_under_enforcement() {

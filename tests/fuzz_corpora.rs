@@ -89,3 +89,8 @@ fn rpm_package_corpus() {
 fn ledger_json_corpus() {
     replay("ledger_json");
 }
+
+#[test]
+fn kernel_image_corpus() {
+    replay("kernel_image");
+}

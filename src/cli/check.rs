@@ -4,9 +4,12 @@
 //! Exit 0 when every module is compatible with every kernel checked, 3 otherwise.
 
 use super::{print_json, Context};
+use crate::engines::compat::Reason;
 use crate::engines::compat::{self, Outcome, Verdict};
 use crate::exit::Exit;
-use crate::model::kernel::{self, Interest, Kernel, KernelOptions, SecureBootMode};
+use crate::model::kernel::{
+    self, ImageExportsUse, Interest, Kernel, KernelOptions, SecureBootMode, VmlinuxExports,
+};
 use crate::model::module::{Module, ReadOptions};
 use anyhow::Result;
 use std::io::Write;
@@ -37,9 +40,15 @@ pub struct CheckArgs {
     #[arg(long, conflicts_with_all = ["kver", "symvers"])]
     pub all_kernels: bool,
 
-    /// The kernel's Module.symvers or symvers.gz (default: searched under ROOT).
+    /// The kernel's Module.symvers or symvers.gz (default: searched under ROOT; without
+    /// one, vmlinux's exports are read from ROOT/boot/vmlinuz-KVER).
     #[arg(long, value_name = "FILE")]
     pub symvers: Option<PathBuf>,
+
+    /// Ignore any symvers file: judge by the export table in the kernel's boot image
+    /// alone, as on a host without the kernel's headers package.
+    #[arg(long, conflicts_with_all = ["symvers", "verify_symvers"])]
+    pub no_symvers: bool,
 
     /// A certificate (DER or PEM) the kernel trusts besides its own build key, e.g. a
     /// vendor key enrolled in MOK. Repeatable.
@@ -54,6 +63,13 @@ pub struct CheckArgs {
     /// symvers for them (slower; exact when in-tree modules were replaced).
     #[arg(long)]
     pub scan_modules: bool,
+
+    /// Also read the kernel's own export table from its boot image (/boot/vmlinuz-KVER)
+    /// when a symvers file is found, warn where they disagree, and judge by the image
+    /// (about a second per kernel to decompress it). Without symvers the image is
+    /// always read.
+    #[arg(long)]
+    pub verify_symvers: bool,
 }
 
 /// `--secure-boot` values.
@@ -87,6 +103,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     };
     let opts = KernelOptions {
         symvers: args.symvers.clone(),
+        ignore_symvers: args.no_symvers,
         trusted_keys: args.trusted_keys.clone(),
         secure_boot: match args.secure_boot {
             SecureBoot::Auto => SecureBootMode::Auto,
@@ -95,6 +112,11 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<Exit> {
         },
         scan_modules: args.scan_modules,
         interest: Some(Interest::of(&modules)),
+        image_exports: if args.verify_symvers {
+            ImageExportsUse::Compare
+        } else {
+            ImageExportsUse::WithoutSymvers
+        },
     };
     let mut results = Vec::new();
     for release in &releases {
@@ -124,7 +146,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<Exit> {
             if args.all_kernels {
                 write_line(&mut out, kernel, verdicts)?;
             } else {
-                write_table(&mut out, kernel, verdicts)?;
+                write_table(&mut out, kernel, verdicts, ctx.verbose)?;
             }
         }
     }
@@ -147,14 +169,28 @@ fn write_line(out: &mut impl Write, kernel: &Kernel, verdicts: &[Verdict]) -> st
 
 /// The per-kernel table: a header naming the facts used, one row per module, and every
 /// reason under it.
-fn write_table(out: &mut impl Write, kernel: &Kernel, verdicts: &[Verdict]) -> std::io::Result<()> {
-    let symvers = kernel.symvers.as_ref().map_or("none".into(), |p| p.display().to_string());
+fn write_table(
+    out: &mut impl Write,
+    kernel: &Kernel,
+    verdicts: &[Verdict],
+    verbose: bool,
+) -> std::io::Result<()> {
+    let exports = match &kernel.vmlinux_exports {
+        VmlinuxExports::Symvers => {
+            format!(
+                "symvers {}",
+                kernel.symvers.as_ref().map_or(String::new(), |p| p.display().to_string())
+            )
+        }
+        VmlinuxExports::Image { path } => format!("exports from {}", path.display()),
+        VmlinuxExports::Missing { .. } => "no export table".to_string(),
+    };
     writeln!(
         out,
-        "kernel {} ({}), symvers {}, signatures {} ({})",
+        "kernel {} ({}), {}, signatures {} ({})",
         kernel.release,
         kernel.arch().unwrap_or_else(|| "arch unknown".into()),
-        symvers,
+        exports,
         if kernel.enforcement.enforced { "enforced" } else { "not enforced" },
         kernel.enforcement.because
     )?;
@@ -168,16 +204,54 @@ fn write_table(out: &mut impl Write, kernel: &Kernel, verdicts: &[Verdict]) -> s
             (false, _) => "INCOMPATIBLE".to_string(),
         };
         writeln!(out, "  {:<width$}  {verdict}", v.module)?;
-        for r in &v.reasons {
+        let (shown, rest) = shown_reasons(v, verbose);
+        for r in shown {
             let tag = match r.outcome {
                 Outcome::Refused => "refused",
                 Outcome::Taint => "taint",
             };
             writeln!(out, "    {tag:<8} {:<18} {}", r.rule.name(), r.message)?;
         }
+        if let Some(rest) = rest {
+            writeln!(out, "    {rest}")?;
+        }
         if !v.unchecked.is_empty() {
             writeln!(out, "    unchecked (kernel facts missing): {}", v.unchecked.join(", "))?;
         }
     }
     Ok(())
+}
+
+/// The reasons of one verdict worth a line: all of them with `verbose`; otherwise the
+/// first (the loader's first refusal, or the first taint), and a line counting the rest
+/// by kind (`and 79 more: 70 unknown-symbol, 9 symbol-crc refused; ...`). A module of
+/// another build fails dozens of symbol rules for one cause; the first says which.
+pub(crate) fn shown_reasons(v: &Verdict, verbose: bool) -> (&[Reason], Option<String>) {
+    if verbose || v.reasons.len() <= 1 {
+        return (&v.reasons, None);
+    }
+    let rest = &v.reasons[1..];
+    let mut kinds: Vec<(Outcome, &str, usize)> = Vec::new();
+    for r in rest {
+        match kinds.iter_mut().find(|(o, n, _)| *o == r.outcome && *n == r.rule.name()) {
+            Some(k) => k.2 += 1,
+            None => kinds.push((r.outcome, r.rule.name(), 1)),
+        }
+    }
+    let part = |outcome: Outcome, word: &str| {
+        let list: Vec<String> = kinds
+            .iter()
+            .filter(|k| k.0 == outcome)
+            .map(|(_, name, n)| format!("{n} {name}"))
+            .collect();
+        (!list.is_empty()).then(|| format!("{} {word}", list.join(", ")))
+    };
+    let parts: Vec<String> = [part(Outcome::Refused, "refused"), part(Outcome::Taint, "taint")]
+        .into_iter()
+        .flatten()
+        .collect();
+    (
+        &v.reasons[..1],
+        Some(format!("and {} more: {} (-v or --json lists them)", rest.len(), parts.join("; "))),
+    )
 }

@@ -85,9 +85,9 @@ pub fn run(ctx: &Context, args: DemoArgs) -> Result<Exit> {
             system.driver.display(),
             system.image.display()
         );
-        super::inject::write_report(&mut out, &first)?;
+        super::inject::write_report(&mut out, &first, ctx.verbose)?;
         println!("\n== the same injection again");
-        super::inject::write_report(&mut out, &second)?;
+        super::inject::write_report(&mut out, &second, ctx.verbose)?;
         if args.keep.is_some() {
             println!("\nsample modules, kernel tree (root/) and image kept in {}", dir.display());
         }

@@ -104,10 +104,32 @@ pub fn run(ctx: &Context, args: InjectArgs) -> Result<Exit> {
         },
     };
     let report = inject::inject(&ctx.root, &image, &modules, &opts)?;
+    // With --kver: every image that boots the kernel, and why (model::boot_images).
+    let boot_images = match (&args.image, &args.kver) {
+        (None, Some(k)) => crate::model::boot_images::find(&ctx.root, k),
+        _ => Vec::new(),
+    };
     if ctx.json {
-        print_json(&report)?;
+        #[derive(serde::Serialize)]
+        struct WithImages<'a> {
+            #[serde(flatten)]
+            report: &'a Report,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            boot_images: Vec<crate::model::boot_images::BootImage>,
+        }
+        print_json(&WithImages { report: &report, boot_images })?;
     } else {
-        write_report(&mut std::io::stdout().lock(), &report)?;
+        let mut out = std::io::stdout().lock();
+        write_report(&mut out, &report, ctx.verbose)?;
+        for i in boot_images.iter().filter(|i| ctx.root.host(&i.path).ok() != Some(image.clone())) {
+            let what = if i.exists { "also boots it" } else { "named, missing" };
+            writeln!(out, "note:    {} {what}, not injected ({})", i.path.display(), i.why)?;
+        }
+        if let Some(i) =
+            boot_images.iter().find(|i| ctx.root.host(&i.path).ok() == Some(image.clone()))
+        {
+            writeln!(out, "found:   {} ({})", i.path.display(), i.why)?;
+        }
     }
     Ok(exit_of(&report))
 }
@@ -123,14 +145,18 @@ pub fn exit_of(report: &Report) -> Exit {
 }
 
 /// Render a report as text.
-pub fn write_report(out: &mut dyn Write, r: &Report) -> std::io::Result<()> {
+pub fn write_report(out: &mut dyn Write, r: &Report, verbose: bool) -> std::io::Result<()> {
     let p = &r.plan;
     writeln!(out, "image:   {} (kernel {}, tree {})", r.image.display(), p.release, p.tree)?;
     for v in &p.verdicts {
         let state = if v.compatible { "compatible" } else { "REFUSED" };
         writeln!(out, "check:   {} {state}", v.module)?;
-        for reason in &v.reasons {
+        let (shown, rest) = super::check::shown_reasons(v, verbose);
+        for reason in shown {
             writeln!(out, "           {reason}")?;
+        }
+        if let Some(rest) = rest {
+            writeln!(out, "           {rest}")?;
         }
     }
     if r.outcome == Outcome::Refused {

@@ -72,6 +72,19 @@ pub struct InstallArgs {
     /// it has now, or when a new build would serve no installed kernel.
     #[arg(long, conflicts_with = "refresh")]
     pub force: bool,
+
+    /// Sign each MODULE with this RSA key before it is placed (as `bootkmod sign` does;
+    /// a signature already there is replaced). Needs --sign-cert.
+    #[arg(long, value_name = "KEY", requires = "sign_cert", conflicts_with = "refresh")]
+    pub sign_key: Option<PathBuf>,
+
+    /// The certificate of --sign-key, as the kernel will know it (enrolled in MOK).
+    #[arg(long, value_name = "CERT", requires = "sign_key")]
+    pub sign_cert: Option<PathBuf>,
+
+    /// The digest --sign-key signs.
+    #[arg(long, value_enum, default_value_t = super::sign::HashArg::Sha256, requires = "sign_key")]
+    pub sign_hash: super::sign::HashArg,
 }
 
 pub fn run(ctx: &Context, args: InstallArgs) -> Result<Exit> {
@@ -80,6 +93,12 @@ pub fn run(ctx: &Context, args: InstallArgs) -> Result<Exit> {
         images: if args.regenerate { ImageMethod::Regenerate } else { ImageMethod::Inject },
         dry_run: args.dry_run,
         force: args.force,
+        signer: match (&args.sign_key, &args.sign_cert) {
+            (Some(key), Some(cert)) => {
+                Some(super::sign::load_signer(key, cert, args.sign_hash.into())?)
+            }
+            _ => None,
+        },
     };
     let report = if args.refresh {
         install::refresh_kernels(&ctx.root, &args.kver, &opts)?
@@ -200,6 +219,16 @@ fn render(out: &mut impl Write, report: &InstallReport) -> std::io::Result<()> {
                 (false, _, note, _) => note.clone().unwrap_or_else(|| "not updated".into()),
             };
             writeln!(out, "{:<28} image {}: {state}", k.release, image.path.display())?;
+        }
+        // Every image that boots the kernel, and why (model::boot_images).
+        let image = k.record.image.as_ref().map(|i| &i.path);
+        for i in report.boot_images.get(&k.release).into_iter().flatten() {
+            if Some(&i.path) == image {
+                writeln!(out, "{:<28}   found as: {}", "", i.why)?;
+            } else {
+                let what = if i.exists { "also boots it" } else { "named but missing" };
+                writeln!(out, "{:<28} image {} {what} ({})", k.release, i.path.display(), i.why)?;
+            }
         }
     }
     Ok(())

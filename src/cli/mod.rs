@@ -13,6 +13,7 @@ mod inject;
 mod install;
 mod meta;
 mod remove;
+pub(crate) mod sign;
 mod status;
 mod verify;
 
@@ -63,6 +64,7 @@ pub enum Command {
     Status(status::StatusArgs),
     Verify(verify::VerifyArgs),
     Remove(remove::RemoveArgs),
+    Sign(sign::SignArgs),
     Dud(dud::DudArgs),
     Completions(meta::CompletionsArgs),
     Man(meta::ManArgs),
@@ -79,7 +81,7 @@ pub fn main() -> Exit {
         }
     };
     init_logging(cli.verbose);
-    let ctx = Context { root: Root::new(&cli.root), json: cli.json };
+    let ctx = Context { root: Root::new(&cli.root), json: cli.json, verbose: cli.verbose > 0 };
     let result = match cli.command {
         Command::Info(args) => info::run(&ctx, args),
         Command::Check(args) => check::run(&ctx, args),
@@ -93,6 +95,7 @@ pub fn main() -> Exit {
         Command::Status(args) => status::run(&ctx, args),
         Command::Verify(args) => verify::run(&ctx, args),
         Command::Remove(args) => remove::run(&ctx, args),
+        Command::Sign(args) => sign::run(&ctx, args),
         Command::Dud(args) => dud::run(&ctx, args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
@@ -119,6 +122,8 @@ pub fn main() -> Exit {
 pub struct Context {
     pub root: Root,
     pub json: bool,
+    /// `-v` given: reports list everything (every reason of a refusal), not a summary.
+    pub verbose: bool,
 }
 
 fn init_logging(verbose: u8) {

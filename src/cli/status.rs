@@ -218,6 +218,31 @@ fn render(out: &mut impl Write, kernels: &[KernelStatus]) -> std::io::Result<()>
             }
         }
     }
+    render_boot_images(out, kernels)
+}
+
+/// Which images boot each kernel, and why bootkmod thinks so (`model::boot_images`).
+pub(crate) fn render_boot_images(
+    out: &mut impl Write,
+    kernels: &[KernelStatus],
+) -> std::io::Result<()> {
+    for k in kernels {
+        if k.boot_images.is_empty() {
+            writeln!(out, "images of {}: none found", k.release)?;
+            continue;
+        }
+        writeln!(out, "images of {}:", k.release)?;
+        for i in &k.boot_images {
+            let role = match (i.exists, i.kind, i.receives_drivers) {
+                (false, _, _) => "missing",
+                (true, crate::model::boot_images::ImageKind::Uki, _) => "uki",
+                (true, _, true) if k.image.as_ref() == Some(&i.path) => "drivers",
+                (true, _, true) => "boots",
+                (true, _, false) => "earlier",
+            };
+            writeln!(out, "  {role:<8} {}  ({})", i.path.display(), i.why)?;
+        }
+    }
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 //! 1. signature (refused first, and only, under enforcement; otherwise a taint)
 //! 2. ELF class and machine
 //! 3. `sizeof(struct module)` (`.gnu.linkonce.this_module`)
-//! 4. `module_layout` CRC
+//! 4. `module_layout` CRC (with no export table for the kernel at all, one
+//!    `export-table` refusal stands for this rule and every symbol nothing else exports)
 //! 5. vermagic (release part ignored when the module carries modversions)
 //! 6. per undefined symbol: exported at all (GPL-only exports are invisible to non-GPL
 //!    modules), CRC in `__versions`, namespace imported
@@ -17,7 +18,7 @@
 //! symbol from a refused member is refused too. Pure computation: no I/O.
 
 use crate::formats::signature::key_id_hex;
-use crate::model::kernel::Kernel;
+use crate::model::kernel::{Kernel, VmlinuxExports};
 use crate::model::module::Module;
 use std::collections::{HashMap, HashSet};
 
@@ -30,6 +31,9 @@ pub enum Rule {
     ElfClass,
     Machine,
     StructModuleSize,
+    /// No export table for the kernel (no symvers, boot image unreadable): the symbols
+    /// the kernel's modules do not export cannot be checked, and are not called unknown.
+    ExportTable,
     ModuleLayout,
     Vermagic,
     UnknownSymbol,
@@ -49,6 +53,7 @@ impl Rule {
             Rule::ElfClass => "elf-class",
             Rule::Machine => "machine",
             Rule::StructModuleSize => "struct-module-size",
+            Rule::ExportTable => "export-table",
             Rule::ModuleLayout => "module-layout",
             Rule::Vermagic => "vermagic",
             Rule::UnknownSymbol => "unknown-symbol",
@@ -233,6 +238,8 @@ fn check_one(kernel: &Kernel, m: &Module, me: usize, set: &SetView) -> Verdict {
     c.struct_module_size();
     if let Some(layout) = kernel.exports.get("module_layout") {
         c.crc("module_layout", layout.crc, Rule::ModuleLayout);
+    } else if let VmlinuxExports::Missing { .. } = kernel.vmlinux_exports {
+        c.unchecked.push("module-layout".to_string());
     }
     c.vermagic();
     c.symbols(me, set);
@@ -482,6 +489,7 @@ impl Checker<'_> {
         let license = m.modinfo.get("license").unwrap_or("");
         let gpl_ok = GPL_COMPATIBLE.contains(&license);
         let imports: HashSet<&str> = m.modinfo.values("import_ns").collect();
+        let mut unresolved = 0usize;
         for symbol in &m.undefined {
             // Checked in its own place; a real module never references it anyway.
             if symbol == "module_layout" {
@@ -505,6 +513,10 @@ impl Checker<'_> {
                     .map(|e| (e.crc, e.gpl, e.namespace.clone(), e.owner.clone()))
             };
             let Some((crc, gpl, namespace, owner)) = from_set.or_else(from_kernel) else {
+                if let VmlinuxExports::Missing { .. } = kernel.vmlinux_exports {
+                    unresolved += 1;
+                    continue;
+                }
                 self.add(
                     Rule::UnknownSymbol,
                     Outcome::Refused,
@@ -545,6 +557,19 @@ impl Checker<'_> {
                     ),
                 );
             }
+        }
+        if let (VmlinuxExports::Missing { why }, true) = (&kernel.vmlinux_exports, unresolved > 0) {
+            self.add(
+                Rule::ExportTable,
+                Outcome::Refused,
+                None,
+                Some("the kernel's export table (Module.symvers or /boot/vmlinuz)".into()),
+                Some("none".into()),
+                format!(
+                    "{name}: no export table for this kernel: {unresolved} symbol(s) that no module \
+                     exports cannot be checked ({why})"
+                ),
+            );
         }
     }
 

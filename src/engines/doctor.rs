@@ -290,8 +290,8 @@ fn closure(indexes: &TreeIndexes, module: &str) -> Result<Vec<(String, Option<Pa
         .show_depends(module)?
         .into_iter()
         .map(|s| match s {
-            Step::Insmod { name, path } => (name, Some(path)),
-            Step::Builtin { name } => (name, None),
+            Step::Insmod { name, path, .. } => (name, Some(path)),
+            Step::Install { name, .. } | Step::Builtin { name } => (name, None),
         })
         .collect())
 }

@@ -9,4 +9,5 @@ pub mod dud;
 pub mod dud_package;
 pub mod initramfs;
 pub mod inject;
+pub mod sign;
 pub mod status;

@@ -93,7 +93,11 @@ pub fn builds(ledger: &Ledger) -> Vec<BuildUse> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KernelStatus {
     pub release: String,
+    /// The initramfs bootkmod's drivers go into (`model::boot_images::primary`).
     pub image: Option<PathBuf>,
+    /// Every image that boots the kernel, and why bootkmod thinks so
+    /// (`model::boot_images::find`).
+    pub boot_images: Vec<crate::model::boot_images::BootImage>,
     /// The image's digest equals the ledger's (`None`: not recorded or no image).
     pub image_unchanged: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,7 +133,8 @@ fn status_judged(
     let releases = kernel::releases(root)?;
     for release in releases.into_iter().filter(|r| !ledger.removed_kernels.contains(r)) {
         let recorded = ledger.kernels.get(&release);
-        let image = find_image(root, &release);
+        let boot_images = crate::model::boot_images::find(root, &release);
+        let image = crate::model::boot_images::primary_of(&boot_images);
         // An image that cannot be read (not an initramfs, truncated) is this kernel's
         // problem, reported on its line, not a stop for the others.
         let mut image_error = None;
@@ -220,6 +225,7 @@ fn status_judged(
         out.push(KernelStatus {
             release,
             image,
+            boot_images,
             image_unchanged,
             image_note: image_error.or_else(|| match image_unchanged {
                 Some(false) => Some(REBUILT_SINCE.to_string()),

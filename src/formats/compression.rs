@@ -110,6 +110,26 @@ pub fn encode_all(kind: Compression, bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(encoder.finish()?)
 }
 
+/// Encode a module file as the kernel's build compresses what it installs
+/// (`scripts/Makefile.modinst`): xz as `xz --check=crc32 --lzma2=dict=1MiB` (one thread,
+/// so the same bytes as that command for the same input), the other codecs as
+/// [`encode_all`].
+pub fn encode_module(kind: Compression, bytes: &[u8]) -> Result<Vec<u8>> {
+    if kind != Compression::Xz {
+        return encode_all(kind, bytes);
+    }
+    use liblzma::stream::{Check, Filters, LzmaOptions, Stream};
+    let mut lzma2 = LzmaOptions::new_preset(6)?;
+    lzma2.dict_size(1 << 20);
+    let mut filters = Filters::new();
+    filters.lzma2(&lzma2);
+    let stream = Stream::new_stream_encoder(&filters, Check::Crc32)?;
+    let mut encoder =
+        liblzma::write::XzEncoder::new_stream(Vec::with_capacity(bytes.len() / 3), stream);
+    encoder.write_all(bytes)?;
+    Ok(encoder.finish()?)
+}
+
 /// A [`BufRead`] that counts the bytes its consumer has consumed: how the segment walker
 /// learns where a compressed stream ended (the kernel resumes right after the bytes its
 /// decompressor used).

@@ -6,6 +6,11 @@
 //!
 //! Only definite-length, single-byte-tag DER is accepted: that is all module signatures
 //! and signing certificates use. Every read is checked; hostile input is an error.
+//!
+//! The writing side is [`encode`] (one element, minimal length form, as DER demands),
+//! what `signature::pkcs7_signed_data` builds a module signature with, and
+//! [`signer_cert`], the parts of a certificate a signature copies (issuer, serial) and
+//! the RSA public key it must match.
 
 use anyhow::{bail, Context, Result};
 
@@ -110,41 +115,137 @@ pub fn key_id_hex(key: &[u8]) -> String {
 
 /// Read the identity of an X.509 certificate given as DER or PEM.
 pub fn cert_identity(bytes: &[u8]) -> Result<CertIdentity> {
-    let der = if bytes.starts_with(b"-----BEGIN") || bytes.trim_ascii_start().starts_with(b"---") {
-        pem_to_der(bytes)?
-    } else {
-        bytes.to_vec()
-    };
-    let (cert, _) = der_next(&der).context("not a DER certificate")?;
-    let parts = der_children(expect(cert, SEQUENCE, "Certificate")?.body)?;
-    let Some(tbs) = parts.first() else { bail!("empty Certificate") };
-    let fields = der_children(expect(*tbs, SEQUENCE, "TBSCertificate")?.body)?;
-    // The version is optional ([0] EXPLICIT); skip it when present.
-    let fields = match fields.first() {
-        Some(f) if f.tag == CONTEXT_0 => &fields[1..],
-        _ => &fields[..],
-    };
-    let [serial, _sig_alg, issuer, ..] = fields else { bail!("short TBSCertificate") };
+    let der = certificate_der(bytes)?;
+    let fields = tbs_fields(&der)?;
+    let [serial, _sig_alg, issuer, ..] = fields.as_slice() else { bail!("short TBSCertificate") };
     let serial = serial_bytes(expect(*serial, INTEGER, "serialNumber")?.body);
     Ok(CertIdentity { issuer: common_name(*issuer)?, serial })
 }
 
 /// Decode the first `CERTIFICATE` block of a PEM file.
 pub fn pem_to_der(pem: &[u8]) -> Result<Vec<u8>> {
+    pem_block(pem, "CERTIFICATE")?.context("no complete PEM CERTIFICATE block")
+}
+
+/// Decode the first PEM block labelled exactly `label` (`-----BEGIN {label}-----`);
+/// `None` when the text has none. A file may hold several blocks (the kernel's
+/// `signing_key.pem` holds the private key and the certificate).
+pub fn pem_block(pem: &[u8], label: &str) -> Result<Option<Vec<u8>>> {
     let text = String::from_utf8_lossy(pem);
+    let begin = format!("-----BEGIN {label}-----");
     let mut inside = false;
     let mut b64 = String::new();
     for line in text.lines() {
         let line = line.trim();
-        if line.starts_with("-----BEGIN CERTIFICATE") {
+        if line == begin {
             inside = true;
         } else if line.starts_with("-----END") && inside {
-            return base64_decode(&b64);
+            return base64_decode(&b64).map(Some);
         } else if inside {
             b64.push_str(line);
         }
     }
-    bail!("no complete PEM CERTIFICATE block")
+    if inside {
+        bail!("PEM {label} block has no END line");
+    }
+    Ok(None)
+}
+
+/// One DER element: `tag`, the minimal length form, `body`.
+pub fn encode(tag: u8, body: &[u8]) -> Vec<u8> {
+    let len = body.len();
+    let mut out = Vec::with_capacity(len + 6);
+    out.push(tag);
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len() - 1);
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// A constructed element from already encoded children.
+pub fn encode_seq(tag: u8, children: &[&[u8]]) -> Vec<u8> {
+    encode(tag, &children.concat())
+}
+
+/// What a module signature takes from its signer's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignerCert {
+    /// The issuer `Name`, encoded (copied as is into IssuerAndSerialNumber).
+    pub issuer: Vec<u8>,
+    /// The serial number `INTEGER`, encoded.
+    pub serial: Vec<u8>,
+    pub identity: CertIdentity,
+    /// The subject public key's RSA modulus and exponent (magnitudes, no leading
+    /// zeros); `None` for a key of another kind.
+    pub rsa_public: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// rsaEncryption (1.2.840.113549.1.1.1).
+pub const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+const BIT_STRING: u8 = 0x03;
+
+/// Read the signer's parts of an X.509 certificate given as DER or PEM.
+pub fn signer_cert(bytes: &[u8]) -> Result<SignerCert> {
+    let der = certificate_der(bytes)?;
+    let fields = tbs_fields(&der)?;
+    let [serial, _sig_alg, issuer, _validity, _subject, spki, ..] = fields.as_slice() else {
+        bail!("short TBSCertificate")
+    };
+    let serial = expect(*serial, INTEGER, "serialNumber")?;
+    let issuer = expect(*issuer, SEQUENCE, "issuer Name")?;
+    let identity = CertIdentity { issuer: common_name(issuer)?, serial: serial_bytes(serial.body) };
+    let spki = der_children(expect(*spki, SEQUENCE, "SubjectPublicKeyInfo")?.body)?;
+    let [alg, key, ..] = spki.as_slice() else { bail!("short SubjectPublicKeyInfo") };
+    let alg = der_children(expect(*alg, SEQUENCE, "AlgorithmIdentifier")?.body)?;
+    let rsa_public = match alg.first() {
+        Some(oid) if oid.tag == OID && oid.body == RSA_ENCRYPTION => {
+            let bits = expect(*key, BIT_STRING, "subjectPublicKey")?.body;
+            let Some((0, rsa_key)) = bits.split_first() else {
+                bail!("subjectPublicKey has unused bits")
+            };
+            let (rsa_key, _) = der_next(rsa_key)?;
+            let nums = der_children(expect(rsa_key, SEQUENCE, "RSAPublicKey")?.body)?;
+            let [n, e, ..] = nums.as_slice() else { bail!("short RSAPublicKey") };
+            Some((
+                serial_bytes(expect(*n, INTEGER, "modulus")?.body),
+                serial_bytes(expect(*e, INTEGER, "publicExponent")?.body),
+            ))
+        }
+        _ => None,
+    };
+    Ok(SignerCert {
+        issuer: encode(issuer.tag, issuer.body),
+        serial: encode(serial.tag, serial.body),
+        identity,
+        rsa_public,
+    })
+}
+
+/// The fields of a DER certificate's TBSCertificate, from the serial number on (the
+/// optional `[0] EXPLICIT` version skipped).
+fn tbs_fields(der: &[u8]) -> Result<Vec<Der<'_>>> {
+    let (cert, _) = der_next(der).context("not a DER certificate")?;
+    let parts = der_children(expect(cert, SEQUENCE, "Certificate")?.body)?;
+    let Some(tbs) = parts.first() else { bail!("empty Certificate") };
+    let mut fields = der_children(expect(*tbs, SEQUENCE, "TBSCertificate")?.body)?;
+    if fields.first().is_some_and(|f| f.tag == CONTEXT_0) {
+        fields.remove(0);
+    }
+    Ok(fields)
+}
+
+fn certificate_der(bytes: &[u8]) -> Result<Vec<u8>> {
+    if bytes.trim_ascii_start().starts_with(b"-----") {
+        pem_to_der(bytes)
+    } else {
+        Ok(bytes.to_vec())
+    }
 }
 
 fn base64_decode(text: &str) -> Result<Vec<u8>> {
@@ -213,6 +314,46 @@ mod tests {
         }
         assert!(cert_identity(&der[..der.len() - 1]).is_err());
         assert!(cert_identity(b"-----BEGIN CERTIFICATE-----\n!!\n").is_err());
+    }
+
+    #[test]
+    fn encode_uses_the_minimal_length_form_and_reads_back() {
+        for len in [0usize, 1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000] {
+            let body = vec![0x5a; len];
+            let el = encode(OCTET_STRING_FOR_TEST, &body);
+            let header = match len {
+                0..=0x7f => 2,
+                0x80..=0xff => 3,
+                0x100..=0xffff => 4,
+                _ => 5,
+            };
+            assert_eq!(el.len(), header + len, "length {len}");
+            let (back, rest) = der_next(&el).unwrap();
+            assert!(rest.is_empty());
+            assert_eq!((back.tag, back.body), (OCTET_STRING_FOR_TEST, &body[..]));
+        }
+    }
+
+    const OCTET_STRING_FOR_TEST: u8 = 0x04;
+
+    #[test]
+    fn pem_block_picks_its_label_among_several() {
+        let pem = b"-----BEGIN PRIVATE KEY-----\nAAEC\n-----END PRIVATE KEY-----\n\
+                    -----BEGIN CERTIFICATE-----\nAwQF\n-----END CERTIFICATE-----\n";
+        assert_eq!(pem_block(pem, "PRIVATE KEY").unwrap(), Some(vec![0, 1, 2]));
+        assert_eq!(pem_block(pem, "CERTIFICATE").unwrap(), Some(vec![3, 4, 5]));
+        assert_eq!(pem_block(pem, "RSA PRIVATE KEY").unwrap(), None);
+        assert!(pem_block(b"-----BEGIN PRIVATE KEY-----\nAAEC\n", "PRIVATE KEY").is_err());
+    }
+
+    #[test]
+    fn signer_cert_of_a_skeleton_is_an_error_not_a_panic() {
+        // The skeleton stops after the issuer: no validity, subject or key.
+        let der = skeleton();
+        assert!(signer_cert(&der).is_err());
+        for n in 0..der.len() {
+            let _ = signer_cert(&der[..n]);
+        }
     }
 
     fn encode_b64(b: &[u8]) -> String {

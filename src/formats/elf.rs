@@ -94,6 +94,8 @@ pub mod machine {
 }
 
 const ET_REL: u16 = 1;
+const ET_EXEC: u16 = 2;
+const ET_DYN: u16 = 3;
 const SHT_SYMTAB: u32 = 2;
 const SHT_NOBITS: u32 = 8;
 const SHT_SYMTAB_SHNDX: u32 = 18;
@@ -116,6 +118,9 @@ pub struct Section {
     pub size: u64,
     /// `sh_link`: for a symbol table, the index of its string table.
     pub link: u32,
+    /// `sh_addr`: the section's address in memory; 0 in a relocatable module, the link
+    /// address in a kernel image (where relative export entries point).
+    pub addr: u64,
 }
 
 /// Where a symbol is defined.
@@ -262,6 +267,7 @@ impl Reader<'_> {
 struct RawSection {
     name: u32,
     kind: u32,
+    addr: u64,
     offset: u64,
     size: u64,
     link: u32,
@@ -293,6 +299,16 @@ impl ElfModule {
     /// Parse an uncompressed module: header and section table. Errors (never panics) on
     /// anything that is not a well-formed relocatable ELF object.
     pub fn parse(bytes: &[u8]) -> Result<ElfModule> {
+        Self::parse_as(bytes, true)
+    }
+
+    /// Parse a linked kernel image (`vmlinux`, `ET_EXEC` or `ET_DYN`): the same header and
+    /// section table, with the same checks, for the sections its export table lives in.
+    pub fn parse_image(bytes: &[u8]) -> Result<ElfModule> {
+        Self::parse_as(bytes, false)
+    }
+
+    fn parse_as(bytes: &[u8], module: bool) -> Result<ElfModule> {
         if bytes.len() < 4 && b"\x7fELF".starts_with(bytes) {
             bail!("truncated ELF header ({} bytes)", bytes.len());
         }
@@ -321,8 +337,11 @@ impl ElfModule {
         }
         let header = |v: Option<u64>| v.context("truncated ELF header");
         let e_type = header(r.u16(16).map(u64::from))? as u16;
-        if e_type != ET_REL {
+        if module && e_type != ET_REL {
             bail!("ELF type {e_type} is not a relocatable object (ET_REL, 1); kernel modules are");
+        }
+        if !module && !matches!(e_type, ET_EXEC | ET_DYN) {
+            bail!("ELF type {e_type} is not a linked image (ET_EXEC, 2, or ET_DYN, 3); vmlinux is");
         }
         let machine = header(r.u16(18).map(u64::from))? as u16;
         if let Some(required) = required_class(machine) {
@@ -340,7 +359,7 @@ impl ElfModule {
         let mut shnum = header(r.u16(shentsize_at + 2).map(u64::from))?;
         let mut shstrndx = header(r.u16(shentsize_at + 4).map(u64::from))?;
         if shoff == 0 {
-            bail!("no section header table (e_shoff is 0); a module needs its sections");
+            bail!("no section header table (e_shoff is 0); bootkmod needs its sections");
         }
         if shentsize != shdr_size as u64 {
             bail!(
@@ -364,13 +383,14 @@ impl ElfModule {
                 })
             };
             // Field offsets of Elf32_Shdr / Elf64_Shdr.
-            let (offset_at, size_at, link_at) = match class {
-                Class::Elf32 => (16, 20, 24),
-                Class::Elf64 => (24, 32, 40),
+            let (addr_at, offset_at, size_at, link_at) = match class {
+                Class::Elf32 => (12, 16, 20, 24),
+                Class::Elf64 => (16, 24, 32, 40),
             };
             Ok(RawSection {
                 name: field(r.u32(at).map(u64::from))? as u32,
                 kind: field(r.u32(at + 4).map(u64::from))? as u32,
+                addr: field(r.word(class, at + addr_at))?,
                 offset: field(r.word(class, at + offset_at))?,
                 size: field(r.word(class, at + size_at))?,
                 link: field(r.u32(at + link_at).map(u64::from))? as u32,
@@ -433,7 +453,14 @@ impl ElfModule {
                     ),
                 }
             };
-            sections.push(Section { name, kind: sh.kind, range, size: sh.size, link: sh.link });
+            sections.push(Section {
+                name,
+                kind: sh.kind,
+                range,
+                size: sh.size,
+                link: sh.link,
+                addr: sh.addr,
+            });
         }
         Ok(ElfModule { class, endian, machine, sections })
     }

@@ -377,6 +377,34 @@ fn cstr(bytes: &[u8], pos: usize) -> Result<(&[u8], usize)> {
     }
 }
 
+/// kmod's alias key (libkmod's `underscores`): `-` becomes `_` outside bracket expressions; an unmatched bracket
+/// makes the alias unusable (skipped, as kmod does).
+pub fn normalize_alias(alias: &str) -> Option<String> {
+    let mut out = String::with_capacity(alias.len());
+    let mut chars = alias.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '-' => out.push('_'),
+            ']' => return None,
+            '[' => {
+                out.push('[');
+                loop {
+                    match chars.next() {
+                        Some(']') => {
+                            out.push(']');
+                            break;
+                        }
+                        Some(c) => out.push(c),
+                        None => return None,
+                    }
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
 /// fnmatch(3) without flags: `*`, `?`, bracket expressions with ranges and `!`/`^`
 /// negation, backslash escapes. Iterative with single backtracking point, so hostile
 /// patterns cannot blow up.

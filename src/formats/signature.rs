@@ -6,6 +6,12 @@
 //! sig_len: be32`. For `id_type == PKCS#7` (every modern kernel) the first five bytes are
 //! zero and the signer, key id and hash algorithm are inside the PKCS#7 `SignedData`,
 //! read with the bounds-checked DER walker in [`super::der`].
+//!
+//! The writing side ([`pkcs7_signed_data`], [`append_pkcs7`]) builds what the kernel's
+//! `scripts/sign-file` appends: a CMS `SignedData`, detached (no content), no
+//! certificates, one signer named by issuer and serial number, no signed attributes (so
+//! the RSA signature is over the module's own digest), digest algorithm without
+//! parameters, `rsaEncryption` with NULL parameters — the same bytes for the same key.
 
 /// How key ids are shown; owned by [`super::der`], which certificates need it for too.
 pub use super::der::key_id_hex;
@@ -95,6 +101,71 @@ pub fn split(file: &[u8]) -> Result<Option<(&[u8], Signature)>> {
         other => bail!("unknown signature id_type {other}"),
     };
     Ok(Some((content, signature)))
+}
+
+/// The digests a module can be signed with (`sign-file`'s first argument).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignHash {
+    Sha256,
+    Sha512,
+}
+
+impl SignHash {
+    pub fn name(self) -> &'static str {
+        match self {
+            SignHash::Sha256 => "sha256",
+            SignHash::Sha512 => "sha512",
+        }
+    }
+
+    /// The DER body of the hash's OID.
+    fn oid(self) -> &'static [u8] {
+        let name = self.name();
+        HASH_OIDS.iter().find(|(_, n)| *n == name).map(|(o, _)| *o).expect("listed hash")
+    }
+}
+
+/// id-signedData (1.2.840.113549.1.7.2) and id-data (1.2.840.113549.1.7.1).
+const SIGNED_DATA_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02];
+const DATA_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
+const OCTET_STRING: u8 = 0x04;
+const NULL: &[u8] = &[0x05, 0x00];
+
+/// The PKCS#7 `ContentInfo { SignedData }` of a module signature: `issuer` and `serial`
+/// are the encoded Name and INTEGER of the signer's certificate
+/// ([`super::der::SignerCert`]), `rsa_signature` the PKCS#1 v1.5 signature of the
+/// module's `hash` digest.
+pub fn pkcs7_signed_data(
+    hash: SignHash,
+    issuer: &[u8],
+    serial: &[u8],
+    rsa_signature: &[u8],
+) -> Vec<u8> {
+    use super::der::{encode, encode_seq};
+    let digest_alg = encode_seq(SEQUENCE, &[&encode(OID, hash.oid())]);
+    let rsa_alg = encode_seq(SEQUENCE, &[&encode(OID, super::der::RSA_ENCRYPTION), NULL]);
+    let version = encode(INTEGER, &[1]);
+    let signer_info = encode_seq(
+        SEQUENCE,
+        &[
+            &version,
+            &encode_seq(SEQUENCE, &[issuer, serial]),
+            &digest_alg,
+            &rsa_alg,
+            &encode(OCTET_STRING, rsa_signature),
+        ],
+    );
+    let signed_data = encode_seq(
+        SEQUENCE,
+        &[
+            &version,
+            &encode(SET, &digest_alg),
+            &encode_seq(SEQUENCE, &[&encode(OID, DATA_OID)]),
+            &encode(SET, &signer_info),
+        ],
+    );
+    encode_seq(SEQUENCE, &[&encode(OID, SIGNED_DATA_OID), &encode(0xa0, &signed_data)])
 }
 
 /// Build the bytes to append to a module for a PKCS#7 (DER) signature blob.
@@ -196,6 +267,25 @@ mod tests {
         assert_eq!(sig.hash.as_deref(), Some("sha256"));
         assert_eq!(sig.signer.as_deref(), Some("Signer"));
         assert_eq!(key_id_hex(&sig.key_id), "AB:CD");
+    }
+
+    #[test]
+    fn built_signature_reads_back() {
+        // Issuer CN "K", serial 0x00ff01 (DER keeps the sign byte; the key id drops it).
+        let issuer =
+            [0x30, 0x0c, 0x31, 0x0a, 0x30, 0x08, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x01, b'K'];
+        let serial = [0x02, 0x03, 0x00, 0xff, 0x01];
+        for hash in [SignHash::Sha256, SignHash::Sha512] {
+            let blob = pkcs7_signed_data(hash, &issuer, &serial, &[7; 300]);
+            let f = append_pkcs7(b"ELF", &blob);
+            let (content, sig) = split(&f).unwrap().unwrap();
+            assert_eq!(content, b"ELF");
+            assert_eq!(sig.id_type, IdType::Pkcs7);
+            assert_eq!(sig.hash.as_deref(), Some(hash.name()));
+            assert_eq!(sig.signer.as_deref(), Some("K"));
+            assert_eq!(sig.key_id, [0xff, 0x01]);
+            assert_eq!(sig.sig_len, blob.len());
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! Reading never writes. Missing optional facts are `None` and the verdict says which
 //! rules could not be checked.
 
+use super::kernel_image::{self, ImageExports};
 use super::module::{name_from_path, Module, ReadOptions};
 use super::root::Root;
 use super::tree::{walk, ModuleTree};
@@ -71,6 +72,9 @@ pub struct TrustedKey {
 pub struct KernelOptions {
     /// Use this symvers file (host path) instead of searching the root.
     pub symvers: Option<PathBuf>,
+    /// Read no symvers file at all, as on a host without the kernel's headers: vmlinux's
+    /// exports then come from the boot image.
+    pub ignore_symvers: bool,
     /// Certificates (DER or PEM, host paths) of extra trusted keys, e.g. enrolled in MOK.
     pub trusted_keys: Vec<PathBuf>,
     pub secure_boot: SecureBootMode,
@@ -79,6 +83,34 @@ pub struct KernelOptions {
     pub scan_modules: bool,
     /// Keep only the facts these modules can ask about; `None` keeps everything.
     pub interest: Option<Interest>,
+    /// When to read vmlinux's exports from the kernel's boot image.
+    pub image_exports: ImageExportsUse,
+}
+
+/// When [`Kernel::read`] reads the export table out of `/boot/vmlinuz-KVER` (decoding the
+/// image costs about a second, a symvers file milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageExportsUse {
+    /// Only when no symvers file is found: the image is then the source.
+    #[default]
+    WithoutSymvers,
+    /// Also when a symvers file is found: compared with it (a disagreement is a
+    /// warning), and the image wins, being what the loader checks against.
+    Compare,
+    /// Never (symvers, or nothing).
+    Never,
+}
+
+/// Where the exports of vmlinux itself came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum VmlinuxExports {
+    /// The symvers file ([`Kernel::symvers`]).
+    Symvers,
+    /// The export table of the kernel's boot image at `path`.
+    Image { path: PathBuf },
+    /// Neither could be read: `why` says what was tried.
+    Missing { why: String },
 }
 
 /// The symbols and module names a set of modules can ask a kernel about: reading only
@@ -127,6 +159,9 @@ pub struct Kernel {
     pub release: String,
     /// Host path of the symvers file read, if any.
     pub symvers: Option<PathBuf>,
+    /// Where vmlinux's exports came from; with [`VmlinuxExports::Missing`] no symbol can
+    /// be said to be unexported.
+    pub vmlinux_exports: VmlinuxExports,
     /// Host path of the in-tree module whose facts stand for the kernel's own.
     pub reference_module: Option<PathBuf>,
     /// The kernel's vermagic (from the reference module).
@@ -169,6 +204,7 @@ impl Kernel {
         let tree = ModuleTree::new(root.clone(), release);
         let tree_dir = tree.host_dir()?;
         let symvers_path = match &opts.symvers {
+            _ if opts.ignore_symvers => None,
             Some(p) => Some(root.confine(p)?),
             None => find_symvers(root, release),
         };
@@ -178,7 +214,30 @@ impl Kernel {
                 tree_dir.display()
             );
         }
-        let (exports, modules, warnings) = read_exports(&tree, symvers_path.as_deref(), opts)?;
+        let read_image = match opts.image_exports {
+            ImageExportsUse::WithoutSymvers => symvers_path.is_none(),
+            ImageExportsUse::Compare => true,
+            ImageExportsUse::Never => false,
+        };
+        let image = read_image.then(|| kernel_image::read(root, release));
+        let (exports, modules, mut warnings) =
+            read_exports(&tree, symvers_path.as_deref(), image.as_ref(), opts)?;
+        let vmlinux_exports = match (&image, &symvers_path) {
+            (Some(Ok(image)), _) => VmlinuxExports::Image { path: image.path.clone() },
+            (_, Some(_)) => VmlinuxExports::Symvers,
+            (Some(Err(e)), None) => VmlinuxExports::Missing {
+                why: format!("no Module.symvers or symvers.gz, and {e:#}"),
+            },
+            (None, None) => VmlinuxExports::Missing {
+                why: "no Module.symvers or symvers.gz (the boot image was not read)".into(),
+            },
+        };
+        if let (Some(Err(e)), Some(_)) = (&image, &symvers_path) {
+            if opts.image_exports == ImageExportsUse::Compare {
+                warnings
+                    .push(format!("symvers not compared with the kernel's export table: {e:#}"));
+            }
+        }
 
         let reference = reference_module(&tree)?;
         let config = read_optional(&root.host(format!("/boot/config-{release}"))?)?
@@ -210,6 +269,7 @@ impl Kernel {
         Ok(Kernel {
             release: release.to_string(),
             symvers: symvers_path,
+            vmlinux_exports,
             reference_module: reference.as_ref().and_then(|m| m.path.clone()),
             vermagic: reference.as_ref().and_then(|m| m.vermagic().map(str::to_string)),
             class: reference.as_ref().map(|m| m.class),
@@ -268,8 +328,10 @@ type Exports = (HashMap<String, KernelExport>, HashSet<String>, Vec<String>);
 fn read_exports(
     tree: &ModuleTree,
     symvers_path: Option<&Path>,
+    image: Option<&Result<ImageExports>>,
     opts: &KernelOptions,
 ) -> Result<Exports> {
+    let image = image.and_then(|i| i.as_ref().ok());
     let tree_dir = tree.host_dir()?;
     let mut warnings = Vec::new();
     let symvers_text = match symvers_path {
@@ -301,6 +363,18 @@ fn read_exports(
         }
     }
     let scan_all = opts.scan_modules || !symvers_covers_modules;
+    if let (Some(image), Some(path)) = (image, symvers_path) {
+        let lines = symvers::lines(&symvers_text).filter_map(Result::ok);
+        let differences = kernel_image::disagreement(lines, &image.table);
+        if !differences.is_empty() {
+            warnings.push(format!(
+                "{} disagrees with the kernel it describes ({}): {}; the kernel's own table is used",
+                path.display(),
+                image.path.display(),
+                differences.join("; ")
+            ));
+        }
+    }
 
     // Which module files to read for their exports, and which modules are present.
     // Fast path: `kernel/` is the build's own tree, which symvers describes; only the
@@ -349,8 +423,19 @@ fn read_exports(
     );
 
     let mut exports = HashMap::new();
+    if let Some(image) = image {
+        for e in image.table.exports.iter().filter(|e| wanted_symbol(&e.symbol)) {
+            let export = KernelExport {
+                crc: e.crc,
+                gpl: e.gpl,
+                namespace: e.namespace.clone(),
+                owner: "vmlinux".to_string(),
+            };
+            exports.insert(e.symbol.clone(), export);
+        }
+    }
     for e in &entries {
-        if !wanted_symbol(e.symbol) {
+        if !wanted_symbol(e.symbol) || (image.is_some() && e.is_vmlinux()) {
             continue;
         }
         let owner = if e.is_vmlinux() {

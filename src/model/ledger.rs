@@ -444,12 +444,11 @@ pub fn is_linked(root: &Root, link: &Path, module: &Path) -> bool {
     root.read_link(link).is_ok_and(|t| t == module)
 }
 
-/// Target-absolute path of the kernel's initramfs, in Debian's then RHEL's naming.
+/// Target-absolute path of the initramfs a driver for `release` goes into: the one
+/// owner is `model::boot_images` (boot entries, kernel-install's layout, the
+/// distribution's names).
 pub fn find_image(root: &Root, release: &str) -> Option<PathBuf> {
-    [format!("/boot/initrd.img-{release}"), format!("/boot/initramfs-{release}.img")]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| root.host(p).is_ok_and(|h| h.is_file()))
+    crate::model::boot_images::primary(root, release)
 }
 
 /// Where the distribution under `root` puts the initramfs of `release` when there is

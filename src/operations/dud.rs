@@ -314,7 +314,7 @@ fn write_one(path: &Path, bytes: &[u8]) -> Result<()> {
 /// reads: the configuration directories, the tree, and every link inside the tree?
 fn links_alike_on_host(root: &Root, kver: &str) -> Result<bool> {
     let tree = PathBuf::from(format!("/lib/modules/{kver}"));
-    for dir in ["/etc/depmod.d", "/lib/depmod.d", "/usr/lib/depmod.d", "/run/depmod.d"] {
+    for dir in crate::engines::depmod::config::CONFIG_DIRS {
         if !root.alike_on_host(dir)? {
             return Ok(false);
         }

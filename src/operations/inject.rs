@@ -157,20 +157,32 @@ pub struct Report {
     pub verification: Option<Verification>,
 }
 
-/// Where the distribution keeps the initramfs of `release` (under `root`): Fedora/RHEL
-/// `/boot/initramfs-KVER.img`, Debian/Ubuntu `/boot/initrd.img-KVER`.
+/// The host path of the initramfs a driver for `release` goes into
+/// (`model::boot_images::primary`), or an error naming every image looked at.
 pub fn find_image(root: &Root, release: &str) -> Result<PathBuf> {
-    let names = [format!("/boot/initramfs-{release}.img"), format!("/boot/initrd.img-{release}")];
-    for name in &names {
-        let host = root.host(name)?;
-        if host.is_file() {
-            return Ok(host);
-        }
+    let images = crate::model::boot_images::find(root, release);
+    if let Some(p) = crate::model::boot_images::primary_of(&images) {
+        return root.host(p);
     }
+    let seen: Vec<String> = images
+        .iter()
+        .map(|i| {
+            let state = if !i.exists {
+                "missing"
+            } else if i.kind == crate::model::boot_images::ImageKind::Uki {
+                "a Unified Kernel Image"
+            } else {
+                "earlier initrd of its entry"
+            };
+            format!("{} ({state}; {})", i.path.display(), i.why)
+        })
+        .collect();
     bail!(
-        "no initramfs for kernel {release} under {}: looked for {} (name the image with --image)",
+        "no initramfs for kernel {release} under {}: looked at boot entries \
+         (/boot, /efi, /boot/efi loader/entries), kernel-install's layout, \
+         /boot/initrd.img-{release} and /boot/initramfs-{release}.img{} (name the image with --image)",
         root.dir().display(),
-        names.join(" and ")
+        if seen.is_empty() { String::new() } else { format!("; found {}", seen.join(", ")) }
     )
 }
 

@@ -60,6 +60,9 @@ pub struct InstallOptions {
     /// Install even when a kernel would be left worse off, or a new build would serve
     /// no installed kernel.
     pub force: bool,
+    /// Sign each given module with this key before it is stored and placed
+    /// (`engines::sign`, what `sign-file` appends): what is placed is what was signed.
+    pub signer: Option<crate::engines::sign::Signer>,
 }
 
 /// What to do when a kernel would boot without a root-critical module.
@@ -123,6 +126,19 @@ pub struct InstallReport {
     /// Every driver with all its builds, as the run leaves them (refused or dry: would
     /// leave them): what the kernels' `build` digests refer to.
     pub drivers: Vec<ModuleRecord>,
+    /// Per kernel, every image that boots it and why (`model::boot_images`); the drivers
+    /// went into the one `receives_drivers` names first.
+    pub boot_images: BTreeMap<String, Vec<crate::model::boot_images::BootImage>>,
+}
+
+fn boot_images_of(
+    root: &Root,
+    kernels: &[KernelOutcome],
+) -> BTreeMap<String, Vec<crate::model::boot_images::BootImage>> {
+    kernels
+        .iter()
+        .map(|k| (k.release.clone(), crate::model::boot_images::find(root, &k.release)))
+        .collect()
 }
 
 impl InstallReport {
@@ -158,6 +174,14 @@ pub fn install(root: &Root, files: &[PathBuf], opts: &InstallOptions) -> Result<
     for file in files {
         let bytes =
             std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
+        let bytes = match &opts.signer {
+            Some(signer) => {
+                crate::engines::sign::sign_module(&bytes, signer)
+                    .with_context(|| format!("{}: cannot sign", file.display()))?
+                    .bytes
+            }
+            None => bytes,
+        };
         let module = Module::from_bytes(&bytes, ReadOptions::default())
             .with_context(|| format!("{}", file.display()))?;
         let name = module.name();
@@ -240,6 +264,7 @@ pub fn install(root: &Root, files: &[PathBuf], opts: &InstallOptions) -> Result<
         (_, None) => bail!("install: no lock held for a real run"),
     };
     Ok(InstallReport {
+        boot_images: boot_images_of(root, &done.kernels),
         installed: records,
         kernels: done.kernels,
         restored: done.restored,
@@ -334,6 +359,7 @@ pub fn refresh_kernels(
         }
     };
     Ok(InstallReport {
+        boot_images: boot_images_of(root, &done.kernels),
         installed: Vec::new(),
         kernels: done.kernels,
         restored: done.restored,

@@ -16,4 +16,5 @@ pub mod ledger;
 pub mod pack;
 pub mod refresh;
 pub mod remove;
+pub mod sign;
 pub mod weak_updates;

@@ -20,7 +20,7 @@
 
 use crate::engines::choose::{self, Candidate};
 use crate::engines::compat::{self, Outcome, Verdict};
-use crate::model::kernel::{self, Interest, Kernel, KernelOptions};
+use crate::model::kernel::{self, ImageExportsUse, Interest, Kernel, KernelOptions};
 use crate::model::module::{name_from_path, sha256_hex, Module, ReadOptions};
 use crate::model::root::Root;
 use crate::model::tree::ModuleTree;
@@ -162,7 +162,13 @@ pub(crate) fn refresh(run: &Run, ledger: &mut Ledger, only: &[String]) -> Result
         }
         modules.push(Module::read(&root.host(&r.path)?, ReadOptions::default())?);
     }
-    let opts = KernelOptions { interest: Some(Interest::of(&modules)), ..Default::default() };
+    // The verdicts are recorded and acted on: judge by the kernel's own export table
+    // whenever its image can be read, and say when its symvers disagrees.
+    let opts = KernelOptions {
+        interest: Some(Interest::of(&modules)),
+        image_exports: ImageExportsUse::Compare,
+        ..Default::default()
+    };
     let placed_all = done.restored.is_empty() || !run.dry_run;
     for release in releases {
         let previous = ledger.kernels.get(&release).cloned().unwrap_or_default();

@@ -13,7 +13,23 @@ pub struct TreeRoot {
     pub release: String,
 }
 
+/// A generated module for `release`, importing `module_layout` as every modversions
+/// build does.
+pub fn sample(release: &str, name: &str) -> bootkmod::samples::SampleModule {
+    let vermagic = format!("{release} SMP preempt mod_unload modversions ");
+    let mut s = bootkmod::samples::SampleModule::new(name, &vermagic);
+    s.import("module_layout", 0x1234_5678);
+    s
+}
+
 impl TreeRoot {
+    /// A root whose `lib/modules/<release>` exists and is empty.
+    pub fn empty(release: &str) -> TreeRoot {
+        let root = TreeRoot { dir: tempfile::tempdir().unwrap(), release: release.into() };
+        std::fs::create_dir_all(root.tree()).unwrap();
+        root
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
@@ -26,10 +42,16 @@ impl TreeRoot {
     /// Copy the installed tree's module files whose tree-relative path satisfies
     /// `keep`, plus the kernel package's inputs. Hard links when possible.
     pub fn copy_installed(release: &str, keep: impl Fn(&str) -> bool) -> TreeRoot {
+        Self::copy_tree(Path::new("/"), release, keep)
+    }
+
+    /// [`TreeRoot::copy_installed`] from the tree of kernel `release` under `from` (an
+    /// unpacked kernel package).
+    pub fn copy_tree(from: &Path, release: &str, keep: impl Fn(&str) -> bool) -> TreeRoot {
         let dir = tempfile::tempdir().unwrap();
         let root = TreeRoot { dir, release: release.to_string() };
-        let src = Path::new("/lib/modules").join(release);
-        for m in super::kernel_modules(release) {
+        let src = from.join("lib/modules").join(release);
+        for m in super::kernel_modules_in(from, release) {
             let rel = m.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
             if keep(&rel) {
                 root.place(&rel, &m);

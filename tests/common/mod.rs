@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod dud;
+pub mod foreign;
 pub mod machine;
 pub mod qemu;
 pub mod skips;
@@ -147,6 +148,12 @@ pub fn installed_kernel() -> Option<String> {
 
 /// Every module file of an installed kernel, sorted.
 pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
+    kernel_modules_in(Path::new("/"), release)
+}
+
+/// Every module file under `root`'s `lib/modules/RELEASE/kernel` (an unpacked kernel
+/// package of any architecture), sorted.
+pub fn kernel_modules_in(root: &Path, release: &str) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap().flatten() {
             let p = e.path();
@@ -158,7 +165,7 @@ pub fn kernel_modules(release: &str) -> Vec<PathBuf> {
         }
     }
     let mut out = Vec::new();
-    walk(&Path::new("/lib/modules").join(release).join("kernel"), &mut out);
+    walk(&root.join("lib/modules").join(release).join("kernel"), &mut out);
     out.sort();
     out
 }
@@ -173,3 +180,4 @@ pub mod inject;
 pub mod jail;
 pub mod keep;
 pub mod kmod;
+pub mod sign;

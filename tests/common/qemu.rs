@@ -23,6 +23,69 @@ pub const ROOT_FAIL: &str = "BOOTKMOD-ROOT-FAILED";
 /// Guests that may run at the same time.
 pub const SLOTS: usize = 2;
 
+/// The guest's architecture: which QEMU, machine, console and busybox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arch {
+    #[default]
+    X86_64,
+    /// `virt` machine, Cortex-A57, PL011 console; QEMU and busybox from
+    /// `.ci/setup.d/qemu-arm64`.
+    Aarch64,
+}
+
+impl Arch {
+    /// The QEMU binary for this guest.
+    pub fn qemu(self) -> Option<PathBuf> {
+        match self {
+            Arch::X86_64 => qemu(),
+            Arch::Aarch64 => {
+                if let Some(p) = std::env::var_os("BOOTKMOD_QEMU_AARCH64") {
+                    return Some(PathBuf::from(p));
+                }
+                if let Some(cached) = machine::input("qemu-arm64/usr/bin/qemu-system-aarch64") {
+                    return Some(cached);
+                }
+                tool("qemu-system-aarch64")
+            }
+        }
+    }
+
+    /// Machine and CPU arguments (software emulation), and the console device.
+    fn machine(self) -> (&'static [&'static str], &'static str) {
+        match self {
+            Arch::X86_64 => (&["-accel", "tcg", "-cpu", "max"][..], "ttyS0"),
+            // cortex-a57 rather than max: TCG emulates max's pointer authentication
+            // slowly.
+            Arch::Aarch64 => {
+                (&["-accel", "tcg", "-M", "virt", "-cpu", "cortex-a57"][..], "ttyAMA0")
+            }
+        }
+    }
+
+    /// A static busybox that runs in this guest.
+    fn busybox(self) -> Option<PathBuf> {
+        match self {
+            Arch::X86_64 => {
+                let found = ["/bin/busybox", "/usr/bin/busybox"]
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.is_file());
+                if found.is_none() {
+                    missing("busybox-static")?;
+                }
+                found
+            }
+            Arch::Aarch64 => match machine::input("busybox-arm64/bin/busybox") {
+                Some(p) => Some(p),
+                None => {
+                    missing("busybox-arm64 in the test cache (run .ci/setup.d/qemu-arm64)")?;
+                    unreachable!()
+                }
+            },
+        }
+    }
+}
+
 /// The QEMU binary: `$BOOTKMOD_QEMU`, the cache's unpacked build, or PATH.
 pub fn qemu() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("BOOTKMOD_QEMU") {
@@ -111,6 +174,7 @@ pub struct Boot {
     pub disks: Vec<(PathBuf, Controller)>,
     pub timeout: Duration,
     pub memory_mb: u32,
+    pub arch: Arch,
 }
 
 /// What the guest printed.
@@ -148,7 +212,13 @@ impl Boot {
             disks: Vec::new(),
             timeout: Duration::from_secs(120),
             memory_mb: 1024,
+            arch: Arch::X86_64,
         }
+    }
+
+    pub fn arch(mut self, arch: Arch) -> Boot {
+        self.arch = arch;
+        self
     }
 
     pub fn disk(mut self, image: impl Into<PathBuf>, controller: Controller) -> Boot {
@@ -167,20 +237,26 @@ impl Boot {
     /// Boot under software emulation and collect the serial console. `None` (skip) when
     /// QEMU is missing outside CI.
     pub fn run(&self) -> Option<BootLog> {
-        let qemu = qemu()?;
+        let qemu = self.arch.qemu()?;
+        let (machine, console) = self.arch.machine();
+        let kernel = match self.arch {
+            Arch::X86_64 => uncompressed_kernel(&self.kernel),
+            Arch::Aarch64 => self.kernel.clone(),
+        };
         let _slot = Slot::acquire();
         let mut cmd = Command::new(tool("timeout")?);
         cmd.arg("--signal=KILL")
             .arg(self.timeout.as_secs().to_string())
             .arg(&qemu)
-            .args(["-accel", "tcg", "-cpu", "max", "-m", &self.memory_mb.to_string()])
+            .args(machine)
+            .args(["-m", &self.memory_mb.to_string()])
             .args(["-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio"])
             .arg("-kernel")
-            .arg(uncompressed_kernel(&self.kernel))
+            .arg(kernel)
             .arg("-initrd")
             .arg(&self.initrd)
             .arg("-append")
-            .arg(format!("console=ttyS0 panic=-1 no_timer_check loglevel=7 {}", self.append));
+            .arg(format!("console={console} panic=-1 no_timer_check loglevel=7 {}", self.append));
         for (n, (disk, ctrl)) in self.disks.iter().enumerate() {
             cmd.args(ctrl.args(n, disk));
         }
@@ -203,9 +279,8 @@ impl Boot {
 
 /// The ELF `vmlinux` inside a bzImage, cached: QEMU boots it through its PVH entry in
 /// about half the time of the bzImage (no real-mode setup, no self-decompression). Falls
-/// back to the bzImage itself when no xz payload is found.
+/// back to the bzImage itself when its payload cannot be decoded.
 pub fn uncompressed_kernel(bzimage: &Path) -> PathBuf {
-    use std::io::Read;
     let Ok(bytes) = fs::read(bzimage) else { return bzimage.to_path_buf() };
     let key = format!("{:x}", {
         use std::hash::{Hash, Hasher};
@@ -217,16 +292,10 @@ pub fn uncompressed_kernel(bzimage: &Path) -> PathBuf {
     if out.is_file() {
         return out;
     }
-    let Some(start) = bytes.windows(6).position(|w| w == b"\xfd7zXZ\0") else {
+    // The image's own payload, through the codec bootkmod reads export tables with.
+    let Ok(vmlinux) = bootkmod::formats::kernel_image::vmlinux(&bytes) else {
         return bzimage.to_path_buf();
     };
-    // A single-stream decoder stops at the end of the payload; the bzImage continues after.
-    let mut vmlinux = Vec::new();
-    if liblzma::read::XzDecoder::new(&bytes[start..]).read_to_end(&mut vmlinux).is_err()
-        || !vmlinux.starts_with(b"\x7fELF")
-    {
-        return bzimage.to_path_buf();
-    }
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
     if fs::create_dir_all(out.parent().unwrap()).is_ok()
         && fs::write(&tmp, &vmlinux).is_ok()
@@ -284,19 +353,22 @@ pub struct InitramfsDir {
 impl InitramfsDir {
     /// `bin/busybox` (static) with a link per applet, and the usual mount points.
     pub fn busybox() -> Option<InitramfsDir> {
-        let busybox =
-            ["/bin/busybox", "/usr/bin/busybox"].iter().map(PathBuf::from).find(|p| p.is_file());
-        let Some(busybox) = busybox else {
-            missing("busybox-static")?;
-            unreachable!()
-        };
+        Self::busybox_for(Arch::X86_64)
+    }
+
+    /// [`InitramfsDir::busybox`] for a guest of `arch`. The applet list comes from the
+    /// host's busybox (the same Debian release builds every architecture alike; the
+    /// guest's cannot run here).
+    pub fn busybox_for(arch: Arch) -> Option<InitramfsDir> {
+        let host_busybox = Arch::X86_64.busybox()?;
+        let busybox = arch.busybox()?;
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         for sub in ["bin", "sbin", "dev", "proc", "sys", "root", "etc", "tmp", "lib/modules"] {
             fs::create_dir_all(d.join(sub)).unwrap();
         }
         fs::copy(&busybox, d.join("bin/busybox")).unwrap();
-        let list = Command::new(&busybox).arg("--list").output().expect("busybox --list");
+        let list = Command::new(&host_busybox).arg("--list").output().expect("busybox --list");
         for applet in String::from_utf8_lossy(&list.stdout).lines() {
             if applet != "busybox" {
                 let _ = std::os::unix::fs::symlink("busybox", d.join("bin").join(applet));

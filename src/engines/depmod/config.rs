@@ -1,32 +1,57 @@
 //! `depmod.d` configuration: which copy of a module wins when several directories of
 //! the tree hold one with the same name.
 //!
-//! Files `*.conf` from `/run/depmod.d`, `/etc/depmod.d`, `/lib/depmod.d` and
-//! `/usr/lib/depmod.d` (inside the root), merged by file name (the first directory
-//! holding a name wins) and read in name order. Commands:
+//! Files `*.conf` from the directories of [`CONFIG_DIRS`] (inside the root), merged by
+//! file name (the first directory holding a name wins, [`effective_files`]) and read
+//! in name order. Commands:
 //!
-//! - `search DIR... | built-in`: subdirectories of the tree in priority order; `built-in`
-//!   stands for everything no search entry names (normally `kernel/`). Without any
-//!   `search` line kmod behaves as `search updates`.
+//! - `search DIR... | built-in | external`: subdirectories of the tree in priority
+//!   order; `built-in` stands for everything no search entry names (normally
+//!   `kernel/`), `external` for the `external` directories, in their own order. Without
+//!   an `external` word the external directories rank as `built-in`; without any
+//!   `search` line kmod behaves as `search updates` (so externals, `kernel/` and
+//!   everything else share one rank and the file found first stays).
 //! - `override MODULE KVER-REGEX SUBDIR`: this module always from this subdirectory.
-//! - `external KVER-REGEX DIR`: an extra directory outside the tree, searched too.
+//! - `external KVER-REGEX DIR`: an extra directory outside the tree, searched too. A
+//!   path is in it when it starts with `DIR/`.
 //! - `exclude DIR`: directory names skipped while scanning (besides `build`/`source`).
 //!
 //! kmod keeps searches, overrides and externals in lists it *prepends* to; the
 //! priority comparison in [`Config::existing_wins`] follows that representation
-//! exactly, quirks included, because the winner is visible in every index.
+//! exactly, quirks included, because the winner is visible in every index. Facts from
+//! kmod v30's `tools/depmod.c` (the `external` slot exists since kmod 26; earlier and
+//! later versions to v34 rank the same way).
 
+use crate::model::modprobe::{effective_files, list_config_dirs};
 use crate::model::root::Root;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-/// The directories kmod reads configuration from, in precedence order.
-pub const CONFIG_DIRS: &[&str] =
-    &["/run/depmod.d", "/etc/depmod.d", "/lib/depmod.d", "/usr/lib/depmod.d"];
+/// The directories kmod reads configuration from, in precedence order (the first
+/// directory holding a file name wins): kmod 29 and later read `/etc`, `/run`,
+/// `/usr/local/lib`, `/lib` (kmod 32 adds its DISTCONFDIR, `/usr/lib`, before `/lib`);
+/// kmod 28 and earlier (RHEL 8/9) read `/run` before `/etc` and no `/usr/local/lib`.
+/// We follow kmod 29+ and read `/usr/lib` too (the same directory as `/lib` on a
+/// merged-`/usr` system, where the order of the two cannot show).
+pub const CONFIG_DIRS: &[&str] = &[
+    "/etc/depmod.d",
+    "/run/depmod.d",
+    "/usr/local/lib/depmod.d",
+    "/usr/lib/depmod.d",
+    "/lib/depmod.d",
+];
+
+/// kmod's depmod.d file filter: `*.conf`, at least 6 bytes.
+pub fn depmod_file_name(name: &str) -> bool {
+    name.len() >= 6 && name.ends_with(".conf")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Search {
+    /// `built-in`: the rank of every path no other entry claims.
     BuiltIn,
+    /// `external`: the slot of the `external` directories.
+    External,
     Dir(String),
 }
 
@@ -47,29 +72,12 @@ pub struct Config {
 impl Config {
     /// Read the configuration of `root` for kernel `release`.
     pub fn load(root: &Root, release: &str) -> Result<Config> {
-        let mut files: Vec<(String, PathBuf)> = Vec::new();
-        for dir in CONFIG_DIRS {
-            let host = root.host(dir)?;
-            let Ok(entries) = std::fs::read_dir(&host) else { continue };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') || name.len() < 6 || !name.ends_with(".conf") {
-                    continue;
-                }
-                // A link among the files names a file inside the root, not on the host.
-                let path = root.confine(&entry.path())?;
-                if path.is_dir() || files.iter().any(|(n, _)| *n == name) {
-                    continue;
-                }
-                files.push((name, path));
-            }
-        }
-        files.sort();
+        let per_dir = list_config_dirs(root, CONFIG_DIRS)?;
         let mut config = Config::default();
-        for (_, path) in &files {
-            let text = std::fs::read_to_string(path)
+        for (_, path) in effective_files(per_dir, depmod_file_name) {
+            let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("{}: cannot read", path.display()))?;
-            config.parse(&text, path, release);
+            config.parse(&text, &path, release);
         }
         config.finish();
         Ok(config)
@@ -93,10 +101,10 @@ impl Config {
             match (cmd, rest.as_slice()) {
                 ("search", dirs) => {
                     for d in dirs {
-                        let s = if *d == "built-in" {
-                            Search::BuiltIn
-                        } else {
-                            Search::Dir(d.to_string())
+                        let s = match *d {
+                            "built-in" => Search::BuiltIn,
+                            "external" => Search::External,
+                            d => Search::Dir(d.to_string()),
                         };
                         self.searches.insert(0, s);
                     }
@@ -135,6 +143,13 @@ impl Config {
         fn key(c: &Candidate) -> Option<&str> {
             c.rel.as_deref().and_then(|r| r.get(..c.match_len))
         }
+        // kmod compares the full path only up to `directory/` + module-name bytes too.
+        fn full(c: &Candidate) -> String {
+            let t = c.target.to_string_lossy();
+            let dir_len = t.rfind('/').map_or(0, |p| p + 1);
+            let len = (dir_len + c.name.len()).min(t.len());
+            t.get(..len).unwrap_or(&t).to_string()
+        }
         let (old_rel, new_rel) = (key(old), key(new));
         for ov in &self.overrides {
             if new_rel == Some(ov.as_str()) {
@@ -144,28 +159,33 @@ impl Config {
                 return true;
             }
         }
-        let under = |rel: Option<&str>, dir: &str| {
-            rel.is_some_and(|r| {
-                r.len() > dir.len() && r.as_bytes()[dir.len()] == b'/' && r.starts_with(dir)
-            })
+        // `path` is under `dir` when it continues with a `/` right after it.
+        let under = |path: &str, dir: &str| {
+            path.len() > dir.len() && path.as_bytes()[dir.len()] == b'/' && path.starts_with(dir)
         };
+        let (old_full, new_full) = (full(old), full(new));
         let (mut builtin, mut old_prio, mut new_prio) = (-1i64, -1i64, -1i64);
         let mut i = 0i64;
         for s in &self.searches {
             match s {
                 Search::BuiltIn => builtin = i,
-                Search::Dir(d) if under(new_rel, d) => new_prio = i,
-                Search::Dir(d) if under(old_rel, d) => old_prio = i,
-                _ => {}
-            }
-            i += 1;
-        }
-        for ext in &self.externals {
-            let ext = ext.to_string_lossy();
-            if new.target.to_string_lossy().starts_with(ext.as_ref()) {
-                new_prio = i;
-            } else if old.target.to_string_lossy().starts_with(ext.as_ref()) {
-                old_prio = i;
+                Search::External => {
+                    // Every external directory takes its own rank in this slot, both
+                    // paths checked against each one.
+                    for ext in &self.externals {
+                        let ext = ext.to_string_lossy();
+                        if under(&new_full, &ext) {
+                            new_prio = i;
+                        }
+                        if under(&old_full, &ext) {
+                            old_prio = i;
+                        }
+                        i += 1;
+                    }
+                }
+                Search::Dir(d) if new_rel.is_some_and(|r| under(r, d)) => new_prio = i,
+                Search::Dir(d) if old_rel.is_some_and(|r| under(r, d)) => old_prio = i,
+                Search::Dir(_) => {}
             }
             i += 1;
         }

@@ -289,7 +289,8 @@ fn uncompressed_rel(rel: &str, name: &str) -> Vec<u8> {
 
 /// kmod's topological sort: modules nobody uses first, a LIFO of ready modules, each
 /// module's providers released in the order it first needed them. Returns each
-/// module's rank; a cycle is an error naming its members.
+/// module's rank; cycles are an error naming each of them, as kmod's depmod reports
+/// them ([`find_cycles`]).
 fn topological_rank(
     modules: &[DepModule],
     direct: &[Vec<usize>],
@@ -309,44 +310,88 @@ fn topological_rank(
         }
     }
     if sorted < modules.len() {
-        let cycle = find_cycle(direct, &users);
-        let names: Vec<&str> = cycle.iter().map(|&i| modules[i].name.as_str()).collect();
-        bail!(
-            "dependency cycle between modules: {} ({} modules in or behind cycles)",
-            names.join(" -> "),
-            modules.len() - sorted
-        );
+        let (cycles, in_cycles) = find_cycles(direct, &users);
+        let named: Vec<String> = cycles
+            .iter()
+            .map(|c| c.iter().map(|&i| modules[i].name.as_str()).collect::<Vec<_>>().join(" -> "))
+            .collect();
+        bail!("{in_cycles} modules in dependency cycles: {}", named.join("; "));
     }
     Ok(rank)
 }
 
-/// One cycle among the modules the sort could not place, as a path `a -> b -> a`
-/// where each module needs the next. Every unplaced module has an unplaced user, so
-/// walking from user to user must come back on itself.
-fn find_cycle(direct: &[Vec<usize>], users: &[usize]) -> Vec<usize> {
-    let stuck = |i: usize| users[i] > 0;
-    let mut users_of: Vec<Vec<usize>> = vec![Vec::new(); direct.len()];
-    for (user, provs) in direct.iter().enumerate() {
-        for &p in provs {
-            users_of[p].push(user);
+/// Bound on the paths [`find_cycles`] walks: the walk enumerates paths, not vertices,
+/// and a dense knot of cycles has very many.
+const CYCLE_WALK_BUDGET: usize = 1 << 20;
+
+/// The cycles among the modules the sort could not place, named as kmod's depmod
+/// names them, and the number of distinct modules in them (kmod's "Found N modules in
+/// dependency cycles", which leaves out modules merely used by a cycle).
+///
+/// kmod's walk: the stuck modules (users left) in module order are candidate starts;
+/// from each start still listed, a depth-first walk (LIFO, providers pushed in the
+/// order first needed) follows dependencies; each time it comes back to the start, the
+/// path is one cycle (`start -> ... -> start`) and its members stop being starts. A
+/// module with no dependencies stops being a start when reached. Where kmod would
+/// report a start reached again by an earlier walk as a one-module "cycle" (a stuck
+/// module behind a cycle that itself has dependencies), nothing is reported; where
+/// kmod would walk a cycle not through the start forever, the walk does not descend
+/// into a module already on its path.
+fn find_cycles(direct: &[Vec<usize>], users: &[usize]) -> (Vec<Vec<usize>>, usize) {
+    let mut starts: Vec<usize> = (0..users.len()).filter(|&i| users[i] > 0).collect();
+    let mut visited = vec![false; users.len()];
+    let mut in_cycles: HashSet<usize> = HashSet::new();
+    let mut cycles = Vec::new();
+    let mut budget = CYCLE_WALK_BUDGET;
+    while !starts.is_empty() {
+        let start = starts.remove(0);
+        // Vertices: (module, parent vertex); a path is a chain of parents.
+        let mut vertices: Vec<(usize, Option<usize>)> = vec![(start, None)];
+        let mut stack = vec![0usize];
+        while let Some(v) = stack.pop() {
+            let (m, parent) = vertices[v];
+            if visited[m] && m == start {
+                let Some(mut at) = parent else { continue };
+                let mut path = vec![start];
+                loop {
+                    let (pm, pp) = vertices[at];
+                    path.push(pm);
+                    in_cycles.insert(pm);
+                    starts.retain(|&s| s != pm);
+                    match pp {
+                        Some(p) => at = p,
+                        None => break,
+                    }
+                }
+                path.reverse();
+                cycles.push(path);
+                continue;
+            }
+            visited[m] = true;
+            if direct[m].is_empty() {
+                starts.retain(|&s| s != m);
+                continue;
+            }
+            for &d in &direct[m] {
+                let mut on_path = false;
+                let mut at = Some(v);
+                while let Some(a) = at {
+                    if vertices[a].0 == d && d != start {
+                        on_path = true;
+                        break;
+                    }
+                    at = vertices[a].1;
+                }
+                if on_path || budget == 0 {
+                    continue;
+                }
+                budget -= 1;
+                vertices.push((d, Some(v)));
+                stack.push(vertices.len() - 1);
+            }
         }
     }
-    let Some(start) = (0..users.len()).find(|&i| stuck(i)) else { return Vec::new() };
-    let mut path = vec![start];
-    let mut on_path: HashMap<usize, usize> = HashMap::from([(start, 0)]);
-    let mut at = start;
-    while let Some(&user) = users_of[at].iter().find(|&&u| stuck(u)) {
-        if let Some(&pos) = on_path.get(&user) {
-            let mut cycle = path[pos..].to_vec();
-            cycle.push(user);
-            cycle.reverse();
-            return cycle;
-        }
-        on_path.insert(user, path.len());
-        path.push(user);
-        at = user;
-    }
-    path
+    (cycles, in_cycles.len())
 }
 
 /// Every module `i` needs, directly or not, sorted by topological rank.

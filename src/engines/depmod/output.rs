@@ -79,33 +79,7 @@ fn aliases_bin(g: &Graph) -> Result<Vec<u8>> {
     Ok(idx.to_bytes())
 }
 
-/// kmod's alias key: `-` becomes `_` outside bracket expressions; an unmatched bracket
-/// makes the alias unusable (skipped, as kmod does).
-pub fn normalize_alias(alias: &str) -> Option<String> {
-    let mut out = String::with_capacity(alias.len());
-    let mut chars = alias.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '-' => out.push('_'),
-            ']' => return None,
-            '[' => {
-                out.push('[');
-                loop {
-                    match chars.next() {
-                        Some(']') => {
-                            out.push(']');
-                            break;
-                        }
-                        Some(c) => out.push(c),
-                        None => return None,
-                    }
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    Some(out)
-}
+pub use crate::formats::kmod_index::normalize_alias;
 
 fn softdeps_text(g: &Graph) -> String {
     // kmod ≥ 29 dropped the "copy to modprobe.d" line: libkmod reads this file itself.

@@ -1,18 +1,25 @@
-//! "What would `modprobe` load for X?", answered from a tree's `.bin` indexes alone,
-//! the way libkmod resolves it (no kmod needed, works on any root or unpacked image).
+//! "What would `modprobe` load for X?", answered from a tree's `.bin` indexes and the
+//! target's modprobe configuration ([`ModprobeConfig`]: modprobe.d, `modules.softdep`,
+//! the kernel command line's module options), the way libkmod (kmod v30) resolves it
+//! (no kmod needed, works on any root or unpacked image).
 //!
-//! Resolution of a name, first hit wins: `modules.dep.bin` (a module name, `-` read
-//! as `_`), `modules.symbols.bin` (`symbol:NAME`), `modules.alias.bin` (keys are
-//! wildcard patterns), `modules.builtin.alias.bin`, `modules.builtin.bin`. Each module
-//! found then expands to its load list: soft pre-dependencies (from the tree's
-//! `modules.softdep`), its dependencies in load order (the reverse of their
-//! `modules.dep` order), itself, soft post-dependencies — each module at most once.
-//!
-//! Not read: `modprobe.d` configuration (aliases, options, install commands,
-//! blacklists), which is host configuration rather than part of the tree.
+//! Lookup of a name, first source with a hit wins: configured aliases (every matching
+//! pattern), `modules.dep.bin` (a module name, `-` read as `_`), `modules.symbols.bin`
+//! (`symbol:NAME`), `install`/`remove` lines naming it exactly, `modules.alias.bin`
+//! (keys are wildcard patterns), `modules.builtin.bin`, `modules.builtin.alias.bin`.
+//! Each module found, unless blacklisted and reached through an alias, then expands to
+//! its probe list: its dependencies in load order (the reverse of their `modules.dep`
+//! order), each wrapped in its own soft dependencies, then the module wrapped in its
+//! own; soft dependencies are looked up like names and expanded the same way, each
+//! module at most once (dependencies excepted, as libkmod lists them). Each entry then
+//! prints as modprobe's `--show-depends` does: `install COMMAND OPTIONS` when an
+//! install command applies (not for a module with soft dependencies, nor the module
+//! asked for under `--ignore-install`), else `insmod PATH OPTIONS`, else `builtin NAME`
+//! for a built-in module, else nothing (an alias to nothing).
 
 use super::output::normalize_alias;
 use crate::formats::kmod_index::Index;
+use crate::model::modprobe::ModprobeConfig;
 use crate::model::root::Root;
 use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
@@ -22,10 +29,60 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Step {
-    /// Load this file (as shown: `ROOT/lib/modules/K/...`).
-    Insmod { name: String, path: PathBuf },
+    /// Load this file (as shown: `ROOT/lib/modules/K/...`) with these options
+    /// (configured ones, each followed by a space, as modprobe prints them).
+    Insmod {
+        name: String,
+        path: PathBuf,
+        #[serde(skip_serializing_if = "String::is_empty")]
+        options: String,
+    },
+    /// Run this configured command instead of loading the module.
+    Install {
+        name: String,
+        command: String,
+        #[serde(skip_serializing_if = "String::is_empty")]
+        options: String,
+    },
     /// Built into the kernel: nothing to load.
     Builtin { name: String },
+}
+
+impl Step {
+    /// The line `modprobe --show-depends` prints for this step.
+    pub fn line(&self) -> String {
+        match self {
+            Step::Insmod { path, options, .. } => format!("insmod {} {options}", path.display()),
+            Step::Install { command, options, .. } => format!("install {command} {options}"),
+            Step::Builtin { name } => format!("builtin {name}"),
+        }
+    }
+}
+
+/// A module as a lookup found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Found {
+    name: String,
+    /// The alias (or configured alias pattern) it was reached by.
+    alias: Option<String>,
+    /// Found by an `install`/`remove` line naming it: that line's install command.
+    command: Option<Option<String>>,
+    /// Found in a built-in index.
+    builtin: bool,
+}
+
+impl Found {
+    fn named(name: impl Into<String>) -> Found {
+        Found { name: name.into(), alias: None, command: None, builtin: false }
+    }
+}
+
+/// How `show_depends` runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShowOptions {
+    /// `--ignore-install`: the module asked for is loaded as a file, its install
+    /// command and soft dependencies ignored.
+    pub ignore_install: bool,
 }
 
 /// The index files of one tree, read once.
@@ -39,8 +96,8 @@ pub struct TreeIndexes {
     pub symbols: Vec<u8>,
     pub builtin: Vec<u8>,
     pub builtin_alias: Vec<u8>,
-    /// module → (pre, post) soft dependencies from `modules.softdep`.
-    pub softdeps: HashMap<String, (Vec<String>, Vec<String>)>,
+    /// modprobe.d, `modules.softdep` and the command line's options.
+    pub config: ModprobeConfig,
 }
 
 /// Bound on resolution depth: softdeps can name each other in circles.
@@ -59,23 +116,31 @@ impl TreeIndexes {
                 Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
             }
         };
-        TreeIndexes::from_files(root.shown(&dir), read)
+        let mut indexes = TreeIndexes::from_files(root.shown(&dir), read)?;
+        indexes.config = ModprobeConfig::load(root, release)?;
+        Ok(indexes)
     }
 
     /// Build from index files read by `read` (missing ones as empty bytes): the same
     /// resolution over a tree that is not a directory, e.g. one inside an initramfs.
+    /// The configuration is the tree's `modules.softdep` alone; callers with
+    /// modprobe.d files (an image's) set [`TreeIndexes::config`] themselves.
     pub fn from_files(
         dir: PathBuf,
         mut read: impl FnMut(&str) -> Result<Vec<u8>>,
     ) -> Result<TreeIndexes> {
-        let softdep_text = String::from_utf8_lossy(&read("modules.softdep")?).into_owned();
+        let softdep = read("modules.softdep")?;
+        let config = ModprobeConfig::from_files(
+            ModprobeConfig::reading_order(Vec::new(), Some(softdep.as_slice())),
+            None,
+        );
         Ok(TreeIndexes {
             dep: read("modules.dep.bin")?,
             alias: read("modules.alias.bin")?,
             symbols: read("modules.symbols.bin")?,
             builtin: read("modules.builtin.bin")?,
             builtin_alias: read("modules.builtin.alias.bin")?,
-            softdeps: parse_softdeps(&softdep_text),
+            config,
             dir,
         })
     }
@@ -87,31 +152,83 @@ impl TreeIndexes {
         Index::parse(bytes).map(Some).with_context(|| format!("{}", self.dir.join(name).display()))
     }
 
-    /// Module names `name` resolves to, and whether they are built-in.
-    pub fn resolve(&self, name: &str) -> Result<Vec<(String, bool)>> {
+    /// libkmod's lookup of a name: the modules it gives, from the first source that
+    /// has any (see the module documentation). Empty: not found.
+    fn lookup(&self, name: &str) -> Result<Vec<Found>> {
         let Some(key) = normalize_alias(name) else { return Ok(Vec::new()) };
-        if let Some(dep) = self.index(&self.dep, "modules.dep.bin")? {
-            if !dep.lookup(&key).with_context(|| self.ctx("modules.dep.bin"))?.is_empty() {
-                return Ok(vec![(key, false)]);
-            }
+        let by_alias = |values: Vec<crate::formats::kmod_index::Value>, builtin: bool| {
+            values
+                .into_iter()
+                .map(|v| Found { name: v.value, alias: Some(key.clone()), command: None, builtin })
+                .collect::<Vec<_>>()
+        };
+        let configured: Vec<Found> = self
+            .config
+            .aliases_of(&key)
+            .into_iter()
+            .map(|(pattern, module)| Found {
+                name: module.to_string(),
+                alias: Some(pattern.to_string()),
+                command: None,
+                builtin: false,
+            })
+            .collect();
+        if !configured.is_empty() {
+            return Ok(configured);
+        }
+        if self.has_dep_line(&key)? {
+            return Ok(vec![Found::named(&key)]);
         }
         if key.starts_with("symbol:") {
             if let Some(idx) = self.index(&self.symbols, "modules.symbols.bin")? {
-                let v = idx.lookup(&key).with_context(|| self.ctx("modules.symbols.bin"))?;
+                let v = idx.search_wild(&key).with_context(|| self.ctx("modules.symbols.bin"))?;
                 if !v.is_empty() {
-                    return Ok(v.into_iter().map(|v| (v.value, false)).collect());
+                    return Ok(by_alias(v, false));
                 }
             }
+        }
+        if let Some(command) = self.config.command_names(&key) {
+            let command = Some(command.map(str::to_string));
+            return Ok(vec![Found { command, ..Found::named(&key) }]);
         }
         if let Some(idx) = self.index(&self.alias, "modules.alias.bin")? {
             let v = idx.search_wild(&key).with_context(|| self.ctx("modules.alias.bin"))?;
             if !v.is_empty() {
                 // A module matched by several patterns is listed once per pattern, as
                 // libkmod does.
-                return Ok(v.into_iter().map(|v| (v.value, false)).collect());
+                return Ok(by_alias(v, false));
             }
         }
-        Ok(self.builtin_providers(name)?.into_iter().map(|m| (m, true)).collect())
+        if self.in_builtin(&key)? {
+            return Ok(vec![Found { builtin: true, ..Found::named(&key) }]);
+        }
+        if let Some(idx) = self.index(&self.builtin_alias, "modules.builtin.alias.bin")? {
+            let v = idx.search_wild(&key).with_context(|| self.ctx("modules.builtin.alias.bin"))?;
+            return Ok(by_alias(v, true));
+        }
+        Ok(Vec::new())
+    }
+
+    fn has_dep_line(&self, module: &str) -> Result<bool> {
+        let Some(dep) = self.index(&self.dep, "modules.dep.bin")? else { return Ok(false) };
+        Ok(!dep.lookup(module).with_context(|| self.ctx("modules.dep.bin"))?.is_empty())
+    }
+
+    fn in_builtin(&self, module: &str) -> Result<bool> {
+        let Some(idx) = self.index(&self.builtin, "modules.builtin.bin")? else {
+            return Ok(false);
+        };
+        Ok(!idx.lookup(module).with_context(|| self.ctx("modules.builtin.bin"))?.is_empty())
+    }
+
+    /// Module names `name` resolves to, and whether they are built-in.
+    pub fn resolve(&self, name: &str) -> Result<Vec<(String, bool)>> {
+        let mut out = Vec::new();
+        for f in self.lookup(name)? {
+            let builtin = f.builtin || self.in_builtin(&f.name)?;
+            out.push((f.name, builtin));
+        }
+        Ok(out)
     }
 
     /// Built-in modules that provide `name` (by alias or as their own name), whatever
@@ -120,16 +237,12 @@ impl TreeIndexes {
     /// (`crypto-aes` while `aes_generic` is built in, though `aesni_intel` matches first).
     pub fn builtin_providers(&self, name: &str) -> Result<Vec<String>> {
         let Some(key) = normalize_alias(name) else { return Ok(Vec::new()) };
-        if let Some(idx) = self.index(&self.builtin_alias, "modules.builtin.alias.bin")? {
-            let v = idx.lookup(&key).with_context(|| self.ctx("modules.builtin.alias.bin"))?;
-            if !v.is_empty() {
-                return Ok(v.into_iter().map(|v| v.value).collect());
-            }
+        if self.in_builtin(&key)? {
+            return Ok(vec![key]);
         }
-        if let Some(idx) = self.index(&self.builtin, "modules.builtin.bin")? {
-            if !idx.lookup(&key).with_context(|| self.ctx("modules.builtin.bin"))?.is_empty() {
-                return Ok(vec![key]);
-            }
+        if let Some(idx) = self.index(&self.builtin_alias, "modules.builtin.alias.bin")? {
+            let v = idx.search_wild(&key).with_context(|| self.ctx("modules.builtin.alias.bin"))?;
+            return Ok(v.into_iter().map(|v| v.value).collect());
         }
         Ok(Vec::new())
     }
@@ -157,118 +270,125 @@ impl TreeIndexes {
         }
     }
 
-    /// What `modprobe --show-depends NAME` prints, as steps. Empty: not found.
-    pub fn show_depends(&self, name: &str) -> Result<Vec<Step>> {
+    /// What `modprobe --show-depends NAME` prints, as steps; `None`: not found (an
+    /// alias to nothing is found and prints nothing).
+    pub fn show_depends_with(&self, name: &str, opts: ShowOptions) -> Result<Option<Vec<Step>>> {
+        let found = self.lookup(name)?;
+        if found.is_empty() {
+            return Ok(None);
+        }
         let mut steps = Vec::new();
-        for (module, builtin) in self.resolve(name)? {
-            if builtin {
-                steps.push(Step::Builtin { name: module });
+        for top in found {
+            // modprobe applies the blacklist to names reached through an alias only.
+            if top.alias.is_some() && self.config.is_blacklisted(&top.name) {
                 continue;
             }
-            let mut visited = HashSet::new();
-            self.probe_list(&module, &mut visited, &mut steps, 0)?;
+            let mut probe = Probe::default();
+            self.probe_list(&top, opts.ignore_install, &mut probe, 0)?;
+            for f in &probe.list {
+                if let Some(step) = self.step(f, &probe)? {
+                    steps.push(step);
+                }
+            }
         }
-        Ok(steps)
+        Ok(Some(steps))
+    }
+
+    /// [`TreeIndexes::show_depends_with`] with modprobe's defaults; empty: not found or
+    /// nothing to load.
+    pub fn show_depends(&self, name: &str) -> Result<Vec<Step>> {
+        Ok(self.show_depends_with(name, ShowOptions::default())?.unwrap_or_default())
+    }
+
+    fn step(&self, f: &Found, probe: &Probe) -> Result<Option<Step>> {
+        let options =
+            self.config.options_of(&f.name, f.alias.as_deref()).map_or(String::new(), |o| o + " ");
+        let command = match &f.command {
+            Some(c) => c.clone(),
+            None => self.config.install_command(&f.name).map(str::to_string),
+        };
+        if let Some(command) = command {
+            if !probe.ignore_command.get(&f.name).copied().unwrap_or(false) {
+                return Ok(Some(Step::Install { name: f.name.clone(), command, options }));
+            }
+        }
+        if let Some((path, _)) = self.dep_line(&f.name)? {
+            return Ok(Some(Step::Insmod {
+                name: f.name.clone(),
+                path: self.host_path(&path),
+                options,
+            }));
+        }
+        if f.builtin || self.in_builtin(&f.name)? {
+            return Ok(Some(Step::Builtin { name: f.name.clone() }));
+        }
+        Ok(None)
     }
 
     /// libkmod's probe list of one module: each dependency (load order) with its soft
-    /// dependencies around it, then the module with its own.
+    /// dependencies around it, then the module with its own (or alone, under
+    /// `ignore_command`).
     fn probe_list(
         &self,
-        module: &str,
-        visited: &mut HashSet<String>,
-        out: &mut Vec<Step>,
+        module: &Found,
+        ignore_command: bool,
+        probe: &mut Probe,
         depth: usize,
     ) -> Result<()> {
         if depth > MAX_DEPTH {
-            anyhow::bail!("soft dependencies nest deeper than {MAX_DEPTH} levels at {module}");
+            anyhow::bail!(
+                "soft dependencies nest deeper than {MAX_DEPTH} levels at {}",
+                module.name
+            );
         }
-        if !visited.insert(module.to_string()) {
+        if !probe.visited.insert(module.name.clone()) {
             return Ok(());
         }
-        let Some((path, deps)) = self.dep_line(module)? else {
-            if self.resolve(module)?.iter().any(|(_, b)| *b) {
-                out.push(Step::Builtin { name: module.to_string() });
+        if let Some((_, deps)) = self.dep_line(&module.name)? {
+            for dep in deps.iter().rev() {
+                let name = crate::model::module::name_from_path(std::path::Path::new(dep));
+                self.with_softdeps(&Found::named(name), probe, depth)?;
             }
-            return Ok(());
-        };
-        for dep in deps.iter().rev() {
-            let name = crate::model::module::name_from_path(std::path::Path::new(dep));
-            self.with_softdeps(&name, Some(dep), visited, out, depth)?;
         }
-        self.with_softdeps(module, Some(&path), visited, out, depth)
+        if ignore_command {
+            probe.list.push(module.clone());
+            probe.ignore_command.insert(module.name.clone(), true);
+            return Ok(());
+        }
+        self.with_softdeps(module, probe, depth)
     }
 
-    fn with_softdeps(
-        &self,
-        module: &str,
-        path: Option<&str>,
-        visited: &mut HashSet<String>,
-        out: &mut Vec<Step>,
-        depth: usize,
-    ) -> Result<()> {
-        let (pre, post) = self.softdeps.get(module).cloned().unwrap_or_default();
+    fn with_softdeps(&self, module: &Found, probe: &mut Probe, depth: usize) -> Result<()> {
+        let (mut pre, mut post) = (Vec::new(), Vec::new());
+        if let Some((p, q)) = self.config.softdeps_of(&module.name) {
+            for name in p {
+                pre.extend(self.lookup(name)?);
+            }
+            for name in q {
+                post.extend(self.lookup(name)?);
+            }
+        }
         for soft in &pre {
-            self.soft(soft, visited, out, depth)?;
+            self.probe_list(soft, false, probe, depth + 1)?;
         }
-        if let Some(p) = path {
-            // No de-duplication: a dependency reached again through a soft dependency
-            // is listed again, as modprobe lists it.
-            out.push(Step::Insmod { name: module.to_string(), path: self.host_path(p) });
-        }
+        // No de-duplication: a dependency reached again through a soft dependency is
+        // listed again, as modprobe lists it.
+        probe.list.push(module.clone());
+        probe.ignore_command.insert(module.name.clone(), !pre.is_empty() || !post.is_empty());
         for soft in &post {
-            self.soft(soft, visited, out, depth)?;
-        }
-        Ok(())
-    }
-
-    fn soft(
-        &self,
-        name: &str,
-        visited: &mut HashSet<String>,
-        out: &mut Vec<Step>,
-        depth: usize,
-    ) -> Result<()> {
-        for (m, builtin) in self.resolve(name)? {
-            if builtin {
-                if visited.insert(m.clone()) {
-                    out.push(Step::Builtin { name: m });
-                }
-            } else {
-                self.probe_list(&m, visited, out, depth + 1)?;
-            }
+            self.probe_list(soft, false, probe, depth + 1)?;
         }
         Ok(())
     }
 }
 
-/// `softdep MODULE pre: A B post: C` lines (modprobe.d syntax).
-fn parse_softdeps(text: &str) -> HashMap<String, (Vec<String>, Vec<String>)> {
-    let mut out: HashMap<String, (Vec<String>, Vec<String>)> = HashMap::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        if words.next() != Some("softdep") {
-            continue;
-        }
-        let Some(module) = words.next() else { continue };
-        // libkmod uses the first softdep line of a module only.
-        let key = module.replace('-', "_");
-        if out.contains_key(&key) {
-            continue;
-        }
-        let entry = out.entry(key).or_default();
-        let mut post = None;
-        for w in words {
-            match w {
-                "pre:" => post = Some(false),
-                "post:" => post = Some(true),
-                name => match post {
-                    Some(false) => entry.0.push(name.to_string()),
-                    Some(true) => entry.1.push(name.to_string()),
-                    None => {}
-                },
-            }
-        }
-    }
-    out
+/// The state of one probe list.
+#[derive(Debug, Default)]
+struct Probe {
+    list: Vec<Found>,
+    visited: HashSet<String>,
+    /// Per module name: its install command is not used (it has soft dependencies, or
+    /// is the module asked for under `--ignore-install`); the last setting counts, as
+    /// libkmod keeps one flag per module.
+    ignore_command: HashMap<String, bool>,
 }

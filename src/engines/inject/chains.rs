@@ -19,10 +19,12 @@ pub struct Chain {
 /// Resolve `names` through the image's indexes under `tree`.
 pub fn chains(image: &ImageContents, tree: &str, names: &[String]) -> Result<Vec<Chain>> {
     use crate::engines::depmod::probe::{Step, TreeIndexes};
-    let indexes = TreeIndexes::from_files(PathBuf::from(tree), |name| {
+    let mut indexes = TreeIndexes::from_files(PathBuf::from(tree), |name| {
         Ok(image.file(&format!("{tree}/{name}")).map(<[u8]>::to_vec).unwrap_or_default())
     })
     .context("reading the image's indexes")?;
+    // What the image's modprobe reads besides the indexes: its modprobe.d too.
+    indexes.config = image.modprobe_config(image.file(&format!("{tree}/modules.softdep")));
     let mut out = Vec::new();
     for name in names {
         let steps = indexes.show_depends(name)?;
@@ -30,7 +32,7 @@ pub fn chains(image: &ImageContents, tree: &str, names: &[String]) -> Result<Vec
         let mut missing = Vec::new();
         let mut found_self = false;
         for step in steps {
-            if let Step::Insmod { name: n, path } = step {
+            if let Step::Insmod { name: n, path, .. } = step {
                 let p = path.to_string_lossy().into_owned();
                 if !image.has_file(&p) {
                     missing.push(p.clone());

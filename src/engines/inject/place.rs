@@ -4,9 +4,10 @@
 
 use super::plan::{Action, NewEntry, PlanOptions, PlannedFirmware, Request, Sources};
 use super::read::ImageContents;
-use crate::engines::depmod::config::{Candidate, Config};
+use crate::engines::depmod::config::{depmod_file_name, Candidate, Config, CONFIG_DIRS};
 use crate::engines::initramfs::view::View;
 use crate::formats::cpio::{S_IFDIR, S_IFREG};
+use crate::model::modprobe::effective_files;
 use crate::model::module::name_from_path;
 use anyhow::{bail, Result};
 use std::collections::{BTreeMap, HashSet};
@@ -36,18 +37,23 @@ impl TreeState {
         sources: &mut dyn Sources,
     ) -> Result<TreeState> {
         let release = tree.rsplit('/').next().unwrap_or(tree).to_string();
-        // depmod.d of the image, in file-name order, first directory winning per name.
+        // depmod.d of the image, by kmod's rule for configuration directories.
         let mut config = Config::default();
-        let mut names: BTreeMap<String, &str> = BTreeMap::new();
-        for dir in ["run/depmod.d/", "etc/depmod.d/", "lib/depmod.d/", "usr/lib/depmod.d/"] {
-            for path in image.files.keys().filter(|p| p.starts_with(dir) && p.ends_with(".conf")) {
-                let file = &path[dir.len()..];
-                if !file.contains('/') {
-                    names.entry(file.to_string()).or_insert(path);
-                }
-            }
-        }
-        for path in names.values() {
+        let per_dir = CONFIG_DIRS
+            .iter()
+            .map(|dir| {
+                let dir = format!("{}/", dir.trim_start_matches('/'));
+                image
+                    .files
+                    .keys()
+                    .filter_map(|p| {
+                        let file = p.strip_prefix(&dir)?;
+                        (!file.contains('/')).then(|| (file.to_string(), p.as_str()))
+                    })
+                    .collect()
+            })
+            .collect();
+        for (_, path) in effective_files(per_dir, depmod_file_name) {
             let text = String::from_utf8_lossy(image.file(path).unwrap_or_default());
             config.parse(&text, Path::new(path), &release);
         }

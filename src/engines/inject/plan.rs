@@ -297,7 +297,7 @@ pub fn plan(
         for d in req.module.modinfo.depends() {
             wanted.push((d.replace('-', "_"), Why::Dependency { of: name.clone() }));
         }
-        for s in softdep_names(&req.module) {
+        for s in softdep_names(image, &name, &req.module) {
             wanted.push((s, Why::Softdep { of: name.clone() }));
         }
         for (prefix, disk) in DISK_CLASS {
@@ -493,12 +493,16 @@ fn stored_as(rel: &str, bytes: &[u8]) -> Result<Vec<u8>> {
     compression::encode_all(want, &content)
 }
 
-/// `softdep=pre: a b post: c` → names (the `pre:`/`post:` words dropped).
-fn softdep_names(m: &Module) -> Vec<String> {
-    m.modinfo
-        .values("softdep")
-        .flat_map(|v| v.split_whitespace())
-        .filter(|w| !w.ends_with(':'))
-        .map(|w| w.replace('-', "_"))
-        .collect()
+/// The soft dependencies modprobe in the image will load around module `name`:
+/// libkmod takes the first `softdep` line matching the name, reading the image's
+/// modprobe.d files and `modules.softdep` (which will hold the module's own
+/// `softdep=` lines) in file-name order. Names only (`pre:`/`post:` dropped).
+fn softdep_names(image: &ImageContents, name: &str, m: &Module) -> Vec<String> {
+    let own: String =
+        m.modinfo.values("softdep").map(|v| format!("softdep {name} {v}\n")).collect();
+    let config = image.modprobe_config(Some(own.as_bytes()));
+    config
+        .softdeps_of(name)
+        .map(|(pre, post)| pre.iter().chain(post).map(|w| w.replace('-', "_")).collect())
+        .unwrap_or_default()
 }

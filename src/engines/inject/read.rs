@@ -2,11 +2,13 @@
 //! the merged view, the modules under each `lib/modules/<kver>` tree (parsed, sha256 on
 //! request) and the small files the plan reads whole.
 
+use crate::engines::depmod::config::CONFIG_DIRS;
 use crate::engines::initramfs::view::View;
 use crate::engines::initramfs::walk::{self, Entry, Resume, Segment, Visitor};
 use crate::engines::initramfs::{kernel_versions, KernelTree};
 use crate::formats::compression::Compression;
 use crate::formats::cpio::S_IFREG;
+use crate::model::modprobe::{ModprobeConfig, MODPROBE_DIRS};
 use crate::model::module::{name_from_path, Module, ReadOptions};
 use crate::model::tree::{is_module_file, module_codec};
 use anyhow::Result;
@@ -62,12 +64,16 @@ impl Digests<'_> {
     }
 }
 
+/// A configuration file of an image: `(file name, (image path, text))`.
+pub type ConfigFile<'a> = (String, (String, &'a [u8]));
+
 /// Whether a raw entry name may be something [`ImageContents`] keeps: only these bodies
 /// are read into memory.
 fn worth_reading(name: &[u8]) -> bool {
     let s = String::from_utf8_lossy(name);
     s.contains("modules")
         || s.contains("depmod.d")
+        || s.contains("modprobe.d")
         || s.contains("cmdline.d")
         || s.contains("conf/")
 }
@@ -77,9 +83,12 @@ fn kept_file(path: &str) -> bool {
     let tree_file =
         tree_of(path).is_some_and(|(_, rest)| !rest.contains('/') && rest.starts_with("modules."));
     tree_file
-        || ["etc/depmod.d/", "lib/depmod.d/", "usr/lib/depmod.d/", "run/depmod.d/"]
-            .iter()
-            .any(|d| path.starts_with(d))
+        || CONFIG_DIRS.iter().any(|d| {
+            path.strip_prefix(d.trim_start_matches('/')).is_some_and(|r| r.starts_with('/'))
+        })
+        || MODPROBE_DIRS.iter().any(|d| {
+            path.strip_prefix(d.trim_start_matches('/')).is_some_and(|r| r.starts_with('/'))
+        })
         || path.starts_with("etc/cmdline.d/")
         || path == "conf/modules"
         || path.starts_with("etc/modules-load.d/")
@@ -226,6 +235,36 @@ impl ImageContents {
     /// Does a regular file (symlinks followed) exist at `path`?
     pub fn has_file(&self, path: &str) -> bool {
         self.view.lookup(path.as_bytes(), true).is_some_and(|e| e.inode.file_type() == S_IFREG)
+    }
+
+    /// The image's modprobe.d files, per directory of [`MODPROBE_DIRS`] (dracut copies
+    /// the host's `/etc/modprobe.d` in): `(file name, (image path, text))`.
+    pub fn modprobe_dirs(&self) -> Vec<Vec<ConfigFile<'_>>> {
+        MODPROBE_DIRS
+            .iter()
+            .map(|dir| {
+                let dir = format!("{}/", dir.trim_start_matches('/'));
+                self.files
+                    .iter()
+                    .filter_map(|(p, text)| {
+                        let name = p.strip_prefix(&dir)?;
+                        (!name.contains('/'))
+                            .then(|| (name.to_string(), (p.clone(), text.as_slice())))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The modprobe configuration the image's modprobe reads for `tree`: its
+    /// modprobe.d files and, in their reading order, `softdep` (the tree's
+    /// `modules.softdep`, or text standing in for it).
+    pub fn modprobe_config(&self, softdep: Option<&[u8]>) -> ModprobeConfig {
+        let files = ModprobeConfig::reading_order(
+            self.modprobe_dirs(),
+            softdep.map(|t| ("modules.softdep".to_string(), t)),
+        );
+        ModprobeConfig::from_files(files.into_iter().map(|(_, f)| f), None)
     }
 }
 
