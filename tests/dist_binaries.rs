@@ -4,7 +4,8 @@
 //!   2.28 (RHEL 8's), and each is the architecture its name says;
 //! - `sha256sum -c` on `SHA256SUMS`;
 //! - the aarch64 binary under `qemu-aarch64-static` (user emulation) on a real Debian
-//!   arm64 kernel (`.ci/setup.d/arm64-kernel`): `info -F` against kmod's `modinfo` on its
+//!   arm64 kernel (the arm64 build `.ci/setup.d/foreign-kernels` unpacks, shared with
+//!   tests/foreign_arch.rs and tests/arm64_boot.rs): `info -F` against kmod's `modinfo` on its
 //!   storage drivers, and `check` of one of them against that kernel's Module.symvers,
 //!   as built (compatible) and with one `__versions` CRC altered (the symbol that
 //!   `modprobe --dump-modversions` lists is named); both also compared whole with what
@@ -16,7 +17,7 @@
 mod common;
 
 use common::check::patch_version_crc;
-use common::machine::input;
+use common::foreign::foreign_kernels;
 use common::{missing, run, tool};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -111,18 +112,10 @@ fn sha256sums_cover_and_match_the_artefacts() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
-/// The arm64 kernel tree `.ci/setup.d/arm64-kernel` unpacked: (release, root).
+/// Debian's arm64 kernel build `.ci/setup.d/foreign-kernels` unpacked: (release, root).
 fn arm64_kernel() -> Option<(String, PathBuf)> {
-    let Some(picked) = input("arm64-kernel/picked") else {
-        missing("arm64-kernel/picked in the test cache (run .ci/setup.d/arm64-kernel)")?;
-        unreachable!()
-    };
-    let kver = std::fs::read_to_string(&picked).unwrap().trim().to_string();
-    let root = picked.with_file_name(&kver);
-    if !root.join(".complete").is_file() {
-        missing(&format!("{} (rerun .ci/setup.d/arm64-kernel)", root.display()))?;
-    }
-    Some((kver, root))
+    let k = foreign_kernels()?.into_iter().find(|k| k.arch == "arm64")?;
+    Some((k.release, k.root))
 }
 
 /// The aarch64 binary under user emulation. Its dynamic loader and libc are Debian's
