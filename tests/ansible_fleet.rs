@@ -208,7 +208,7 @@ impl Ansible {
     }
 
     fn command(&self, tool: &str) -> Command {
-        let bin_dir = Path::new(env!("CARGO_BIN_EXE_bootkmod")).parent().unwrap().to_path_buf();
+        let bin_dir = common::bootkmod_path_dir();
         let path = std::env::var_os("PATH").unwrap_or_default();
         let dirs = [bin_dir, self.venv.join("bin")].into_iter().chain(std::env::split_paths(&path));
         let mut cmd = Command::new(self.venv.join("bin").join(tool));
@@ -574,8 +574,8 @@ fn facts_read_doctor_only_where_it_exists() {
     let Some(venv) = ansible_venv() else { return };
     let ansible = Ansible::controller(venv);
     let root = tempfile::tempdir().unwrap();
-    let bootkmod = env!("CARGO_BIN_EXE_bootkmod");
-    let has_doctor = run(Command::new(bootkmod).args(["doctor", "--help"])).status.success();
+    let bootkmod = common::bootkmod_bin().display().to_string();
+    let has_doctor = run(Command::new(&bootkmod).args(["doctor", "--help"])).status.success();
     let wrapper = ansible.dir.path().join("bootkmod-with-doctor");
     std::fs::write(
         &wrapper,
@@ -587,7 +587,7 @@ fn facts_read_doctor_only_where_it_exists() {
     let mut perms = std::fs::metadata(&wrapper).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&wrapper, perms).unwrap();
-    let cases = [(bootkmod.to_string(), None), (wrapper.display().to_string(), Some("wrapper"))];
+    let cases = [(bootkmod.clone(), None), (wrapper.display().to_string(), Some("wrapper"))];
     for (executable, doctor) in cases {
         let args = format!("root={} executable={executable}", root.path().display());
         let (ok, text) = ansible.ad_hoc("localhost", "bootkmod_facts", &args, &[]);

@@ -11,7 +11,7 @@ mod common;
 
 use common::builds::{build_versioned_bkram, other_build_of, sibling_release};
 use common::keep::{fingerprint, fingerprint_diff, json_of, kernel_of, Source, TargetRoot};
-use common::{bootkmod, installed_kernel, run, tool};
+use common::{bootkmod, bootkmod_hooked, installed_kernel, run, tool};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -289,7 +289,7 @@ fn a_killed_removal_of_a_build_is_completed_by_the_next_run() {
     let old_path = format!("/lib/modules/{kver}/extra/bkram/bkram.ko");
     let new_path = format!("/lib/modules/{copy}/extra/bkram/bkram.ko");
 
-    let killed = run(bootkmod()
+    let killed = run(bootkmod_hooked()
         .arg("--root")
         .arg(root.path())
         .args(["remove", "bkram", "--version", "2.0.0"])

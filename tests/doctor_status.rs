@@ -32,7 +32,7 @@ fn plugin(root: &TargetRoot, release: &str, staging: Option<&Path>) -> Output {
     let mut cmd = Command::new(script);
     cmd.args(["add", release, "/nonexistent/entry", &format!("/boot/vmlinuz-{release}")])
         .env("BOOTKMOD_ROOT", root.path())
-        .env("BOOTKMOD", env!("CARGO_BIN_EXE_bootkmod"))
+        .env("BOOTKMOD", common::bootkmod_bin())
         .env_remove("KERNEL_INSTALL_STAGING_AREA");
     if let Some(dir) = staging {
         cmd.env("KERNEL_INSTALL_STAGING_AREA", dir);
@@ -47,7 +47,7 @@ fn postinst_hook(root: &TargetRoot, release: &str) -> Output {
     run(Command::new(script)
         .args([release, &format!("/boot/vmlinuz-{release}")])
         .env("BOOTKMOD_ROOT", root.path())
-        .env("BOOTKMOD", env!("CARGO_BIN_EXE_bootkmod")))
+        .env("BOOTKMOD", common::bootkmod_bin()))
 }
 
 fn status(root: &TargetRoot, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {

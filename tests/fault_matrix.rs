@@ -22,7 +22,7 @@
 mod common;
 
 use common::keep::{fingerprint, tiny_image, Setup};
-use common::{bootkmod, run};
+use common::{bootkmod, bootkmod_hooked, run};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -49,7 +49,8 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 fn bk(root: &Path, args: &[OsString]) -> Command {
-    let mut c = bootkmod();
+    // Every run here is traced or faulted through the hooks: cargo's build, always.
+    let mut c = bootkmod_hooked();
     c.arg("--root").arg(root).args(args);
     c
 }

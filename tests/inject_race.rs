@@ -11,7 +11,7 @@
 mod common;
 
 use common::inject::base_image;
-use common::{bootkmod, run, tool};
+use common::{bootkmod, bootkmod_hooked, run, tool};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::fs;
@@ -23,7 +23,7 @@ const STOP_AT_EXCHANGE: &str = "staged:exchange=stop";
 
 /// Start `bootkmod inject --image IMAGE megaraid_sas` and wait until its hook stopped it.
 fn inject_stopped_before_exchange(image: &Path) -> Child {
-    let mut child = bootkmod()
+    let mut child = bootkmod_hooked()
         .args(["inject", "--image"])
         .arg(image)
         .arg("megaraid_sas")

@@ -6,7 +6,7 @@ mod common;
 use common::check::build_bkram;
 use common::keep::{snapshot, Source, TargetRoot};
 use common::machine::synthetic_release;
-use common::{bootkmod, installed_kernel, run};
+use common::{bootkmod, bootkmod_hooked, hooked, installed_kernel, run};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -99,7 +99,7 @@ fn sigkill_mid_install_is_completed_by_the_next_run() {
     // the next run completes from the store.
     let staged = s.root.path().join("bkram.ko");
     std::fs::copy(&s.bkram, &staged).unwrap();
-    let out = run(s.install(&staged).env("BOOTKMOD_FAILPOINT", "install:journaled"));
+    let out = run(hooked(&s.install(&staged)).env("BOOTKMOD_FAILPOINT", "install:journaled"));
     assert_eq!(out.status.signal(), Some(9), "{out:?}");
     assert_eq!(s.ledger()["journal"]["op"], "install");
     assert!(!s.placed().exists());
@@ -115,7 +115,7 @@ fn sigkill_mid_install_is_completed_by_the_next_run() {
     // still works, the next run links it.
     run(bootkmod().arg("--root").arg(s.root.path()).args(["remove", "bkram"]));
     assert!(!s.placed().exists() && !s.link().exists());
-    let out = run(s.install(&s.bkram).env("BOOTKMOD_FAILPOINT", "install:placed"));
+    let out = run(hooked(&s.install(&s.bkram)).env("BOOTKMOD_FAILPOINT", "install:placed"));
     assert_eq!(out.status.signal(), Some(9));
     assert!(s.placed().exists() && !s.link().exists());
     let out = run(bootkmod().arg("--root").arg(s.root.path()).arg("status"));
@@ -130,7 +130,7 @@ fn sigkill_mid_install_is_completed_by_the_next_run() {
     assert!(dep.contains("weak-updates/bkram/bkram.ko"), "{dep}");
 
     // Killed mid-remove, after unlinking: the next run finishes the removal.
-    let out = run(bootkmod()
+    let out = run(bootkmod_hooked()
         .arg("--root")
         .arg(s.root.path())
         .args(["remove", "bkram"])

@@ -32,7 +32,7 @@ fn dracut_module_carries_the_driver_or_refuses() {
     // dracut's own modules plus ours, without touching the host's /usr/lib/dracut.
     let base = build.path().join("dracut");
     dracut_with_bootkmod(&base);
-    let bin = Path::new(env!("CARGO_BIN_EXE_bootkmod"));
+    let bin = common::bootkmod_bin();
     let dracut_for = |release: &str, image: &Path| {
         run(Command::new(&dracut)
             .args(["--no-hostonly", "--force", "--no-compress", "--no-early-microcode"])
@@ -44,7 +44,7 @@ fn dracut_module_carries_the_driver_or_refuses() {
             .env("dracutbasedir", &base)
             .env("BOOTKMOD_ROOT", root.path())
             // dracut resets PATH to the system's: name the binary under test.
-            .env("BOOTKMOD", bin))
+            .env("BOOTKMOD", &bin))
     };
 
     let image = build.path().join("good.img");

@@ -152,7 +152,7 @@ fn install_status_kernel_install_remove_on_real_kernels() {
         run(Command::new(&plugin)
             .args(["add", release, "/boot/efi/x", &format!("/boot/vmlinuz-{release}")])
             .env("BOOTKMOD_ROOT", root.path())
-            .env("BOOTKMOD", env!("CARGO_BIN_EXE_bootkmod")))
+            .env("BOOTKMOD", common::bootkmod_bin()))
     };
     root.add_kernel(&newer, later, &newer_symvers);
     let out = kernel_install(later);

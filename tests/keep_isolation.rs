@@ -197,7 +197,7 @@ fn an_erased_placed_module_is_put_back_from_the_store() {
         .arg(&plugin)
         .args(["add", &k3])
         .env("BOOTKMOD_ROOT", &root)
-        .env("BOOTKMOD", env!("CARGO_BIN_EXE_bootkmod")));
+        .env("BOOTKMOD", common::bootkmod_bin()));
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(std::fs::read(&placed).unwrap(), want);
     assert!(s.root.at(format!("/lib/modules/{k3}/weak-updates/bkram/bkram.ko")).is_symlink());

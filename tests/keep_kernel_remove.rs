@@ -9,7 +9,7 @@ mod common;
 
 use common::keep::{fingerprint, fingerprint_diff, json_of, Setup, TargetRoot};
 use common::machine::synthetic_release;
-use common::{bootkmod, run};
+use common::{bootkmod, bootkmod_hooked, run};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -26,7 +26,7 @@ fn plugin(root: &Path, command: &str, release: &str) -> std::process::Output {
     )
     .args([command, release, "/boot/efi/x"])
     .env("BOOTKMOD_ROOT", root)
-    .env("BOOTKMOD", env!("CARGO_BIN_EXE_bootkmod")))
+    .env("BOOTKMOD", common::bootkmod_bin()))
 }
 
 fn ledger(root: &TargetRoot) -> serde_json::Value {
@@ -164,7 +164,7 @@ fn a_killed_kernel_removal_is_completed_by_the_next_run() {
     let dep = root.at(format!("/lib/modules/{first}/modules.dep"));
     assert!(std::fs::read_to_string(&dep).unwrap().contains("weak-updates/bkram"));
 
-    let out = run(bootkmod()
+    let out = run(bootkmod_hooked()
         .arg("--root")
         .arg(root.path())
         .args(["remove", "--kernel", first])

@@ -124,7 +124,7 @@ fn every_command(s: &Setup, root: &Path, dud: &Path) -> Vec<Step> {
         let mut c = Command::new(&plugin);
         c.args([command, k, "/boot/efi/x"])
             .env("BOOTKMOD_ROOT", root)
-            .env("BOOTKMOD", env!("CARGO_BIN_EXE_bootkmod"));
+            .env("BOOTKMOD", common::bootkmod_bin());
         c
     };
     let extract_to = root.join("extract/out").display().to_string();

@@ -3,9 +3,12 @@
 use super::{print_json, Context};
 use crate::engines::dud::{inspect, Inspection};
 use crate::engines::dud_package::{
-    plan_builds, read_modules, split_builds, FirmwareFile, PackageOptions,
+    plan_builds, plan_installer_package, read_modules, split_builds, FirmwareFile, PackageOptions,
+    PackagedModule,
 };
 use crate::exit::Exit;
+use crate::formats::dud::rpm_arch;
+use crate::formats::elf::Endian;
 use crate::model::dud::Medium;
 use crate::model::kernel::{Interest, Kernel, KernelOptions};
 use crate::model::root::Root;
@@ -35,14 +38,24 @@ pub enum DudCommand {
 /// Provides: kernel-modules >= their vermagic release), on an ISO9660 disk labelled
 /// OEMDRV (or as a directory tree, or the bare RPM). Builds of one driver for several
 /// kernels give one RPM each, named kmod-NAME-RELEASE; Anaconda takes every one whose
-/// release is not above the installer's kernel (see `dud inspect`). Set
-/// SOURCE_DATE_EPOCH for byte-identical rebuilds.
+/// release is not above the installer's kernel (see `dud inspect`). Modules built for
+/// several architectures go under rpms/<arch>/ of one disk (x86_64 and aarch64 in one
+/// ISO). Set SOURCE_DATE_EPOCH for byte-identical rebuilds.
+///
+/// --with-bootkmod adds bootkmod itself as an installer enhancement (package
+/// bootkmod-installer, Provides: installer-enhancement >= 19.0): Anaconda extracts it to
+/// /usr/bin/bootkmod of the installer environment, so kickstart %pre and %post --nochroot
+/// scripts run `bootkmod` from PATH. Give it the portable binary of each architecture
+/// (scripts/dist: bootkmod-VERSION-x86_64, bootkmod-VERSION-aarch64; glibc <= 2.28, so it
+/// starts in RHEL 8's installer); without a value, the running bootkmod goes.
 ///
 /// Examples:
 ///   bootkmod dud build ./megaraid_sas.ko -o dd.iso
 ///   bootkmod dud build el9_2/megaraid_sas.ko el9_4/megaraid_sas.ko -o dd.iso
 ///   bootkmod dud build a.ko b.ko --firmware fw.bin --name vendor-hba --version 1.2 -o dd.iso
 ///   bootkmod dud build ./x.ko --format rpm -o . --sign-key key.asc
+///   bootkmod dud build x86_64/hba.ko aarch64/hba.ko -o dd.iso \
+///       --with-bootkmod bootkmod-0.1.0-x86_64 --with-bootkmod bootkmod-0.1.0-aarch64
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment, disable_version_flag = true)]
 pub struct BuildArgs {
@@ -92,6 +105,10 @@ pub struct BuildArgs {
     /// vermagic release; each build its own when there are several).
     #[arg(long, value_name = "K", requires = "check_root")]
     pub check_kver: Option<String>,
+    /// Also carry a bootkmod program into the installer (repeatable, one per
+    /// architecture; no value: this bootkmod).
+    #[arg(long, value_name = "BINARY", num_args = 0..=1, default_missing_value = "")]
+    pub with_bootkmod: Vec<String>,
     /// Compute and show the package, write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -112,8 +129,9 @@ pub struct InspectArgs {
     /// Architecture (uname -m) whose rpms/ directory Anaconda reads.
     #[arg(long, value_name = "A", default_value = std::env::consts::ARCH)]
     pub arch: String,
-    /// Installer version, for installer-enhancement packages.
-    #[arg(long, value_name = "V")]
+    /// Installer version installer-enhancement Provides are compared with (Anaconda's
+    /// driver-update step always says 19.0).
+    #[arg(long, value_name = "V", default_value = crate::formats::dud::ANACONDA_DD_VERSION)]
     pub installer_version: Option<String>,
 }
 
@@ -170,42 +188,76 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<Exit> {
             Ok(FirmwareFile { path: p.clone(), content })
         })
         .collect::<Result<Vec<_>>>()?;
-    let builds = split_builds(modules, args.arch.as_deref())?;
-    if builds.len() > 1 && args.check_kver.is_some() {
+    // One set of builds per architecture (rpms/<arch>/ each), in the order first given.
+    let mut by_arch: Vec<(String, Vec<PackagedModule>)> = Vec::new();
+    for m in modules {
+        let own = args.arch.clone().unwrap_or_else(|| {
+            rpm_arch(m.module.machine, m.module.endian == Endian::Big).unwrap_or_default().into()
+        });
+        match by_arch.iter_mut().find(|(a, _)| *a == own) {
+            Some((_, list)) => list.push(m),
+            None => by_arch.push((own, vec![m])),
+        }
+    }
+    let mut arch_builds = Vec::new();
+    for (_, list) in by_arch {
+        arch_builds.push(split_builds(list, args.arch.as_deref())?);
+    }
+    let total: usize = arch_builds.iter().map(Vec::len).sum();
+    if total > 1 && args.check_kver.is_some() {
         eprintln!(
-            "bootkmod: --check-kver names one kernel, but the modules are builds for {} \
+            "bootkmod: --check-kver names one kernel, but the modules are builds for {total} \
              kernels; without it each build is checked against its own release under \
-             --check-root",
-            builds.len()
+             --check-root"
         );
         return Ok(Exit::Usage);
     }
-    let targets = match &args.check_root {
-        Some(dir) => builds
-            .iter()
-            .map(|build| {
-                let release = args.check_kver.clone().unwrap_or(build.kernel_release.clone());
-                let set: Vec<_> = build.modules.iter().map(|m| m.module.clone()).collect();
-                let opts =
-                    KernelOptions { interest: Some(Interest::of(&set)), ..Default::default() };
-                Kernel::read(&Root::new(dir), &release, &opts).map(Some)
-            })
-            .collect::<Result<Vec<_>>>()?,
-        None => Vec::new(),
+    let options = PackageOptions {
+        name: args.name,
+        version: args.version,
+        release: args.release.clone(),
+        arch: args.arch,
+        kabi_requires: args.kabi_requires,
+        name_suffix: None,
     };
-    let plans = plan_builds(
-        &builds,
-        &firmware,
-        &PackageOptions {
-            name: args.name,
-            version: args.version,
-            release: args.release,
-            arch: args.arch,
-            kabi_requires: args.kabi_requires,
-            name_suffix: None,
-        },
-        &targets,
-    )?;
+    let mut plans = Vec::new();
+    for builds in &arch_builds {
+        let targets = match &args.check_root {
+            Some(dir) => builds
+                .iter()
+                .map(|build| {
+                    let release = args.check_kver.clone().unwrap_or(build.kernel_release.clone());
+                    let set: Vec<_> = build.modules.iter().map(|m| m.module.clone()).collect();
+                    let opts =
+                        KernelOptions { interest: Some(Interest::of(&set)), ..Default::default() };
+                    Kernel::read(&Root::new(dir), &release, &opts).map(Some)
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        plans.extend(plan_builds(builds, &firmware, &options, &targets)?);
+    }
+    for binary in &args.with_bootkmod {
+        let path = match binary.as_str() {
+            "" => std::env::current_exe().context("cannot find the running bootkmod")?,
+            p => PathBuf::from(p),
+        };
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let plan = plan_installer_package(&bytes, env!("CARGO_PKG_VERSION"), &args.release)
+            .with_context(|| format!("--with-bootkmod {}", path.display()))?;
+        if plans.iter().any(|p| p.name == plan.name && p.arch == plan.arch) {
+            anyhow::bail!("--with-bootkmod {}: a second {} program", path.display(), plan.arch);
+        }
+        if !plans.iter().any(|p| p.arch == plan.arch) {
+            eprintln!(
+                "bootkmod: warning: --with-bootkmod {} is for {}, and no module on the disk is",
+                path.display(),
+                plan.arch
+            );
+        }
+        plans.push(plan);
+    }
     let sign_key = match &args.sign_key {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?),
         None => None,
@@ -234,11 +286,11 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<Exit> {
     let mut out = std::io::stdout().lock();
     for built in &report.builds {
         let p = &built.package;
-        writeln!(
-            out,
-            "{} {}-{}.{} for kernel {}",
-            p.name, p.version, p.release, p.arch, p.kernel_release
-        )?;
+        let target = match p.kernel_release.as_str() {
+            "" => "the installer".to_string(),
+            k => format!("kernel {k}"),
+        };
+        writeln!(out, "{} {}-{}.{} for {target}", p.name, p.version, p.release, p.arch)?;
         for d in &p.provides {
             writeln!(out, "  Provides: {d}")?;
         }

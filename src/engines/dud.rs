@@ -16,8 +16,9 @@
 //! Pure: RPMs are parsed from the bytes the model read.
 
 use crate::formats::dud::{
-    extract_class, module_name, normalise_payload_path, provide_matches, sense_operator,
-    updates_destination, ExtractClass, PackageFlags, INSTALLER_ENHANCEMENT, KERNEL_MODULES,
+    extract_class, installer_destination, module_name, normalise_payload_path, provide_matches,
+    sense_operator, updates_destination, ExtractClass, PackageFlags, INSTALLER_ENHANCEMENT,
+    KERNEL_MODULES,
 };
 use crate::model::dud::{Medium, MediumKind};
 
@@ -392,7 +393,11 @@ fn judge_package(
             }
             (Some(_), rpm::FileType::Regular) => {
                 fv.destination = class.and_then(|c| updates_destination(&path, c, kernel));
-                if fv.destination.is_none() && class == Some(ExtractClass::Module) {
+                if let Some(at) = class.and_then(|c| installer_destination(&path, c)) {
+                    fv.note = Some(format!(
+                        "in the installer as {at} (extracted to /updates, overlaid on its /)"
+                    ));
+                } else if fv.destination.is_none() && class == Some(ExtractClass::Module) {
                     fv.note = Some(
                         "extracted but never loaded: modules must be under lib/modules/".into(),
                     );

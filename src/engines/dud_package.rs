@@ -24,6 +24,13 @@
 //!   target (`dracut/driver_updates.py`, `extract_drivers`; read by pyanaconda's
 //!   `collect_driver_disk_requirements`), and under one shared name dnf would install
 //!   only the highest version, whichever build the installer took.
+//! - `--with-bootkmod`: [`plan_installer_package`] adds `bootkmod-installer`, an
+//!   installer enhancement (`Provides: installer-enhancement >= 19.0`, Anaconda's fixed
+//!   version) carrying `/usr/bin/bootkmod`: Anaconda extracts it into `/updates`, which
+//!   is overlaid on the installer's root, so `%pre`/`%post --nochroot` find `bootkmod` on
+//!   PATH. Only module and firmware packages are installed on the target afterwards.
+//! - Modules of several architectures make one set of packages per architecture, each
+//!   under its own `rpms/<arch>/` of the disk.
 
 use crate::engines::compat;
 use crate::formats::compression::{self, Compression};
@@ -307,6 +314,46 @@ pub fn plan_builds(
         last.warnings.extend(warnings);
     }
     Ok(plans)
+}
+
+/// Name of the package that carries bootkmod itself into the installer.
+pub const INSTALLER_PACKAGE: &str = "bootkmod-installer";
+
+/// The installer-enhancement package for one bootkmod program (`binary`, an ELF
+/// executable: its machine is the package's architecture). Version and release are
+/// this bootkmod's (`CARGO_PKG_VERSION`) and the disk's `--release`.
+pub fn plan_installer_package(binary: &[u8], version: &str, release: &str) -> Result<PackagePlan> {
+    let (machine, endian) = crate::formats::elf::program_machine(binary)?;
+    let Some(arch) = rpm_arch(machine, endian == Endian::Big) else {
+        bail!("ELF machine {machine} is not an architecture a driver disk knows");
+    };
+    Ok(PackagePlan {
+        name: INSTALLER_PACKAGE.into(),
+        version: version.replace('-', "_"),
+        release: release.to_string(),
+        arch: arch.to_string(),
+        kernel_release: String::new(),
+        license: "MIT OR Apache-2.0".into(),
+        summary: "bootkmod in the installer environment".into(),
+        description: "bootkmod for the installer: extracted from the driver disk into the \
+                      installer's /usr/bin, for kickstart %pre and %post --nochroot scripts."
+            .into(),
+        provides: vec![Dep {
+            name: crate::formats::dud::INSTALLER_ENHANCEMENT.into(),
+            op: ">=".into(),
+            version: crate::formats::dud::ANACONDA_DD_VERSION.into(),
+        }],
+        requires: Vec::new(),
+        files: vec![PayloadFile {
+            path: "/usr/bin/bootkmod".into(),
+            mode: 0o755,
+            size: binary.len(),
+            content: binary.to_vec(),
+        }],
+        post_install: String::new(),
+        post_uninstall: String::new(),
+        warnings: Vec::new(),
+    })
 }
 
 /// Derive the package from plausible modules.

@@ -27,6 +27,11 @@ pub const KERNEL_MODULES: &str = "kernel-modules";
 /// The Provides name that makes a package an installer enhancement.
 pub const INSTALLER_ENHANCEMENT: &str = "installer-enhancement";
 
+/// The installer version Anaconda's driver-update step gives `dd_list` for
+/// `installer-enhancement` Provides (`ANACONDAVER` in `dracut/driver_updates.py`), kept
+/// at 19.0 on purpose so old disks keep working: Provide `installer-enhancement >= 19.0`.
+pub const ANACONDA_DD_VERSION: &str = "19.0";
+
 /// rpm's dependency sense bits (`RPMSENSE_LESS`, `_GREATER`, `_EQUAL`).
 pub const SENSE_LESS: u32 = 0x02;
 pub const SENSE_GREATER: u32 = 0x04;
@@ -157,6 +162,16 @@ pub fn updates_destination(path: &str, class: ExtractClass, kver: &str) -> Optio
     }
 }
 
+/// Where an extracted installer binary or library is found in the running installer:
+/// the driver-update step extracts it into `/updates`, which is overlaid on the
+/// installer's `/` when the initramfs is left, so `usr/bin/x` runs as `/usr/bin/x` (on
+/// PATH). `None` for modules and firmware (see [`updates_destination`]).
+pub fn installer_destination(path: &str, class: ExtractClass) -> Option<String> {
+    matches!(class, ExtractClass::Binary | ExtractClass::Library)
+        .then(|| safe_relative(path).then(|| format!("/{path}")))
+        .flatten()
+}
+
 /// A relative path with no `..`, no empty or `.` components: it cannot leave the
 /// directory it is joined to.
 pub fn safe_relative(path: &str) -> bool {
@@ -191,6 +206,19 @@ mod tests {
         assert!(provide_matches(k, SENSE_EQUAL, k));
         assert!(!provide_matches(k, 0, k));
         assert!(!provide_matches(k, ge, ""));
+    }
+
+    #[test]
+    fn installer_files_land_where_the_overlay_puts_them() {
+        let bin = ExtractClass::Binary;
+        assert_eq!(
+            installer_destination("usr/bin/bootkmod", bin).as_deref(),
+            Some("/usr/bin/bootkmod")
+        );
+        assert_eq!(installer_destination("usr/bin/../x", bin), None);
+        assert_eq!(installer_destination("lib/firmware/a.bin", ExtractClass::Firmware), None);
+        let ge = SENSE_GREATER | SENSE_EQUAL;
+        assert!(provide_matches(ANACONDA_DD_VERSION, ge, "19.0"));
     }
 
     #[test]

@@ -555,11 +555,49 @@ impl ElfModule {
     }
 }
 
+/// The machine (`e_machine`) and byte order of an ELF *program* (`ET_EXEC`, or `ET_DYN`
+/// as position-independent executables are): what a driver disk needs to know to put a
+/// bootkmod binary under the right `rpms/<arch>/`. Errors, never panics, on anything
+/// else (a module, a truncated header, not ELF).
+pub fn program_machine(bytes: &[u8]) -> Result<(u16, Endian)> {
+    const ET_EXEC: u16 = 2;
+    const ET_DYN: u16 = 3;
+    if !bytes.starts_with(b"\x7fELF") {
+        bail!("not an ELF program (no \\x7fELF magic)");
+    }
+    let ident = bytes.get(..20).context("truncated ELF header")?;
+    let endian = match ident[5] {
+        1 => Endian::Little,
+        2 => Endian::Big,
+        other => bail!("unknown ELF data encoding {other} (1 is little-, 2 is big-endian)"),
+    };
+    let r = Reader { bytes, endian };
+    let e_type = r.u16(16).context("truncated ELF header")?;
+    if e_type != ET_EXEC && e_type != ET_DYN {
+        bail!("ELF type {e_type} is not a program (ET_EXEC 2 or ET_DYN 3)");
+    }
+    Ok((r.u16(18).context("truncated ELF header")?, endian))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A minimal ELF64 little-endian header for x86_64 with no sections yet.
+    #[test]
+    fn program_machine_reads_programs_and_refuses_the_rest() {
+        assert_eq!(program_machine(&header64(2, machine::X86_64)).unwrap(), (62, Endian::Little));
+        assert_eq!(program_machine(&header64(3, machine::AARCH64)).unwrap(), (183, Endian::Little));
+        assert!(program_machine(&header64(ET_REL, machine::X86_64))
+            .unwrap_err()
+            .to_string()
+            .contains("not a program"));
+        for cut in 0..20 {
+            assert!(program_machine(&header64(2, machine::X86_64)[..cut]).is_err());
+        }
+        assert!(program_machine(b"#!/bin/sh\n").is_err());
+    }
+
     fn header64(e_type: u16, machine: u16) -> Vec<u8> {
         let mut h = vec![0u8; 64];
         h[..4].copy_from_slice(b"\x7fELF");

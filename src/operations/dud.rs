@@ -87,11 +87,16 @@ pub fn build_rpm(plan: &PackagePlan, opts: &BuildOptions) -> Result<Vec<u8>> {
     for d in &plan.requires {
         builder.requires(dependency(d));
     }
-    builder
-        .post_install_script(rpm::Scriptlet::new(plan.post_install.clone()).prog(vec!["/bin/sh"]));
-    builder.post_uninstall_script(
-        rpm::Scriptlet::new(plan.post_uninstall.clone()).prog(vec!["/bin/sh"]),
-    );
+    if !plan.post_install.is_empty() {
+        builder.post_install_script(
+            rpm::Scriptlet::new(plan.post_install.clone()).prog(vec!["/bin/sh"]),
+        );
+    }
+    if !plan.post_uninstall.is_empty() {
+        builder.post_uninstall_script(
+            rpm::Scriptlet::new(plan.post_uninstall.clone()).prog(vec!["/bin/sh"]),
+        );
+    }
     let package = match &opts.sign_key {
         Some(key) => {
             let signer = rpm::signature::pgp::Signer::from_asc_bytes(key)
@@ -113,14 +118,15 @@ fn dependency(d: &crate::engines::dud_package::Dep) -> rpm::Dependency {
     }
 }
 
-/// The ISO9660 image of a disk holding `rpms` (file name, bytes) for `arch`.
-pub fn build_iso(arch: &str, rpms: &[(String, Vec<u8>)], opts: &BuildOptions) -> Result<Vec<u8>> {
+/// The ISO9660 image of a disk holding `rpms` (architecture, file name, bytes), each
+/// under `rpms/<its arch>/`.
+pub fn build_iso(rpms: &[(String, String, Vec<u8>)], opts: &BuildOptions) -> Result<Vec<u8>> {
     use hadris_fs::{Content, DateTime, Node, Tree};
     use hadris_iso::{IsoId, IsoOptions};
     let mut tree = Tree::new();
     tree.insert(REPO_MARKER, Node::file(Content::bytes(rhdd3_text())))
         .map_err(|e| anyhow::anyhow!("ISO tree: {e:?}"))?;
-    for (rpm_name, rpm_bytes) in rpms {
+    for (arch, rpm_name, rpm_bytes) in rpms {
         tree.insert(
             format!("{}/{rpm_name}", rpms_dir(arch)),
             Node::file(Content::bytes(rpm_bytes.clone())),
@@ -189,21 +195,24 @@ pub fn build(
     opts: &BuildOptions,
     dry_run: bool,
 ) -> Result<BuildReport> {
-    let Some(arch) = plans.first().map(|p| p.arch.clone()) else { bail!("no package to build") };
-    let mut rpms: Vec<(String, Vec<u8>)> = Vec::with_capacity(plans.len());
+    if plans.is_empty() {
+        bail!("no package to build");
+    }
+    // (architecture, rpm file name, bytes): each package goes under its own rpms/<arch>/.
+    let mut rpms: Vec<(String, String, Vec<u8>)> = Vec::with_capacity(plans.len());
     for plan in &plans {
-        rpms.push((plan.file_name(), build_rpm(plan, opts)?));
+        rpms.push((plan.arch.clone(), plan.file_name(), build_rpm(plan, opts)?));
     }
     let mut written = Vec::new();
     let mut outputs: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     match opts.format {
-        DudFormat::Rpm if rpms.len() == 1 => outputs.push((out.to_path_buf(), rpms[0].1.clone())),
-        DudFormat::Rpm => outputs.extend(rpms.iter().map(|(n, b)| (out.join(n), b.clone()))),
-        DudFormat::Iso => outputs.push((out.to_path_buf(), build_iso(&arch, &rpms, opts)?)),
+        DudFormat::Rpm if rpms.len() == 1 => outputs.push((out.to_path_buf(), rpms[0].2.clone())),
+        DudFormat::Rpm => outputs.extend(rpms.iter().map(|(_, n, b)| (out.join(n), b.clone()))),
+        DudFormat::Iso => outputs.push((out.to_path_buf(), build_iso(&rpms, opts)?)),
         DudFormat::Dir => {
             outputs.push((out.join(REPO_MARKER), rhdd3_text().to_vec()));
-            for (name, bytes) in &rpms {
-                outputs.push((out.join(rpms_dir(&arch)).join(name), bytes.clone()));
+            for (arch, name, bytes) in &rpms {
+                outputs.push((out.join(rpms_dir(arch)).join(name), bytes.clone()));
             }
         }
     }
@@ -220,7 +229,7 @@ pub fn build(
     let builds: Vec<BuiltPackage> = plans
         .into_iter()
         .zip(&rpms)
-        .map(|(package, (rpm_file, bytes))| BuiltPackage {
+        .map(|(package, (_, rpm_file, bytes))| BuiltPackage {
             package,
             rpm_file: rpm_file.clone(),
             rpm_size: bytes.len(),

@@ -153,7 +153,7 @@ impl ChrootTarget {
         if let Some(dracut) = &self.dracut {
             bind_ro(&dracut.display().to_string(), "/usr/lib/dracut");
         }
-        bind_ro(env!("CARGO_BIN_EXE_bootkmod"), TARGET_BOOTKMOD);
+        bind_ro(&super::bootkmod_bin().display().to_string(), TARGET_BOOTKMOD);
         for f in ETC_FILES.iter().filter(|f| Path::new("/etc").join(f).exists()) {
             bind_ro(&format!("/etc/{f}"), &format!("/etc/{f}"));
         }
@@ -178,11 +178,9 @@ impl ChrootTarget {
 
     /// `bootkmod --root TARGET ARGS...` inside the namespace.
     pub fn bootkmod(&self, args: &[&str]) -> Output {
-        let mut argv: Vec<&std::ffi::OsStr> = vec![
-            env!("CARGO_BIN_EXE_bootkmod").as_ref(),
-            "--root".as_ref(),
-            self.path().as_os_str(),
-        ];
+        let bin = super::bootkmod_bin();
+        let mut argv: Vec<&std::ffi::OsStr> =
+            vec![bin.as_os_str(), "--root".as_ref(), self.path().as_os_str()];
         argv.extend(args.iter().map(std::ffi::OsStr::new));
         self.run_inside(&argv)
     }

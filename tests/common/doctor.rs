@@ -408,10 +408,7 @@ fn mke2fs(dir: &Path, out: &Path, offset: u64, mib: u64) -> Option<()> {
 pub fn recording_root(topology: Topology) -> Option<InitramfsDir> {
     let dir = InitramfsDir::busybox()?;
     let stripped = dir.path().join("bootkmod.stripped");
-    let o = run(Command::new(tool("strip")?)
-        .arg("-o")
-        .arg(&stripped)
-        .arg(env!("CARGO_BIN_EXE_bootkmod")));
+    let o = run(Command::new(tool("strip")?).arg("-o").arg(&stripped).arg(super::bootkmod_bin()));
     assert!(o.status.success(), "strip: {}", String::from_utf8_lossy(&o.stderr));
     add_binary(dir.path(), &stripped, "/usr/bin/bootkmod")?;
     fs::remove_file(&stripped).unwrap();

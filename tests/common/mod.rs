@@ -60,9 +60,65 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     unreachable!()
 }
 
+/// Names another bootkmod binary for the tests to judge instead of cargo's build of this
+/// tree: a release artefact such as `dist/bootkmod-VERSION-x86_64` (scripts/dist), so
+/// the CLI suite proves the binary that ships.
+pub const BIN_ENV: &str = "BOOTKMOD_BIN";
+
+/// The bootkmod binary under test: `$BOOTKMOD_BIN`, else cargo's build.
+pub fn bootkmod_bin() -> PathBuf {
+    match std::env::var_os(BIN_ENV) {
+        Some(bin) if !bin.is_empty() => {
+            let bin = PathBuf::from(bin);
+            assert!(bin.is_file(), "{BIN_ENV}={} is not a file", bin.display());
+            std::fs::canonicalize(&bin).unwrap_or(bin)
+        }
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_bootkmod")),
+    }
+}
+
 /// The bootkmod binary under test.
 pub fn bootkmod() -> Command {
+    Command::new(bootkmod_bin())
+}
+
+/// Cargo's (debug) build of bootkmod, whatever `$BOOTKMOD_BIN` says: only it carries the
+/// failpoint hooks (`operations::failpoint`) that crash and fault tests arm, which a
+/// release binary leaves out by design.
+pub fn bootkmod_hooked() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bootkmod"))
+}
+
+/// `cmd` (built by a helper around [`bootkmod`]) as cargo's build runs it, to arm a
+/// failpoint: same arguments, environment and directory.
+pub fn hooked(cmd: &Command) -> Command {
+    let mut c = bootkmod_hooked();
+    c.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        c.current_dir(dir);
+    }
+    c
+}
+
+/// A directory holding the binary under test as `bootkmod`, for tools that find it on
+/// PATH (`$BOOTKMOD_BIN` may be named `bootkmod-VERSION-ARCH`).
+pub fn bootkmod_path_dir() -> PathBuf {
+    let bin = bootkmod_bin();
+    if bin.file_name().is_some_and(|n| n == "bootkmod") {
+        return bin.parent().expect("a binary has a directory").to_path_buf();
+    }
+    let dir = std::env::temp_dir().join(format!("bootkmod-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("bootkmod");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&bin, &link).unwrap();
+    dir
 }
 
 /// Run and capture; panics with the command's stderr if it could not start.
