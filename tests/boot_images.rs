@@ -513,6 +513,30 @@ fn install_fills_every_image_that_boots_the_kernel_and_remove_restores_them() {
     assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stderr));
     assert_eq!(digests(&receiving), after_install, "a refresh rewrote an image");
 
+    // status looks into every image the kernel boots with: fine now, at risk once the
+    // second entry's image is rebuilt without the driver (by someone else; the same
+    // bytes as before install), naming it.
+    let status = |want: i32| {
+        let out = run(bootkmod().arg("--root").arg(root.path()).args(["--json", "status"]));
+        assert_eq!(out.status.code(), Some(want), "{}", String::from_utf8_lossy(&out.stdout));
+        common::keep::kernel_of(&json_of(&out), k)["at_risk"].clone()
+    };
+    assert_eq!(status(0), serde_json::json!([]));
+    // The image that is not the primary one (`status`' `image`), rebuilt.
+    let out = run(bootkmod().arg("--root").arg(root.path()).args(["--json", "status"]));
+    let primary = common::keep::kernel_of(&json_of(&out), k)["image"].clone();
+    let other = receiving.iter().find(|f| primary != f.as_str()).unwrap();
+    write(root, other, &tiny_image(k));
+    let risks = status(3);
+    let risks = risks.as_array().unwrap();
+    assert_eq!(risks.len(), 1, "{risks:?}");
+    let risk = risks[0].as_str().unwrap();
+    assert!(risk.contains("root-critical driver bkram") && risk.contains(other.as_str()), "{risk}");
+    // A refresh puts it back: fine again.
+    let again = run(bootkmod().arg("--root").arg(root.path()).args(["install", "--refresh"]));
+    assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(status(0), serde_json::json!([]));
+
     let out = run(bootkmod().arg("--root").arg(root.path()).args(["remove", "bkram"]));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(digests(&receiving), before[..2].to_vec(), "remove restores every image");

@@ -156,7 +156,7 @@ fn parse_compression(name: &str) -> Result<Compression> {
 
 /// The image's initramfs bytes: the file, or a Unified Kernel Image's `.initrd`.
 fn open(image: &std::path::Path) -> Result<BufReader<std::io::Take<std::fs::File>>> {
-    Ok(BufReader::with_capacity(1 << 20, crate::operations::uki::open_initramfs(image)?.0))
+    Ok(BufReader::with_capacity(1 << 20, crate::model::uki::open_initramfs(image)?.0))
 }
 
 /// A UKI's facts as `ls --segments` prints them.
@@ -198,7 +198,7 @@ fn json_uki(uki: &Uki) -> serde_json::Value {
 fn ls(ctx: &Context, image: &std::path::Path, long: bool, segments_only: bool) -> Result<Exit> {
     let source = image.display().to_string();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let (reader, uki) = crate::operations::uki::open_initramfs(image)?;
+    let (reader, uki) = crate::model::uki::open_initramfs(image)?;
     let reader = BufReader::with_capacity(1 << 20, reader);
     if segments_only {
         let segments = walk::walk(reader, &source, &mut walk::Ignore)?;

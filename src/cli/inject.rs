@@ -112,7 +112,7 @@ pub fn run(ctx: &Context, args: InjectArgs) -> Result<Exit> {
             ..KernelOptions::default()
         },
     };
-    if crate::operations::uki::is_pe(&ctx.root.confine(&image)?)? {
+    if crate::model::uki::is_pe(&ctx.root.confine(&image)?)? {
         return run_uki(ctx, &args, &image, &modules, &opts);
     }
     if args.sign_key.is_some() {

@@ -211,12 +211,10 @@ impl ImageIndex {
         Ok(index)
     }
 
-    /// Read the image file at `path`.
+    /// Read the image file at `path` (a UKI through its `.initrd`).
     pub fn open(path: &Path) -> Result<ImageIndex> {
-        use anyhow::Context;
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("{}: cannot open", path.display()))?;
-        ImageIndex::read(std::io::BufReader::new(file), &path.display().to_string())
+        let (initramfs, _) = crate::model::uki::open_initramfs(path)?;
+        ImageIndex::read(std::io::BufReader::new(initramfs), &path.display().to_string())
     }
 
     /// The tree of `release` in the image: its path, indexes and module names.

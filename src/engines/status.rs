@@ -165,6 +165,24 @@ fn status_judged(
             }
             _ => None,
         };
+        // Every other image the kernel boots with and a driver must be in: another boot
+        // entry's last initrd, a UKI. Each is read once; root-critical drivers are looked
+        // for in all of them, so one stale image is not hidden behind the primary one.
+        let others: Vec<(&crate::model::boot_images::BootImage, Result<Vec<String>, String>)> =
+            if ledger.modules.values().any(|m| m.root_critical) {
+                boot_images
+                    .iter()
+                    .filter(|i| i.exists && i.receives_drivers && Some(&i.path) != image.as_ref())
+                    .map(|i| {
+                        let names = read_image(root, &i.path)
+                            .map(|(_, index)| image_module_names(&index, &release))
+                            .map_err(|e| format!("{e:#}"));
+                        (i, names)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let mut modules = Vec::new();
         let mut at_risk = Vec::new();
         for (name, m) in &ledger.modules {
@@ -207,6 +225,20 @@ fn status_judged(
                 if let Some(why) = why {
                     at_risk.push(format!(
                         "kernel {release} would boot without root-critical driver {name}: {why}"
+                    ));
+                }
+                let usable = on.is_some_and(|o| o.usable_on_boot());
+                for (other, names) in others.iter().filter(|_| usable) {
+                    let why = match names {
+                        Ok(names) if names.iter().any(|n| n == name) => continue,
+                        Ok(_) => "not in that initramfs".to_string(),
+                        Err(e) => format!("it cannot be read: {e}"),
+                    };
+                    at_risk.push(format!(
+                        "kernel {release} would boot without root-critical driver {name} \
+                         through {} ({}): {why}",
+                        other.path.display(),
+                        other.why
                     ));
                 }
             }

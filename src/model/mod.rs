@@ -11,3 +11,4 @@ pub mod module;
 pub mod root;
 pub mod root_chain;
 pub mod tree;
+pub mod uki;

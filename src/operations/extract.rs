@@ -280,7 +280,7 @@ impl Visitor for Cat<'_> {
 
 /// The image's initramfs bytes (a Unified Kernel Image's `.initrd`).
 fn open(image: &Path) -> Result<io::Take<File>> {
-    Ok(crate::operations::uki::open_initramfs(image)?.0)
+    Ok(crate::model::uki::open_initramfs(image)?.0)
 }
 
 /// The view paths to extract: `paths`, what is under them, and their ancestors.

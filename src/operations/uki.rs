@@ -1,11 +1,7 @@
 //! Unified Kernel Images as files: reading the initramfs inside one, and `inject` into
 //! one (`formats::uki` owns the PE layout).
 //!
-//! [`open_initramfs`] is how `initramfs ls/cat/extract` and inject read an image: a
-//! UKI (a file starting with `MZ`) is read through its `.initrd` section, anything else
-//! as it is.
-//!
-//! [`inject`] into a UKI: the `.initrd` is copied out to a private temp directory,
+//! Reading one is `model::uki`'s. [`inject`] into a UKI: the `.initrd` is copied out to a private temp directory,
 //! `operations::inject` injects into that copy (plan, check, write, verify, exactly as
 //! for any image), and the UKI is rewritten around the result
 //! (`formats::uki::replace_initrd`), read back (every other section byte for byte the
@@ -18,43 +14,13 @@
 //! on `PATH`, an error before anything is written.
 
 use crate::formats::uki::{self, Rewrite, Uki};
-use crate::model::module::FileBytes;
 use crate::model::root::Root;
 use crate::operations::atomic::{dir_of, FileIdentity, Lock, ReplaceOptions, Staged};
 use crate::operations::inject::{self, InjectOptions, ModuleArg, Outcome, Report};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-
-/// Whether the file at `path` is a PE image (a UKI, if anything bootkmod reads).
-pub fn is_pe(path: &Path) -> Result<bool> {
-    let mut head = [0u8; 2];
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let n = f.read(&mut head)?;
-    Ok(Uki::looks_like(&head[..n]))
-}
-
-/// The facts of the UKI at `path` (mapped, not read).
-pub fn read(path: &Path) -> Result<Uki> {
-    let bytes = FileBytes::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    Uki::parse(&bytes).with_context(|| path.display().to_string())
-}
-
-/// The initramfs bytes of an image: the file itself, or a UKI's `.initrd` section, with
-/// the UKI's facts.
-pub fn open_initramfs(path: &Path) -> Result<(std::io::Take<File>, Option<Uki>)> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    if !is_pe(path)? {
-        return Ok((file.take(u64::MAX), None));
-    }
-    let facts = read(path)?;
-    let Some((offset, len)) = facts.initrd else {
-        bail!("{}: a Unified Kernel Image without an .initrd section", path.display());
-    };
-    file.seek(SeekFrom::Start(offset as u64))?;
-    Ok((file.take(len as u64), Some(facts)))
-}
 
 /// Keys to sign a rewritten UKI with.
 #[derive(Debug, Clone)]
