@@ -18,18 +18,11 @@ mod common;
 
 use common::check::patch_version_crc;
 use common::foreign::foreign_kernels;
-use common::{missing, run, tool};
+use common::{dist_dir, missing, run, tool};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-fn dist_dir() -> PathBuf {
-    std::env::var_os("BOOTKMOD_DIST")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("dist"))
-}
 
 fn artefact(name: &str) -> Option<PathBuf> {
     let p = dist_dir().join(name);

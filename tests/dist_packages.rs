@@ -14,18 +14,11 @@
 
 mod common;
 
-use common::{missing, need_root, run, tool};
+use common::{dist_dir, missing, need_root, run, tool};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-fn dist_dir() -> PathBuf {
-    std::env::var_os("BOOTKMOD_DIST")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("dist"))
-}
 
 /// The release the spec says (packaging/bootkmod.spec `Release: N%{?dist}`).
 fn release() -> String {

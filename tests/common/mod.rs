@@ -77,6 +77,15 @@ pub fn bootkmod_bin() -> PathBuf {
     }
 }
 
+/// Where scripts/dist put the release artefacts: `$BOOTKMOD_DIST`, else the tree's
+/// `dist/`.
+pub fn dist_dir() -> PathBuf {
+    std::env::var_os("BOOTKMOD_DIST")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("dist"))
+}
+
 /// The bootkmod binary under test.
 pub fn bootkmod() -> Command {
     Command::new(bootkmod_bin())
