@@ -18,20 +18,11 @@ mod common;
 
 use common::check::patch_version_crc;
 use common::foreign::foreign_kernels;
-use common::{dist_dir, missing, run, tool};
+use common::{dist_artefact, dist_dir, missing, run, tool};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-fn artefact(name: &str) -> Option<PathBuf> {
-    let p = dist_dir().join(name);
-    if p.is_file() {
-        return Some(p);
-    }
-    missing(&format!("{} (build it with scripts/dist)", p.display()))?;
-    unreachable!()
-}
 
 /// Every glibc symbol version an ELF binary's dynamic symbols need, as (major, minor).
 fn glibc_versions(objdump_t: &str) -> Vec<(u32, u32)> {
@@ -62,7 +53,7 @@ fn portable_binaries_need_no_glibc_newer_than_2_28() {
         ("x86_64", "objdump", "elf64-x86-64"),
         ("aarch64", "aarch64-linux-gnu-objdump", "elf64-littleaarch64"),
     ] {
-        let Some(bin) = artefact(&format!("bootkmod-{VERSION}-{arch}")) else { return };
+        let Some(bin) = dist_artefact(&format!("bootkmod-{VERSION}-{arch}")) else { return };
         let Some(objdump) = tool(objdump) else { return };
         let header = run(Command::new(&objdump).arg("-f").arg(&bin));
         assert!(header.status.success(), "{}", String::from_utf8_lossy(&header.stderr));
@@ -95,7 +86,7 @@ fn portable_binaries_need_no_glibc_newer_than_2_28() {
 
 #[test]
 fn sha256sums_cover_and_match_the_artefacts() {
-    let Some(sums) = artefact("SHA256SUMS") else { return };
+    let Some(sums) = dist_artefact("SHA256SUMS") else { return };
     let text = std::fs::read_to_string(&sums).unwrap();
     for arch in ["x86_64", "aarch64"] {
         assert!(text.contains(&format!("  bootkmod-{VERSION}-{arch}\n")), "{text}");
@@ -120,7 +111,7 @@ struct Emulated {
 
 impl Emulated {
     fn new() -> Option<Emulated> {
-        let bin = artefact(&format!("bootkmod-{VERSION}-aarch64"))?;
+        let bin = dist_artefact(&format!("bootkmod-{VERSION}-aarch64"))?;
         let qemu = tool("qemu-aarch64-static")?;
         if !Path::new("/lib/ld-linux-aarch64.so.1").exists() {
             missing("/lib/ld-linux-aarch64.so.1 (libc6:arm64)")?;

@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{dist_dir, missing, need_root, run, tool};
+use common::{dist_artefact, missing, need_root, run, tool};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -27,21 +27,12 @@ fn release() -> String {
     line.trim().trim_end_matches("%{?dist}").to_string()
 }
 
-fn artefact(name: &str) -> Option<PathBuf> {
-    let p = dist_dir().join(name);
-    if p.is_file() {
-        return Some(p);
-    }
-    missing(&format!("{} (build it with scripts/dist)", p.display()))?;
-    unreachable!()
-}
-
 fn rpm_of(arch: &str) -> Option<PathBuf> {
-    artefact(&format!("bootkmod-{VERSION}-{}.{arch}.rpm", release()))
+    dist_artefact(&format!("bootkmod-{VERSION}-{}.{arch}.rpm", release()))
 }
 
 fn deb_of(arch: &str) -> Option<PathBuf> {
-    artefact(&format!("bootkmod_{VERSION}-{}_{arch}.deb", release()))
+    dist_artefact(&format!("bootkmod_{VERSION}-{}_{arch}.deb", release()))
 }
 
 fn ok(out: Output, what: &str) -> String {
@@ -96,7 +87,7 @@ fn rpm_lists_its_files_scripts_and_config() {
         let k = ok(run(Command::new(&rpm).arg("-K").arg(&pkg)), "rpm -K");
         assert!(k.contains("digests") && k.trim_end().ends_with("OK"), "{k}");
         // The binary is the portable one scripts/dist built for this architecture.
-        let Some(binary) = artefact(&format!("bootkmod-{VERSION}-{arch}")) else { return };
+        let Some(binary) = dist_artefact(&format!("bootkmod-{VERSION}-{arch}")) else { return };
         let md5 = ok(
             run(Command::new(&rpm)
                 .args(["-qp", "--qf", "[%{FILEDIGESTS} %{FILENAMES}\n]"])

@@ -86,6 +86,17 @@ pub fn dist_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("dist"))
 }
 
+/// The release artefact `name` in [`dist_dir`]; missing: skip, or fail under
+/// `BOOTKMOD_REQUIRE_ORACLES`.
+pub fn dist_artefact(name: &str) -> Option<PathBuf> {
+    let p = dist_dir().join(name);
+    if p.is_file() {
+        return Some(p);
+    }
+    missing(&format!("{} (build it with scripts/dist)", p.display()))?;
+    unreachable!()
+}
+
 /// The bootkmod binary under test.
 pub fn bootkmod() -> Command {
     Command::new(bootkmod_bin())
