@@ -299,3 +299,79 @@ fn status_prefers_the_live_chain_to_a_saved_snapshot() {
     let problems = report["kernels"][0]["problems"].to_string();
     assert!(problems.contains("btrfs") && !problems.contains(DRIVER), "{problems}");
 }
+
+/// A kernel booted by two images (its distribution image and another boot entry's
+/// initrd) is judged on each: a good primary image does not hide a stale one. doctor
+/// gives a verdict per image, status alerts naming the stale one, and `doctor --fix`
+/// injects into that one, leaving the good one untouched.
+#[test]
+fn doctor_and_status_judge_every_image_that_boots_a_kernel() {
+    let Some(kver) = installed_kernel() else { return };
+    let Some(newer) = Source::of(&kver, &kver) else { return };
+    if tool("modprobe").is_none() || tool("depmod").is_none() {
+        return;
+    }
+    let root = TargetRoot::new();
+    root.add_kernel(&newer, &kver, &newer.symvers());
+    add_modules(&root, &newer, &kver, &kver, &["sd_mod", DRIVER]);
+    // The second entry's initrd was built before the controller's driver went in.
+    image_with(&root, &kver, &["ext4", "sd_mod"]);
+    let primary = format!("/boot/initrd.img-{kver}");
+    std::fs::copy(root.at(&primary), root.at("/boot/initrd-stale.img")).unwrap();
+    image_with(&root, &kver, &[DRIVER]);
+    std::fs::create_dir_all(root.at("/boot/loader/entries")).unwrap();
+    std::fs::write(
+        root.at(format!("/boot/loader/entries/stale-{kver}.conf")),
+        format!("title stale\nversion {kver}\nlinux /vmlinuz-{kver}\ninitrd /initrd-stale.img\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.at("/var/lib/bootkmod")).unwrap();
+    std::fs::write(root.at(SAVED), megasas_snapshot()).unwrap();
+
+    let verdicts = |report: &serde_json::Value| -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = report["kernels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["release"] == kver.as_str())
+            .map(|k| {
+                let image = Path::new(k["image"].as_str().unwrap());
+                (image.file_name().unwrap().to_string_lossy().into_owned(), k["ok"] == true)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let good = format!("initrd.img-{kver}");
+    let out = bk(&root, &["--json", "doctor"]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(3), "{report:#}");
+    assert_eq!(
+        verdicts(&report),
+        [("initrd-stale.img".to_string(), false), (good.clone(), true)],
+        "{report:#}"
+    );
+    let shown = String::from_utf8_lossy(&bk(&root, &["doctor"]).stdout).into_owned();
+    assert!(shown.contains(&format!("{kver} initrd-stale.img")), "{shown}");
+
+    let (code, report, shown) = status(&root, &[]);
+    assert_eq!(code, Some(3), "{report:#}");
+    let alerts = doctor_alerts(&report, &kver);
+    assert!(!alerts.is_empty(), "{report:#}");
+    assert!(alerts.iter().all(|a| a["path"] == "/boot/initrd-stale.img"), "{report:#}");
+    assert!(alerts.iter().any(|a| a["problem"].as_str().unwrap().contains(DRIVER)), "{report:#}");
+    assert_eq!(shown.matches(&format!("doctor: AT RISK {kver}")).count(), 1, "{shown}");
+
+    let before = std::fs::read(root.at(&primary)).unwrap();
+    let out = bk(&root, &["--json", "doctor", "--fix", "--kver", &kver]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(
+        verdicts(&report),
+        [("initrd-stale.img".to_string(), true), (good, true)],
+        "{report:#}"
+    );
+    assert_eq!(std::fs::read(root.at(&primary)).unwrap(), before, "the good image untouched");
+    let (code, report, _) = status(&root, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
+}

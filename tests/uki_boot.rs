@@ -10,12 +10,18 @@
 //! - The signed UKI (`sbsign` with a test key): `inject` refuses it without keys (exit 3,
 //!   not a byte changed), fails with nothing changed without `sbsign`, and with
 //!   `--sign-key/--sign-cert` rewrites and re-signs it: `sbverify --cert` passes.
+//! - doctor judges a UKI as one more image of its kernel (AT RISK while its `.initrd`
+//!   lacks the controller's driver, the distribution image beside it OK) and
+//!   `doctor --fix` injects into the `.initrd`; a signed UKI is refused, not a byte
+//!   changed, the fix naming the command that signs.
 //! - The ukify layout (`.initrd` below `.linux`): `.linux` moves, binutils read it back
 //!   byte for byte; objcopy's own PE checksum equals bootkmod's.
 
 mod common;
 
+use common::doctor_host::{add_modules, bk, image_with, megasas_snapshot, DRIVER};
 use common::inject::base_image;
+use common::keep::{json_of, Source, TargetRoot};
 use common::qemu::{self, Boot, Controller};
 use common::{missing, run, tool};
 use std::path::{Path, PathBuf};
@@ -313,4 +319,94 @@ fn ukify_layout_moves_linux_and_binutils_read_it_back() {
     let v: serde_json::Value = serde_json::from_slice(&facts.stdout).unwrap();
     assert_eq!(v["uki"]["uname"], release.as_str());
     assert_eq!(v["uki"]["linux_size"], kernel.len());
+}
+
+/// The images doctor judged for `release`: (file name, ok), sorted.
+fn doctor_verdicts(report: &serde_json::Value, release: &str) -> Vec<(String, bool)> {
+    let mut v: Vec<(String, bool)> = report["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["release"] == release)
+        .map(|k| {
+            let image = Path::new(k["image"].as_str().unwrap());
+            (image.file_name().unwrap().to_string_lossy().into_owned(), k["ok"] == true)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn doctor_judges_a_uki_and_fixes_its_initrd_unless_signed() {
+    let Some(kver) = common::installed_kernel() else { return };
+    let Some(newer) = Source::of(&kver, &kver) else { return };
+    if tool("modprobe").is_none() || tool("depmod").is_none() {
+        return;
+    }
+    let root = TargetRoot::new();
+    root.add_kernel(&newer, &kver, &newer.symvers());
+    add_modules(&root, &newer, &kver, &kver, &["sd_mod", DRIVER]);
+    // The UKI was built around the image before the controller's driver went into it.
+    image_with(&root, &kver, &["ext4", "sd_mod"]);
+    std::fs::create_dir_all(root.at("/boot/efi/EFI/Linux")).unwrap();
+    let uki = root.at(format!("/boot/efi/EFI/Linux/debian-{kver}.efi"));
+    let initrd = root.at(format!("/boot/initrd.img-{kver}"));
+    let Some(()) = build_uki(&kver, &initrd, "root=/dev/sda", &uki, false) else { return };
+    image_with(&root, &kver, &[DRIVER]);
+    std::fs::create_dir_all(root.at("/var/lib/bootkmod")).unwrap();
+    std::fs::write(root.at("/var/lib/bootkmod/doctor-snapshot.json"), megasas_snapshot()).unwrap();
+    let uki_name = uki.file_name().unwrap().to_string_lossy().into_owned();
+    let initrd_name = initrd.file_name().unwrap().to_string_lossy().into_owned();
+
+    let out = bk(&root, &["--json", "doctor"]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(3), "{report:#}");
+    assert_eq!(
+        doctor_verdicts(&report, &kver),
+        [(uki_name.clone(), false), (initrd_name.clone(), true)],
+        "{report:#}"
+    );
+
+    // Signed: refused (doctor holds no keys), the UKI not changed, still at risk.
+    let (Some(sbsign), Some(_)) = (tool("sbsign"), tool("sbverify")) else {
+        missing("sbsign and sbverify (sbsigntool)");
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let Some((key, cert)) = test_key(keys.path()) else { return };
+    let unsigned = keys.path().join("unsigned.efi");
+    std::fs::copy(&uki, &unsigned).unwrap();
+    let o = run(Command::new(&sbsign)
+        .arg("--key")
+        .arg(&key)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--output")
+        .arg(&uki)
+        .arg(&unsigned));
+    assert!(o.status.success(), "sbsign: {}", text(&o));
+    let sum = sha256(&uki);
+    let out = bk(&root, &["--json", "doctor", "--fix", "--kver", &kver]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(3), "{report:#}");
+    let fixes = report["fixes"].as_array().unwrap();
+    assert_eq!(fixes.len(), 1, "only the UKI was at risk: {report:#}");
+    assert_eq!(fixes[0]["outcome"], "refused", "{report:#}");
+    assert!(fixes[0]["why"].as_str().unwrap().contains("--sign-key"), "{report:#}");
+    assert_eq!(sha256(&uki), sum, "a refused fix changes nothing");
+
+    // Unsigned: the fix goes into the UKI's .initrd; every image of the kernel is OK.
+    std::fs::copy(&unsigned, &uki).unwrap();
+    let out = bk(&root, &["--json", "doctor", "--fix", "--kver", &kver]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["fixes"][0]["outcome"], "written", "{report:#}");
+    assert_eq!(
+        doctor_verdicts(&report, &kver),
+        [(uki_name, true), (initrd_name, true)],
+        "{report:#}"
+    );
+    let ls = run(common::bootkmod().args(["initramfs", "ls"]).arg(&uki));
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("megaraid_sas.ko"), "{}", text(&ls));
 }

@@ -1,9 +1,9 @@
 //! `bootkmod doctor`: will root mount on every installed kernel? The chain drawn as a
-//! tree (as `lsblk -s` does), one column per kernel; `--save`/`--from` for snapshots,
+//! tree (as `lsblk -s` does), one column per kernel and image; `--save`/`--from` for snapshots,
 //! `--fix` to inject what is missing. Exit 3 when a kernel is at risk.
 
 use super::{print_json, Context};
-use crate::engines::doctor::{self, Examination, ExamineOptions, LinkState};
+use crate::engines::doctor::{self, Examination, ExamineOptions, KernelVerdict, LinkState};
 use crate::exit::Exit;
 use crate::model::ledger;
 use crate::model::root_chain::{ChainSource, RootChain};
@@ -17,9 +17,10 @@ use std::path::PathBuf;
 /// Walks the block chain of /, /usr, /boot and every x-initrd.mount of fstab through
 /// sysfs (filesystem, dm/LVM/LUKS/multipath, md RAID, partitions, disks, up to the
 /// controller), resolves for each kernel which module it would use for each link
-/// (modalias through that kernel's modules.alias), and looks into that kernel's image:
-/// is each module there with its dependencies, and does the image's own index map the
-/// device to it? A kernel is AT RISK when any link would be missing at boot.
+/// (modalias through that kernel's modules.alias), and looks into each image that boots
+/// that kernel (every boot entry's initrd, UKIs): is each module there with its
+/// dependencies, and does the image's own index map the device to it? A kernel is AT
+/// RISK when any link would be missing at boot from any of its images.
 ///
 /// Without --from, the live chain is read; where it cannot be (no /proc or /sys under
 /// the root), the snapshot saved at /var/lib/bootkmod/doctor-snapshot.json is judged.
@@ -130,11 +131,19 @@ fn show(ctx: &Context, e: &Examination, fixes: Option<&[FixReport]>) -> Result<(
 const CHAIN_WIDTH: usize = 44;
 
 fn render(out: &mut impl Write, e: &Examination, fixes: Option<&[FixReport]>) -> Result<()> {
-    let col = e.kernels.iter().map(|k| k.release.len()).max().unwrap_or(8).max(20) + 2;
+    // A kernel booted by several images has a column per image, headed by its file name.
+    let label = |k: &KernelVerdict| {
+        let images = e.kernels.iter().filter(|o| o.release == k.release).count();
+        match k.image.as_ref().and_then(|p| p.file_name()) {
+            Some(name) if images > 1 => format!("{} {}", k.release, name.to_string_lossy()),
+            _ => k.release.clone(),
+        }
+    };
+    let col = e.kernels.iter().map(|k| label(k).len()).max().unwrap_or(8).max(20) + 2;
     let cell = |text: String| format!("{text:<col$}");
     write!(out, "{:<CHAIN_WIDTH$}", "CHAIN")?;
     for k in &e.kernels {
-        write!(out, "{}", cell(k.release.clone()))?;
+        write!(out, "{}", cell(label(k)))?;
     }
     writeln!(out)?;
     let mut rows: Vec<(String, Option<usize>)> = Vec::new();

@@ -254,8 +254,9 @@ fn render_doctor(out: &mut impl Write, d: &DoctorStatus) -> std::io::Result<()> 
         Some(ChainSource::Saved(p)) => format!("the chain saved in {}", p.display()),
         None => String::new(),
     };
-    let at_risk: Vec<&str> =
+    let mut at_risk: Vec<&str> =
         d.kernels.iter().filter(|k| !k.ok).map(|k| k.release.as_str()).collect();
+    at_risk.dedup();
     if !d.kernels.is_empty() {
         if at_risk.is_empty() {
             writeln!(out, "doctor: every kernel's initramfs mounts root ({from})")?;

@@ -15,10 +15,14 @@
 //!    `weak-updates/`), then looked up in the kernel's image ([`ImageIndex`], read once):
 //!    the module and its whole dependency chain must be there, and for a modalias the
 //!    image's own `modules.alias.bin` must map it to that module.
-//! 3. The result per kernel is a [`KernelVerdict`]: each [`LinkVerdict`], the problems
-//!    in words (naming the link and why; for a driver `bootkmod install` put in place,
-//!    the check's reason from the ledger), and the modules an injection would add
+//! 3. The result per kernel and image is a [`KernelVerdict`]: each [`LinkVerdict`], the
+//!    problems in words (naming the link and why; for a driver `bootkmod install` put in
+//!    place, the check's reason from the ledger), and the modules an injection would add
 //!    ([`KernelVerdict::fix`]), which `operations::doctor` carries out.
+//!
+//! Every image that boots a kernel and takes drivers is judged on its own
+//! ([`images_to_judge`]): another boot entry's initrd or a UKI is what the boot loader
+//! may pick, so a good primary image must not stand for them.
 
 use crate::engines::depmod::probe::{Step, TreeIndexes};
 use crate::engines::initramfs::kernel_versions;
@@ -550,8 +554,20 @@ pub fn examine_kernel(
     judge(chain_needs, &KernelInput { release, host: &host, image, ledger })
 }
 
-/// Judge `chain` on the kernels of `root`: each kernel's tree and image are read on a
-/// thread of their own (decompressing an image is most of the cost).
+/// The images of `release` a verdict is owed (target paths): every one that exists and
+/// takes drivers (`model::boot_images`), UKIs included, the primary one first.
+pub fn images_to_judge(root: &crate::model::root::Root, release: &str) -> Vec<PathBuf> {
+    let found = crate::model::boot_images::find(root, release);
+    let primary = crate::model::boot_images::primary_of(&found);
+    let mut images: Vec<PathBuf> =
+        found.into_iter().filter(|i| i.exists && i.receives_drivers).map(|i| i.path).collect();
+    images.sort_by_key(|p| Some(p) != primary.as_ref());
+    images
+}
+
+/// Judge `chain` on the kernels of `root`, each image of each kernel
+/// ([`images_to_judge`]) on a thread of its own (decompressing an image is most of the
+/// cost).
 pub fn examine(
     root: &crate::model::root::Root,
     chain: &RootChain,
@@ -573,23 +589,34 @@ pub fn examine(
         anyhow::bail!("--image judges one kernel's image: name the kernel with --kver");
     }
     let chain_needs = needs(chain);
-    let one = |release: &String| -> Result<KernelVerdict> {
-        let image_path = match &opts.image {
-            Some(p) => Some(p.clone()),
-            None => match crate::model::ledger::find_image(root, release) {
-                Some(p) => Some(root.host(p)?),
-                None => None,
-            },
-        };
+    // One verdict per kernel and image (host paths; `None`: the kernel has no image).
+    let mut jobs: Vec<(&str, Option<PathBuf>)> = Vec::new();
+    for release in &releases {
+        match &opts.image {
+            Some(p) => jobs.push((release, Some(p.clone()))),
+            None => {
+                let images = images_to_judge(root, release);
+                if images.is_empty() {
+                    jobs.push((release, None));
+                }
+                for p in images {
+                    jobs.push((release, Some(root.host(p)?)));
+                }
+            }
+        }
+    }
+    let one = |release: &str, image_path: Option<PathBuf>| -> Result<KernelVerdict> {
         let index = image_path.as_ref().map(|p| ImageIndex::open(p).map_err(|e| format!("{e:#}")));
-        let image = match (&image_path, &index) {
-            (Some(p), Some(r)) => Some((p.clone(), r.as_ref().map_err(Clone::clone))),
+        let image = match (image_path, &index) {
+            (Some(p), Some(r)) => Some((p, r.as_ref().map_err(Clone::clone))),
             _ => None,
         };
         examine_kernel(root, &chain_needs, ledger, release, image)
     };
+    let one = &one;
     let kernels: Vec<KernelVerdict> = std::thread::scope(|s| {
-        let handles: Vec<_> = releases.iter().map(|r| s.spawn(move || one(r))).collect();
+        let handles: Vec<_> =
+            jobs.into_iter().map(|(r, image)| s.spawn(move || one(r, image))).collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a kernel's check panicked"))))

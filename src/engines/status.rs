@@ -22,8 +22,8 @@ use crate::engines::doctor::{self, ImageIndex};
 use crate::engines::inject::{Digests, ImageContents};
 use crate::model::kernel;
 use crate::model::ledger::{
-    find_image, is_linked, store_path, weak_link_path, Build, Journal, Ledger, PassedOver,
-    Placement, LEDGER_FILE, STATE_DIR,
+    is_linked, store_path, weak_link_path, Build, Journal, Ledger, PassedOver, Placement,
+    LEDGER_FILE, STATE_DIR,
 };
 use crate::model::module::{name_from_path, sha256_hex};
 use crate::model::root::Root;
@@ -166,23 +166,34 @@ fn status_judged(
             _ => None,
         };
         // Every other image the kernel boots with and a driver must be in: another boot
-        // entry's last initrd, a UKI. Each is read once; root-critical drivers are looked
-        // for in all of them, so one stale image is not hidden behind the primary one.
-        let others: Vec<(&crate::model::boot_images::BootImage, Result<Vec<String>, String>)> =
-            if ledger.modules.values().any(|m| m.root_critical) {
-                boot_images
-                    .iter()
-                    .filter(|i| i.exists && i.receives_drivers && Some(&i.path) != image.as_ref())
-                    .map(|i| {
-                        let names = read_image(root, &i.path)
-                            .map(|(_, index)| image_module_names(&index, &release))
-                            .map_err(|e| format!("{e:#}"));
-                        (i, names)
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+        // entry's last initrd, a UKI. Each is read once, for both questions: are the
+        // root-critical drivers there, and (with a chain) would it mount root? So one
+        // stale image is not hidden behind the primary one.
+        let root_critical = ledger.modules.values().any(|m| m.root_critical);
+        let mut others: Vec<(&crate::model::boot_images::BootImage, Result<Vec<String>, String>)> =
+            Vec::new();
+        if root_critical || needs.is_some() {
+            let receiving = boot_images
+                .iter()
+                .filter(|i| i.exists && i.receives_drivers && Some(&i.path) != image.as_ref());
+            for i in receiving {
+                let read = read_image(root, &i.path).map_err(|e| format!("{e:#}"));
+                if let Some(needs) = needs {
+                    let judged = match &read {
+                        Ok((host, index)) => (host.clone(), Ok(index)),
+                        Err(e) => {
+                            (root.host(&i.path).unwrap_or_else(|_| i.path.clone()), Err(e.clone()))
+                        }
+                    };
+                    let verdict =
+                        doctor::examine_kernel(root, needs, ledger, &release, Some(judged));
+                    verdicts.push((release.clone(), verdict));
+                }
+                if root_critical {
+                    others.push((i, read.map(|(_, index)| image_module_names(&index, &release))));
+                }
+            }
+        }
         let mut modules = Vec::new();
         let mut at_risk = Vec::new();
         for (name, m) in &ledger.modules {
@@ -423,7 +434,7 @@ impl DoctorStatus {
     }
 }
 
-/// doctor's verdict on one kernel's image.
+/// doctor's verdict on one image of a kernel (one per image that boots it).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DoctorKernel {
     pub release: String,
@@ -476,8 +487,10 @@ pub fn doctor_alerts(root: &Root, doctor: &DoctorStatus) -> Vec<Alert> {
     let mut out = Vec::new();
     for k in doctor.kernels.iter().filter(|k| !k.ok) {
         let release = &k.release;
-        let path =
-            find_image(root, release).unwrap_or_else(|| Path::new("/lib/modules").join(release));
+        let path = match &k.image {
+            Some(host) => root.target_of(host).unwrap_or_else(|| host.clone()),
+            None => Path::new("/lib/modules").join(release),
+        };
         let next = if k.fix.is_empty() {
             format!("bootkmod doctor --kver {release} (injecting cannot fix it)")
         } else {

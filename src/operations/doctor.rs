@@ -4,7 +4,8 @@
 //! verdict named ([`KernelVerdict::fix`]): inject closes over their dependencies and the
 //! disk-class driver, regenerates the image's indexes (so its `modules.alias.bin` maps
 //! the devices again), loads them early, verifies the written image and replaces it
-//! atomically with a backup. The caller judges again afterwards.
+//! atomically with a backup. A UKI goes through `operations::uki` (its `.initrd`); a
+//! signed one is refused, as doctor holds no keys. The caller judges again afterwards.
 //!
 //! [`save`] writes a snapshot atomically.
 
@@ -14,10 +15,11 @@ use crate::model::root::Root;
 use crate::model::root_chain::RootChain;
 use crate::operations::atomic::AtomicSet;
 use crate::operations::inject::{self, InjectOptions, ModuleArg, Outcome};
+use crate::operations::uki::{self, UkiOutcome};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-/// What the fix did for one kernel.
+/// What the fix did for one image of a kernel.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FixReport {
     pub release: String,
@@ -32,7 +34,7 @@ pub struct FixReport {
     pub backup: Option<PathBuf>,
 }
 
-/// Inject what each at-risk kernel's image lacks.
+/// Inject what each at-risk image lacks (a UKI through its `.initrd`).
 pub fn fix(root: &Root, kernels: &[KernelVerdict], dry_run: bool) -> Result<Vec<FixReport>> {
     let mut out = Vec::new();
     for k in kernels.iter().filter(|k| !k.ok) {
@@ -61,9 +63,29 @@ pub fn fix(root: &Root, kernels: &[KernelVerdict], dry_run: bool) -> Result<Vec<
                     ..InjectOptions::default()
                 };
                 let args: Vec<ModuleArg> = k.fix.iter().cloned().map(ModuleArg::Name).collect();
-                let done = inject::inject(root, image, &args, &opts).with_context(|| {
-                    format!("fixing the initramfs of {} ({})", k.release, image.display())
-                })?;
+                let context = || format!("fixing the image {} of {}", image.display(), k.release);
+                let done = if crate::model::uki::is_pe(image).with_context(context)? {
+                    // A UKI's `.initrd`; a signed one is refused, as `inject` refuses it
+                    // without keys: doctor holds none.
+                    let uki = uki::inject(root, image, &args, &opts, None).with_context(context)?;
+                    if uki.outcome == UkiOutcome::RefusedSigned {
+                        report.outcome = "refused".into();
+                        report.why = Some(format!(
+                            "a signed Unified Kernel Image: bootkmod inject --image {} \
+                             --sign-key KEY --sign-cert CERT {}",
+                            image.display(),
+                            k.fix.join(" ")
+                        ));
+                        out.push(report);
+                        continue;
+                    }
+                    report.backup = uki.backup;
+                    uki.initrd.context("a UKI injection without an initramfs report")?
+                } else {
+                    let done = inject::inject(root, image, &args, &opts).with_context(context)?;
+                    report.backup = done.backup.clone();
+                    done
+                };
                 report.outcome = match done.outcome {
                     Outcome::Written => "written",
                     Outcome::Unchanged => "unchanged",
@@ -79,7 +101,6 @@ pub fn fix(root: &Root, kernels: &[KernelVerdict], dry_run: bool) -> Result<Vec<
                         format!("bootkmod check refuses {} on {}{first}", v.module, v.kernel)
                     });
                 }
-                report.backup = done.backup;
             }
         }
         out.push(report);
