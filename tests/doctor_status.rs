@@ -10,10 +10,14 @@
 //!   Debian's postinst.d hook) warns loudly naming the kernel and the driver (and does
 //!   not fail the install); status
 //!   alerts naming it and exits 3; after `doctor --fix` both are quiet;
+//! - the image judged: the staged one, else the last INITRD of the command line, else
+//!   the kernel's images where the system keeps them;
 //! - a kernel doctor cannot judge (no `modules.dep.bin`) is a note; the others are
 //!   still judged;
 //! - where `/proc` and `/sys` can be read, the live chain wins over a saved snapshot;
 //!   a btrfs root (anonymous `0:N` in mountinfo) is followed through its mount source.
+//! - a kernel booted by two images (its own and a stale boot entry's initrd): a
+//!   verdict for each, status alerts on the stale one, `doctor --fix` fixes it alone.
 
 mod common;
 
@@ -27,10 +31,21 @@ use std::process::{Command, Output};
 const SAVED: &str = "/var/lib/bootkmod/doctor-snapshot.json";
 
 fn plugin(root: &TargetRoot, release: &str, staging: Option<&Path>) -> Output {
+    plugin_with_initrds(root, release, staging, &[])
+}
+
+/// The plugin as `kernel-install add KVER ENTRY KERNEL INITRD...` runs it.
+fn plugin_with_initrds(
+    root: &TargetRoot,
+    release: &str,
+    staging: Option<&Path>,
+    initrds: &[&Path],
+) -> Output {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-install/60-bootkmod-doctor.install");
     let mut cmd = Command::new(script);
     cmd.args(["add", release, "/nonexistent/entry", &format!("/boot/vmlinuz-{release}")])
+        .args(initrds)
         .env("BOOTKMOD_ROOT", root.path())
         .env("BOOTKMOD", common::bootkmod_bin())
         .env_remove("KERNEL_INSTALL_STAGING_AREA");
@@ -160,6 +175,18 @@ fn status_and_kernel_install_warn_of_a_kernel_whose_image_would_not_mount_root()
         "{}",
         text(&out)
     );
+
+    // No staged image, INITRDs on the command line: the last one is judged (its files
+    // win), not the distribution's image.
+    let (good, bad) = (staging.path().join("good.img"), staging.path().join("bad.img"));
+    std::fs::copy(root.at(format!("/boot/initrd.img-{kver}")), &good).unwrap();
+    std::fs::rename(staging.path().join("initrd"), &bad).unwrap();
+    let out = plugin_with_initrds(&root, &kver, None, &[&good, &bad]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("would NOT mount root"), "{err}");
+    let out = plugin_with_initrds(&root, &kver, None, &[&bad, &good]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("!!!"), "{}", text(&out));
 
     // Fixed as the warning says: quiet again.
     let out = bk(&root, &["doctor", "--fix", "--kver", &later]);
