@@ -21,10 +21,12 @@
 
 mod common;
 
-use common::doctor_host::{add_modules, bk, image_with, megasas_snapshot, text, DRIVER};
-use common::keep::{json_of, Source, TargetRoot};
+use common::doctor_host::{
+    add_modules, bk, image_with, megasas_host, megasas_snapshot, text, MegasasHost, DRIVER,
+};
+use common::keep::{json_of, TargetRoot};
 use common::machine::synthetic_release;
-use common::{installed_kernel, run, tool};
+use common::run;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -87,15 +89,8 @@ fn doctor_alerts<'a>(report: &'a serde_json::Value, release: &str) -> Vec<&'a se
 
 #[test]
 fn status_and_kernel_install_warn_of_a_kernel_whose_image_would_not_mount_root() {
-    let Some(kver) = installed_kernel() else { return };
-    let Some(newer) = Source::of(&kver, &kver) else { return };
-    if tool("modprobe").is_none() || tool("depmod").is_none() {
-        return;
-    }
+    let Some(MegasasHost { release: kver, src: newer, root }) = megasas_host(&[]) else { return };
     let later = synthetic_release(&kver, "later");
-    let root = TargetRoot::new();
-    root.add_kernel(&newer, &kver, &newer.symvers());
-    add_modules(&root, &newer, &kver, &kver, &["sd_mod", DRIVER]);
     image_with(&root, &kver, &["ext4", "sd_mod", DRIVER]);
 
     // No chain at all: nothing judged, and said so; status as before.
@@ -261,14 +256,9 @@ fn fake_live_system(root: &TargetRoot) {
 /// snapshot (here one of another host, whose controller the image lacks).
 #[test]
 fn status_prefers_the_live_chain_to_a_saved_snapshot() {
-    let Some(kver) = installed_kernel() else { return };
-    let Some(newer) = Source::of(&kver, &kver) else { return };
-    if tool("modprobe").is_none() || tool("depmod").is_none() {
+    let Some(MegasasHost { release: kver, root, .. }) = megasas_host(&["vmw_pvscsi"]) else {
         return;
-    }
-    let root = TargetRoot::new();
-    root.add_kernel(&newer, &kver, &newer.symvers());
-    add_modules(&root, &newer, &kver, &kver, &["sd_mod", DRIVER, "vmw_pvscsi"]);
+    };
     image_with(&root, &kver, &["ext4", "sd_mod", DRIVER]);
     std::fs::create_dir_all(root.at("/var/lib/bootkmod")).unwrap();
     let elsewhere = megasas_snapshot()
@@ -333,14 +323,7 @@ fn status_prefers_the_live_chain_to_a_saved_snapshot() {
 /// injects into that one, leaving the good one untouched.
 #[test]
 fn doctor_and_status_judge_every_image_that_boots_a_kernel() {
-    let Some(kver) = installed_kernel() else { return };
-    let Some(newer) = Source::of(&kver, &kver) else { return };
-    if tool("modprobe").is_none() || tool("depmod").is_none() {
-        return;
-    }
-    let root = TargetRoot::new();
-    root.add_kernel(&newer, &kver, &newer.symvers());
-    add_modules(&root, &newer, &kver, &kver, &["sd_mod", DRIVER]);
+    let Some(MegasasHost { release: kver, root, .. }) = megasas_host(&[]) else { return };
     // The second entry's initrd was built before the controller's driver went in.
     image_with(&root, &kver, &["ext4", "sd_mod"]);
     let primary = format!("/boot/initrd.img-{kver}");

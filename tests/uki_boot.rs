@@ -19,9 +19,9 @@
 
 mod common;
 
-use common::doctor_host::{add_modules, bk, image_with, megasas_snapshot, DRIVER};
+use common::doctor_host::{bk, image_with, megasas_host, megasas_snapshot, MegasasHost, DRIVER};
 use common::inject::base_image;
-use common::keep::{json_of, Source, TargetRoot};
+use common::keep::json_of;
 use common::qemu::{self, Boot, Controller};
 use common::{missing, run, tool};
 use std::path::{Path, PathBuf};
@@ -231,6 +231,19 @@ fn test_key(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     Some((key, cert))
 }
 
+/// `sbsign` `unsigned` into `out` with the test key.
+fn sign(sbsign: &Path, (key, cert): (&Path, &Path), unsigned: &Path, out: &Path) {
+    let o = run(Command::new(sbsign)
+        .arg("--key")
+        .arg(key)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--output")
+        .arg(out)
+        .arg(unsigned));
+    assert!(o.status.success(), "sbsign: {}", text(&o));
+}
+
 fn sha256(path: &Path) -> String {
     bootkmod::operations::inject::file_sha256(path).unwrap()
 }
@@ -245,15 +258,7 @@ fn signed_uki_is_refused_without_keys_and_signed_again_with_them() {
     };
     let Some((key, cert)) = test_key(dir.path()) else { return };
     let uki = dir.path().join("signed.efi");
-    let o = run(Command::new(&sbsign)
-        .arg("--key")
-        .arg(&key)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--output")
-        .arg(&uki)
-        .arg(&unsigned));
-    assert!(o.status.success(), "sbsign: {}", text(&o));
+    sign(&sbsign, (&key, &cert), &unsigned, &uki);
     let verify = |p: &Path| run(Command::new(&sbverify).arg("--cert").arg(&cert).arg(p));
     assert!(verify(&uki).status.success(), "the test's own signature does not verify");
     let sum = sha256(&uki);
@@ -339,14 +344,7 @@ fn doctor_verdicts(report: &serde_json::Value, release: &str) -> Vec<(String, bo
 
 #[test]
 fn doctor_judges_a_uki_and_fixes_its_initrd_unless_signed() {
-    let Some(kver) = common::installed_kernel() else { return };
-    let Some(newer) = Source::of(&kver, &kver) else { return };
-    if tool("modprobe").is_none() || tool("depmod").is_none() {
-        return;
-    }
-    let root = TargetRoot::new();
-    root.add_kernel(&newer, &kver, &newer.symvers());
-    add_modules(&root, &newer, &kver, &kver, &["sd_mod", DRIVER]);
+    let Some(MegasasHost { release: kver, root, .. }) = megasas_host(&[]) else { return };
     // The UKI was built around the image before the controller's driver went into it.
     image_with(&root, &kver, &["ext4", "sd_mod"]);
     std::fs::create_dir_all(root.at("/boot/efi/EFI/Linux")).unwrap();
@@ -377,15 +375,7 @@ fn doctor_judges_a_uki_and_fixes_its_initrd_unless_signed() {
     let Some((key, cert)) = test_key(keys.path()) else { return };
     let unsigned = keys.path().join("unsigned.efi");
     std::fs::copy(&uki, &unsigned).unwrap();
-    let o = run(Command::new(&sbsign)
-        .arg("--key")
-        .arg(&key)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--output")
-        .arg(&uki)
-        .arg(&unsigned));
-    assert!(o.status.success(), "sbsign: {}", text(&o));
+    sign(&sbsign, (&key, &cert), &unsigned, &uki);
     let sum = sha256(&uki);
     let out = bk(&root, &["--json", "doctor", "--fix", "--kver", &kver]);
     let report = json_of(&out);

@@ -64,6 +64,26 @@ pub fn add_modules(
     assert!(out.status.success(), "depmod: {}", text(&out));
 }
 
+/// A target root holding the installed kernel (`release`, from `src`, its own tree) with
+/// `sd_mod`, the controller's driver and `extra` in its tree; no image yet. `None` when
+/// the kernel or kmod is missing (a skip, or a failure under CI).
+pub struct MegasasHost {
+    pub release: String,
+    pub src: Source,
+    pub root: TargetRoot,
+}
+
+pub fn megasas_host(extra: &[&str]) -> Option<MegasasHost> {
+    let release = super::installed_kernel()?;
+    let src = Source::of(&release, &release)?;
+    tool("modprobe")?;
+    tool("depmod")?;
+    let root = TargetRoot::new();
+    root.add_kernel(&src, &release, &src.symvers());
+    add_modules(&root, &src, &release, &release, &[&["sd_mod", DRIVER][..], extra].concat());
+    Some(MegasasHost { release, src, root })
+}
+
 /// Put the kernel's own `modules` into its image (`bootkmod inject`, judged by its own
 /// tests): the image a distribution tool would have built.
 pub fn image_with(root: &TargetRoot, release: &str, modules: &[&str]) {
