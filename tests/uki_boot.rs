@@ -23,6 +23,7 @@ use common::doctor_host::{bk, image_with, megasas_host, megasas_snapshot, Megasa
 use common::inject::base_image;
 use common::keep::json_of;
 use common::qemu::{self, Boot, Controller};
+use common::sign::{make_key, sbsign};
 use common::{missing, run, tool};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -207,43 +208,6 @@ fn uki_boots_without_root_before_inject_and_mounts_it_after() {
     eprintln!("UKI after inject: root mounted, {:.1}s", after.elapsed.as_secs_f64());
 }
 
-/// A test key and certificate (openssl), PEM.
-fn test_key(dir: &Path) -> Option<(PathBuf, PathBuf)> {
-    let openssl = tool("openssl")?;
-    let (key, cert) = (dir.join("db.key"), dir.join("db.crt"));
-    let o = run(Command::new(openssl)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=bootkmod UKI test/",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    assert!(o.status.success(), "openssl req: {}", text(&o));
-    Some((key, cert))
-}
-
-/// `sbsign` `unsigned` into `out` with the test key.
-fn sign(sbsign: &Path, (key, cert): (&Path, &Path), unsigned: &Path, out: &Path) {
-    let o = run(Command::new(sbsign)
-        .arg("--key")
-        .arg(key)
-        .arg("--cert")
-        .arg(cert)
-        .arg("--output")
-        .arg(out)
-        .arg(unsigned));
-    assert!(o.status.success(), "sbsign: {}", text(&o));
-}
-
 fn sha256(path: &Path) -> String {
     bootkmod::operations::inject::file_sha256(path).unwrap()
 }
@@ -252,14 +216,12 @@ fn sha256(path: &Path) -> String {
 fn signed_uki_is_refused_without_keys_and_signed_again_with_them() {
     let dir = tempfile::tempdir().unwrap();
     let Some((_, unsigned, _tmp)) = uki_without_driver(dir.path(), false) else { return };
-    let (Some(sbsign), Some(sbverify)) = (tool("sbsign"), tool("sbverify")) else {
-        missing("sbsign and sbverify (sbsigntool)");
-        return;
-    };
-    let Some((key, cert)) = test_key(dir.path()) else { return };
+    let Some(sbverify) = tool("sbverify") else { return };
+    let Some(signing) = make_key(dir.path(), "db") else { return };
     let uki = dir.path().join("signed.efi");
-    sign(&sbsign, (&key, &cert), &unsigned, &uki);
-    let verify = |p: &Path| run(Command::new(&sbverify).arg("--cert").arg(&cert).arg(p));
+    let Some(()) = sbsign(&unsigned, &uki, &signing) else { return };
+    let (key, cert) = (&signing.key, &signing.cert_pem);
+    let verify = |p: &Path| run(Command::new(&sbverify).arg("--cert").arg(cert).arg(p));
     assert!(verify(&uki).status.success(), "the test's own signature does not verify");
     let sum = sha256(&uki);
 
@@ -367,15 +329,11 @@ fn doctor_judges_a_uki_and_fixes_its_initrd_unless_signed() {
     );
 
     // Signed: refused (doctor holds no keys), the UKI not changed, still at risk.
-    let (Some(sbsign), Some(_)) = (tool("sbsign"), tool("sbverify")) else {
-        missing("sbsign and sbverify (sbsigntool)");
-        return;
-    };
     let keys = tempfile::tempdir().unwrap();
-    let Some((key, cert)) = test_key(keys.path()) else { return };
+    let Some(key) = make_key(keys.path(), "db") else { return };
     let unsigned = keys.path().join("unsigned.efi");
     std::fs::copy(&uki, &unsigned).unwrap();
-    sign(&sbsign, (&key, &cert), &unsigned, &uki);
+    let Some(()) = sbsign(&unsigned, &uki, &key) else { return };
     let sum = sha256(&uki);
     let out = bk(&root, &["--json", "doctor", "--fix", "--kver", &kver]);
     let report = json_of(&out);

@@ -1,5 +1,6 @@
 //! Module signing keys and the kernel's own `scripts/sign-file` (the oracle of
-//! `bootkmod sign`; check_rules signs its fixtures with it).
+//! `bootkmod sign`; check_rules signs its fixtures with it), and sbsigntool's `sbsign`
+//! for signed Unified Kernel Images.
 
 use super::{missing, run, tool};
 use std::path::{Path, PathBuf};
@@ -67,4 +68,20 @@ pub fn sign_with(
 /// sha256 with a [`Key`].
 pub fn sign(module: &[u8], key: &Key, dir: &Path, name: &str) -> Option<Vec<u8>> {
     sign_with(module, "sha256", &key.key, &key.cert_pem, dir, name)
+}
+
+/// `sbsign` (sbsigntool) `unsigned` into `out` with `key`, as a distribution signs a UKI
+/// for Secure Boot.
+pub fn sbsign(unsigned: &Path, out: &Path, key: &Key) -> Option<()> {
+    let sbsign = tool("sbsign")?;
+    let o = run(Command::new(sbsign)
+        .arg("--key")
+        .arg(&key.key)
+        .arg("--cert")
+        .arg(&key.cert_pem)
+        .arg("--output")
+        .arg(out)
+        .arg(unsigned));
+    assert!(o.status.success(), "sbsign: {}", String::from_utf8_lossy(&o.stderr));
+    Some(())
 }
