@@ -541,3 +541,65 @@ fn install_fills_every_image_that_boots_the_kernel_and_remove_restores_them() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(digests(&receiving), before[..2].to_vec(), "remove restores every image");
 }
+
+/// A kernel booted by a UKI as well as by its distribution image: install puts the
+/// drivers into the UKI's `.initrd` too (read back by `bootkmod initramfs ls`), and
+/// remove puts the UKI back byte for byte. A signed UKI is left as it is (install holds
+/// no Secure Boot keys): recorded not updated, with the command that signs it; install
+/// warns and exits 3, and status names it at risk.
+#[test]
+fn install_fills_a_uki_and_leaves_a_signed_one_to_status() {
+    let Some((setup, _other)) = two_kernels() else { return };
+    let (root, k) = (&setup.root, setup.kver.as_str());
+    write(root, "/etc/os-release", b"ID=debian\n");
+    let work = tempfile::tempdir().unwrap();
+    let Some(unsigned) = uki(work.path(), "debian.efi", Some(k), &tiny_image(k)) else { return };
+    let uki_path = "/boot/efi/EFI/Linux/debian.efi";
+    write(root, uki_path, &std::fs::read(&unsigned).unwrap());
+    write(root, &format!("/boot/initrd.img-{k}"), &tiny_image(k));
+    let before = std::fs::read(root.at(uki_path)).unwrap();
+    let bk = |args: &[&str]| {
+        let out = run(bootkmod().arg("--root").arg(root.path()).args(args).arg(&setup.bkram));
+        (out.status.code(), json_of(&out))
+    };
+    let uki_record = |report: &Value| -> Value {
+        let kernel = common::keep::kernel_of(report, k);
+        let more = kernel["record"]["more_images"].as_array().unwrap();
+        more.iter().find(|i| i["path"] == uki_path).cloned().unwrap_or(Value::Null)
+    };
+    let status = || {
+        let out = run(bootkmod().arg("--root").arg(root.path()).args(["--json", "status"]));
+        (out.status.code(), common::keep::kernel_of(&json_of(&out), k)["at_risk"].clone())
+    };
+
+    let (code, report) = bk(&["--json", "install", "--root-critical"]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(uki_record(&report)["updated"], true, "{report:#}");
+    let ls = run(bootkmod().args(["initramfs", "ls"]).arg(root.at(uki_path)));
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("bkram.ko"), "{ls:?}");
+    assert_eq!(status(), (Some(0), serde_json::json!([])));
+    let out = run(bootkmod().arg("--root").arg(root.path()).args(["remove", "bkram"]));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(root.at(uki_path)).unwrap(), before, "remove restores the UKI");
+
+    // Signed: not a byte changed, the record says why, status names the UKI.
+    let Some(key) = common::sign::make_key(work.path(), "db") else { return };
+    let Some(()) = common::sign::sbsign(&unsigned, &root.at(uki_path), &key) else { return };
+    let signed = std::fs::read(root.at(uki_path)).unwrap();
+    let (code, report) = bk(&["--json", "install", "--root-critical"]);
+    // Exit 3: done, with the risk told (kernel-install's --refresh refuses under
+    // policy=refuse, as for any root-critical driver that would not load).
+    assert_eq!(code, Some(3), "{report:#}");
+    let risks = common::keep::kernel_of(&report, k)["at_risk"].to_string();
+    assert!(risks.contains(uki_path) && risks.contains("bkram"), "{report:#}");
+    let record = uki_record(&report);
+    assert_eq!(record["updated"], false, "{report:#}");
+    assert!(record["note"].as_str().unwrap().contains("--sign-key"), "{report:#}");
+    assert_eq!(std::fs::read(root.at(uki_path)).unwrap(), signed, "a signed UKI is not rewritten");
+    let (code, risks) = status();
+    assert_eq!(code, Some(3), "{risks:#}");
+    assert!(
+        risks.as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains(uki_path)),
+        "{risks:#}"
+    );
+}

@@ -227,7 +227,20 @@ fn render(out: &mut impl Write, report: &InstallReport) -> std::io::Result<()> {
                 writeln!(out, "{:<28}   found as: {}", "", i.why)?;
             } else {
                 let what = if i.exists { "also boots it" } else { "named but missing" };
-                writeln!(out, "{:<28} image {} {what} ({})", k.release, i.path.display(), i.why)?;
+                let state = match k.record.more_images.iter().find(|r| r.path == i.path) {
+                    Some(r) if !r.updated => {
+                        format!(": NOT UPDATED: {}", r.note.as_deref().unwrap_or("not updated"))
+                    }
+                    Some(r) => format!(": {}", r.note.as_deref().unwrap_or("carries the drivers")),
+                    None => String::new(),
+                };
+                writeln!(
+                    out,
+                    "{:<28} image {} {what} ({}){state}",
+                    k.release,
+                    i.path.display(),
+                    i.why
+                )?;
             }
         }
     }

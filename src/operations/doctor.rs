@@ -14,8 +14,8 @@ use crate::engines::inject::PlanOptions;
 use crate::model::root::Root;
 use crate::model::root_chain::RootChain;
 use crate::operations::atomic::AtomicSet;
-use crate::operations::inject::{self, InjectOptions, ModuleArg, Outcome};
-use crate::operations::uki::{self, UkiOutcome};
+use crate::operations::inject::{InjectOptions, ModuleArg, Outcome};
+use crate::operations::uki;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -63,29 +63,16 @@ pub fn fix(root: &Root, kernels: &[KernelVerdict], dry_run: bool) -> Result<Vec<
                     ..InjectOptions::default()
                 };
                 let args: Vec<ModuleArg> = k.fix.iter().cloned().map(ModuleArg::Name).collect();
-                let context = || format!("fixing the image {} of {}", image.display(), k.release);
-                let done = if crate::model::uki::is_pe(image).with_context(context)? {
-                    // A UKI's `.initrd`; a signed one is refused, as `inject` refuses it
-                    // without keys: doctor holds none.
-                    let uki = uki::inject(root, image, &args, &opts, None).with_context(context)?;
-                    if uki.outcome == UkiOutcome::RefusedSigned {
-                        report.outcome = "refused".into();
-                        report.why = Some(format!(
-                            "a signed Unified Kernel Image: bootkmod inject --image {} \
-                             --sign-key KEY --sign-cert CERT {}",
-                            image.display(),
-                            k.fix.join(" ")
-                        ));
-                        out.push(report);
-                        continue;
-                    }
-                    report.backup = uki.backup;
-                    uki.initrd.context("a UKI injection without an initramfs report")?
-                } else {
-                    let done = inject::inject(root, image, &args, &opts).with_context(context)?;
-                    report.backup = done.backup.clone();
-                    done
+                let done = uki::inject_either(root, image, &args, &opts).with_context(|| {
+                    format!("fixing the image {} of {}", image.display(), k.release)
+                })?;
+                let Some(done) = done else {
+                    report.outcome = "refused".into();
+                    report.why = Some(uki::signed_refusal(image, &k.fix));
+                    out.push(report);
+                    continue;
                 };
+                report.backup = done.backup.clone();
                 report.outcome = match done.outcome {
                     Outcome::Written => "written",
                     Outcome::Unchanged => "unchanged",

@@ -1,5 +1,6 @@
-//! The initramfs image of each kernel as install/remove see it: where it is, its digest,
-//! a pre-bootkmod backup for `remove`, and the injection step.
+//! The images of each kernel as install/remove see them (initramfs files and UKIs):
+//! where they are, their digests, a pre-bootkmod backup for `remove`, and the injection
+//! step (a UKI through its `.initrd`, `operations::uki`; a signed one left as it is).
 //!
 //! Injection itself belongs to `operations::inject` (issue 6): [`update`] keeps a
 //! backup of the image as it was before bootkmod first changed it, then asks inject to
@@ -192,18 +193,13 @@ pub fn update(
     update_at(root, release, find(root, release), usable, previous, opts)
 }
 
-/// Every other initramfs that boots `release` and receives drivers
+/// Every other image that boots `release` and receives drivers
 /// (`model::boot_images`), besides `primary`: each is brought up to date like the
-/// primary one ([`update_at`]). Unified Kernel Images are not among them.
+/// primary one ([`update_at`]), a Unified Kernel Image through its `.initrd`.
 pub fn others(root: &Root, release: &str, primary: Option<&Path>) -> Vec<PathBuf> {
     crate::model::boot_images::find(root, release)
         .into_iter()
-        .filter(|i| {
-            i.exists
-                && i.receives_drivers
-                && i.kind == crate::model::boot_images::ImageKind::Initramfs
-                && Some(i.path.as_path()) != primary
-        })
+        .filter(|i| i.exists && i.receives_drivers && Some(i.path.as_path()) != primary)
         .map(|i| i.path)
         .collect()
 }
@@ -274,6 +270,32 @@ pub fn update_at(
         };
         return Ok(Some(Updated { record, changed: false }));
     }
+    // dracut rebuilds an initramfs; a UKI is only ever injected into (its `.initrd`), and
+    // a signed one not at all: re-signing needs keys install is not given. It is left as
+    // it is, recorded not updated with the command that signs it (a risk for the kernel
+    // when a driver is root-critical).
+    let uki = match &found {
+        Some(p) => {
+            let host = root.host(p)?;
+            if crate::model::uki::is_pe(&host)? {
+                Some(crate::model::uki::read(&host)?)
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
+    if uki.as_ref().is_some_and(|u| u.signature.is_some()) {
+        let record = ImageRecord {
+            note: Some(crate::operations::uki::signed_refusal(&path, usable)),
+            path,
+            sha256,
+            updated: false,
+            method: None,
+            backup: backup_copy,
+        };
+        return Ok(Some(Updated { record, changed: false }));
+    }
     let fresh_backup = backup_copy.is_none() && found.is_some();
     if fresh_backup {
         backup_copy = Some(if opts.dry_run {
@@ -283,7 +305,7 @@ pub fn update_at(
         });
     }
     let names = usable.join(", ");
-    if opts.method == ImageMethod::Regenerate {
+    if opts.method == ImageMethod::Regenerate && uki.is_none() {
         if opts.dry_run {
             // Fails here as the real run would when the target has no dracut.
             crate::operations::dracut::find(root)?;
@@ -331,8 +353,11 @@ pub fn update_at(
         ..InjectOptions::default()
     };
     let args: Vec<ModuleArg> = usable.iter().map(|n| ModuleArg::Name(n.clone())).collect();
-    let report = inject::inject(root, &root.host(&path)?, &args, &inject_opts)
-        .with_context(|| format!("injecting into the initramfs of {release}"))?;
+    let report =
+        crate::operations::uki::inject_either(root, &root.host(&path)?, &args, &inject_opts)
+            .with_context(|| format!("injecting into the image {} of {release}", path.display()))?;
+    let report =
+        report.with_context(|| format!("{}: signed while bootkmod injected", path.display()))?;
     if fresh_backup && report.outcome == inject::Outcome::Unchanged {
         // The image already held every driver (another tool carried them, as the
         // initramfs-tools hook does): bootkmod did not change it, so a copy of it is no

@@ -387,6 +387,24 @@ impl KernelStep<'_> {
             }
         }
         record.more_images = more;
+        // An image the drivers did not go into (a signed UKI; an injection that ended
+        // otherwise) boots the kernel without them.
+        let critical: Vec<&str> = self
+            .records
+            .iter()
+            .filter(|r| r.root_critical && usable.contains(&r.name))
+            .map(|r| r.name.as_str())
+            .collect();
+        if !critical.is_empty() {
+            for image in record.image.iter().chain(&record.more_images).filter(|i| !i.updated) {
+                at_risk.push(format!(
+                    "kernel {release} would boot without root-critical driver {} from {}: {}",
+                    critical.join(", "),
+                    image.path.display(),
+                    image.note.as_deref().unwrap_or("not updated")
+                ));
+            }
+        }
         Ok(KernelOutcome {
             release: release.to_string(),
             record: record.clone(),

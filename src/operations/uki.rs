@@ -192,6 +192,39 @@ pub fn inject(
     Ok(report)
 }
 
+/// Inject `modules` into a kernel's image, whichever kind it is: an initramfs through
+/// `operations::inject`, a UKI through its `.initrd` ([`inject`], no keys: the report
+/// then speaks of the UKI, its backup included). `None`: a signed UKI, refused with
+/// nothing written, since re-signing needs keys only `bootkmod inject` is given.
+pub fn inject_either(
+    root: &Root,
+    image: &Path,
+    modules: &[ModuleArg],
+    opts: &InjectOptions,
+) -> Result<Option<Report>> {
+    if !crate::model::uki::is_pe(image)? {
+        return inject::inject(root, image, modules, opts).map(Some);
+    }
+    let uki = inject(root, image, modules, opts, None)?;
+    if uki.outcome == UkiOutcome::RefusedSigned {
+        return Ok(None);
+    }
+    let mut report = uki.initrd.context("a UKI injection without an initramfs report")?;
+    report.backup = uki.backup;
+    Ok(Some(report))
+}
+
+/// The words for [`inject_either`]'s refusal of the signed UKI `image`: the command that
+/// injects `modules` and signs it again.
+pub fn signed_refusal(image: &Path, modules: &[String]) -> String {
+    format!(
+        "a signed Unified Kernel Image, not rewritten without keys: bootkmod inject --image {} \
+         --sign-key KEY --sign-cert CERT {}",
+        image.display(),
+        modules.join(" ")
+    )
+}
+
 /// The written UKI, read back from disk: a UKI whose `.initrd` is exactly the verified
 /// image, every other section the same bytes as before, signed when asked.
 fn check_written(path: &Path, original: &[u8], initrd: &[u8], signed: bool) -> Result<()> {
