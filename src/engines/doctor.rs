@@ -21,7 +21,7 @@
 //!    ([`KernelVerdict::fix`]), which `operations::doctor` carries out.
 //!
 //! Every image that boots a kernel and takes drivers is judged on its own
-//! ([`images_to_judge`]): another boot entry's initrd or a UKI is what the boot loader
+//! (`model::boot_images::receiving`): another boot entry's initrd or a UKI is what the boot loader
 //! may pick, so a good primary image must not stand for them.
 
 use crate::engines::depmod::probe::{Step, TreeIndexes};
@@ -554,19 +554,8 @@ pub fn examine_kernel(
     judge(chain_needs, &KernelInput { release, host: &host, image, ledger })
 }
 
-/// The images of `release` a verdict is owed (target paths): every one that exists and
-/// takes drivers (`model::boot_images`), UKIs included, the primary one first.
-pub fn images_to_judge(root: &crate::model::root::Root, release: &str) -> Vec<PathBuf> {
-    let found = crate::model::boot_images::find(root, release);
-    let primary = crate::model::boot_images::primary_of(&found);
-    let mut images: Vec<PathBuf> =
-        found.into_iter().filter(|i| i.exists && i.receives_drivers).map(|i| i.path).collect();
-    images.sort_by_key(|p| Some(p) != primary.as_ref());
-    images
-}
-
 /// Judge `chain` on the kernels of `root`, each image of each kernel
-/// ([`images_to_judge`]) on a thread of its own (decompressing an image is most of the
+/// (`model::boot_images::receiving`) on a thread of its own (decompressing an image is most of the
 /// cost).
 pub fn examine(
     root: &crate::model::root::Root,
@@ -595,7 +584,7 @@ pub fn examine(
         match &opts.image {
             Some(p) => jobs.push((release, Some(p.clone()))),
             None => {
-                let images = images_to_judge(root, release);
+                let images = crate::model::boot_images::receiving(root, release);
                 if images.is_empty() {
                     jobs.push((release, None));
                 }

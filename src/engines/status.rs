@@ -173,9 +173,8 @@ fn status_judged(
         let mut others: Vec<(&crate::model::boot_images::BootImage, Result<Vec<String>, String>)> =
             Vec::new();
         if root_critical || needs.is_some() {
-            let receiving = boot_images
-                .iter()
-                .filter(|i| i.exists && i.receives_drivers && Some(&i.path) != image.as_ref());
+            let receiving =
+                boot_images.iter().filter(|i| i.takes_drivers() && Some(&i.path) != image.as_ref());
             for i in receiving {
                 let read = read_image(root, &i.path).map_err(|e| format!("{e:#}"));
                 if let Some(needs) = needs {

@@ -55,6 +55,11 @@ pub struct BootImage {
 }
 
 impl BootImage {
+    /// It is on disk and a driver for the kernel goes into it.
+    pub fn takes_drivers(&self) -> bool {
+        self.exists && self.receives_drivers
+    }
+
     /// An image found on disk by a layout or naming rule (not named by an entry): it
     /// exists and it is where a driver goes.
     fn found(path: PathBuf, kind: ImageKind, why: String) -> BootImage {
@@ -187,11 +192,22 @@ pub fn primary(root: &Root, release: &str) -> Option<PathBuf> {
     primary_of(&find(root, release))
 }
 
+/// Every image of `release` a driver goes into ([`BootImage::takes_drivers`]), UKIs
+/// included, the [`primary`] one first: what install fills and doctor judges.
+pub fn receiving(root: &Root, release: &str) -> Vec<PathBuf> {
+    let found = find(root, release);
+    let primary = primary_of(&found);
+    let mut images: Vec<PathBuf> =
+        found.into_iter().filter(BootImage::takes_drivers).map(|i| i.path).collect();
+    images.sort_by_key(|p| Some(p) != primary.as_ref());
+    images
+}
+
 /// [`primary`] of images already found.
 pub fn primary_of(images: &[BootImage]) -> Option<PathBuf> {
     images
         .iter()
-        .find(|i| i.exists && i.receives_drivers && i.kind == ImageKind::Initramfs)
+        .find(|i| i.takes_drivers() && i.kind == ImageKind::Initramfs)
         .map(|i| i.path.clone())
 }
 

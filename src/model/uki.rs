@@ -26,14 +26,21 @@ pub fn read(path: &Path) -> Result<Uki> {
     Uki::parse(&bytes).with_context(|| path.display().to_string())
 }
 
+/// The facts of the file at `path` when it is a UKI; `None` for anything else.
+pub fn read_if_uki(path: &Path) -> Result<Option<Uki>> {
+    if !is_pe(path)? {
+        return Ok(None);
+    }
+    read(path).map(Some)
+}
+
 /// The initramfs bytes of an image: the file itself, or a UKI's `.initrd` section, with
 /// the UKI's facts.
 pub fn open_initramfs(path: &Path) -> Result<(std::io::Take<File>, Option<Uki>)> {
     let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    if !is_pe(path)? {
+    let Some(facts) = read_if_uki(path)? else {
         return Ok((file.take(u64::MAX), None));
-    }
-    let facts = read(path)?;
+    };
     let Some((offset, len)) = facts.initrd else {
         bail!("{}: a Unified Kernel Image without an .initrd section", path.display());
     };

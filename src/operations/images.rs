@@ -197,11 +197,9 @@ pub fn update(
 /// (`model::boot_images`), besides `primary`: each is brought up to date like the
 /// primary one ([`update_at`]), a Unified Kernel Image through its `.initrd`.
 pub fn others(root: &Root, release: &str, primary: Option<&Path>) -> Vec<PathBuf> {
-    crate::model::boot_images::find(root, release)
-        .into_iter()
-        .filter(|i| i.exists && i.receives_drivers && Some(i.path.as_path()) != primary)
-        .map(|i| i.path)
-        .collect()
+    let mut images = crate::model::boot_images::receiving(root, release);
+    images.retain(|p| Some(p.as_path()) != primary);
+    images
 }
 
 /// [`update`] of the image at `found` (target-absolute; `None`: the kernel has none).
@@ -275,14 +273,7 @@ pub fn update_at(
     // it is, recorded not updated with the command that signs it (a risk for the kernel
     // when a driver is root-critical).
     let uki = match &found {
-        Some(p) => {
-            let host = root.host(p)?;
-            if crate::model::uki::is_pe(&host)? {
-                Some(crate::model::uki::read(&host)?)
-            } else {
-                None
-            }
-        }
+        Some(p) => crate::model::uki::read_if_uki(&root.host(p)?)?,
         None => None,
     };
     if uki.as_ref().is_some_and(|u| u.signature.is_some()) {
