@@ -22,7 +22,8 @@
 mod common;
 
 use common::doctor_host::{
-    add_modules, bk, image_with, megasas_host, megasas_snapshot, text, MegasasHost, DRIVER,
+    add_modules, bk, image_verdicts, image_with, megasas_host, megasas_snapshot, text, MegasasHost,
+    DRIVER,
 };
 use common::keep::{json_of, TargetRoot};
 use common::machine::synthetic_release;
@@ -338,26 +339,12 @@ fn doctor_and_status_judge_every_image_that_boots_a_kernel() {
     std::fs::create_dir_all(root.at("/var/lib/bootkmod")).unwrap();
     std::fs::write(root.at(SAVED), megasas_snapshot()).unwrap();
 
-    let verdicts = |report: &serde_json::Value| -> Vec<(String, bool)> {
-        let mut v: Vec<(String, bool)> = report["kernels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|k| k["release"] == kver.as_str())
-            .map(|k| {
-                let image = Path::new(k["image"].as_str().unwrap());
-                (image.file_name().unwrap().to_string_lossy().into_owned(), k["ok"] == true)
-            })
-            .collect();
-        v.sort();
-        v
-    };
     let good = format!("initrd.img-{kver}");
     let out = bk(&root, &["--json", "doctor"]);
     let report = json_of(&out);
     assert_eq!(out.status.code(), Some(3), "{report:#}");
     assert_eq!(
-        verdicts(&report),
+        image_verdicts(&report, &kver),
         [("initrd-stale.img".to_string(), false), (good.clone(), true)],
         "{report:#}"
     );
@@ -377,7 +364,7 @@ fn doctor_and_status_judge_every_image_that_boots_a_kernel() {
     let report = json_of(&out);
     assert_eq!(out.status.code(), Some(0), "{report:#}");
     assert_eq!(
-        verdicts(&report),
+        image_verdicts(&report, &kver),
         [("initrd-stale.img".to_string(), true), (good, true)],
         "{report:#}"
     );

@@ -19,7 +19,9 @@
 
 mod common;
 
-use common::doctor_host::{bk, image_with, megasas_host, megasas_snapshot, MegasasHost, DRIVER};
+use common::doctor_host::{
+    bk, image_verdicts, image_with, megasas_host, megasas_snapshot, MegasasHost, DRIVER,
+};
 use common::inject::base_image;
 use common::keep::json_of;
 use common::qemu::{self, Boot, Controller};
@@ -288,22 +290,6 @@ fn ukify_layout_moves_linux_and_binutils_read_it_back() {
     assert_eq!(v["uki"]["linux_size"], kernel.len());
 }
 
-/// The images doctor judged for `release`: (file name, ok), sorted.
-fn doctor_verdicts(report: &serde_json::Value, release: &str) -> Vec<(String, bool)> {
-    let mut v: Vec<(String, bool)> = report["kernels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|k| k["release"] == release)
-        .map(|k| {
-            let image = Path::new(k["image"].as_str().unwrap());
-            (image.file_name().unwrap().to_string_lossy().into_owned(), k["ok"] == true)
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn doctor_judges_a_uki_and_fixes_its_initrd_unless_signed() {
     let Some(MegasasHost { release: kver, root, .. }) = megasas_host(&[]) else { return };
@@ -323,7 +309,7 @@ fn doctor_judges_a_uki_and_fixes_its_initrd_unless_signed() {
     let report = json_of(&out);
     assert_eq!(out.status.code(), Some(3), "{report:#}");
     assert_eq!(
-        doctor_verdicts(&report, &kver),
+        image_verdicts(&report, &kver),
         [(uki_name.clone(), false), (initrd_name.clone(), true)],
         "{report:#}"
     );
@@ -351,7 +337,7 @@ fn doctor_judges_a_uki_and_fixes_its_initrd_unless_signed() {
     assert_eq!(out.status.code(), Some(0), "{report:#}");
     assert_eq!(report["fixes"][0]["outcome"], "written", "{report:#}");
     assert_eq!(
-        doctor_verdicts(&report, &kver),
+        image_verdicts(&report, &kver),
         [(uki_name, true), (initrd_name, true)],
         "{report:#}"
     );

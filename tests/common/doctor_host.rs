@@ -101,6 +101,22 @@ pub fn verdict<'a>(report: &'a serde_json::Value, release: &str) -> &'a serde_js
         .unwrap_or_else(|| panic!("no verdict for {release}: {report:#}"))
 }
 
+/// The images doctor judged for `release` (one verdict each): (file name, ok), sorted.
+pub fn image_verdicts(report: &serde_json::Value, release: &str) -> Vec<(String, bool)> {
+    let mut v: Vec<(String, bool)> = report["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["release"] == release)
+        .map(|k| {
+            let image = Path::new(k["image"].as_str().unwrap());
+            (image.file_name().unwrap().to_string_lossy().into_owned(), k["ok"] == true)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// The link verdict of the controller (the need bound to megaraid_sas) on `release`.
 pub fn controller_link<'a>(report: &'a serde_json::Value, release: &str) -> &'a serde_json::Value {
     let needs = report["needs"].as_array().unwrap();
